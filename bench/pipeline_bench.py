@@ -1,0 +1,125 @@
+"""Benchmark: is the input pipeline ever the bottleneck of training?
+
+Measures, in one run on the same data:
+  * the ``tf.data`` pipeline alone (decode + letterbox + augment + batch), images/s;
+  * the training step alone on an in-memory batch (no input pipeline), images/s;
+  * both together (``model.fit`` on the pipeline), images/s.
+The pipeline is fast enough when its rate comfortably exceeds the training step rate.
+
+    python -m bench.pipeline_bench --size 224 --backbone resnet50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds if seconds > 0 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, help="MURA-format folder (default: generate a synthetic one)"
+    )
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--backbone", default="resnet50", choices=("resnet50", "densenet169", "tiny")
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8, help="batches timed per measurement")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
+    args = parser.parse_args(argv)
+
+    import keras
+    import numpy as np
+
+    from training.dataset import index_dataset
+    from training.models import build_model
+    from training.pipeline import BadImageLog, make_dataset
+
+    data = args.data
+    if data is None:
+        from training.synthetic import generate_synthetic_mura
+
+        data = Path(tempfile.mkdtemp(prefix="bonexr-bench-")) / "MURA-v1.1"
+        generate_synthetic_mura(data, patients_per_part=30, seed=0, progress=False)
+    index, _ = index_dataset(data)
+    frame = index.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    labels = frame["label"].to_numpy()
+    n_images = args.steps * args.batch_size
+
+    def pipeline():
+        return make_dataset(
+            frame,
+            targets=labels,
+            size=args.size,
+            batch_size=args.batch_size,
+            training=True,
+            bad_images=BadImageLog(),
+            cache=False,
+        ).repeat()
+
+    ds = iter(pipeline())
+    next(ds)  # warm-up: thread pools, first trace
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        next(ds)
+    pipeline_rate = _rate(n_images, time.perf_counter() - start)
+
+    model = build_model("abnormality", backbone=args.backbone, input_size=args.size, weights="none")
+    model.compile(keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
+    x = (
+        np.random.default_rng(0)
+        .uniform(0, 255, (args.batch_size, args.size, args.size, 1))
+        .astype("float32")
+    )
+    y = np.zeros((args.batch_size, 1), "float32")
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y)
+    step_rate = _rate(n_images, time.perf_counter() - start)
+
+    fit_ds = pipeline().take(args.steps + 1)
+    model.fit(fit_ds.take(1), verbose=0)
+    start = time.perf_counter()
+    model.fit(pipeline().take(args.steps), verbose=0)
+    fit_rate = _rate(n_images, time.perf_counter() - start)
+
+    result = {
+        "size": args.size,
+        "backbone": args.backbone,
+        "batch_size": args.batch_size,
+        "cpu_count": os.cpu_count(),
+        "pipeline_images_per_s": round(pipeline_rate, 1),
+        "train_step_images_per_s": round(step_rate, 1),
+        "fit_with_pipeline_images_per_s": round(fit_rate, 1),
+        "pipeline_headroom": round(pipeline_rate / step_rate, 2),
+    }
+    print(
+        f"\nInput pipeline vs training step ({args.backbone}, {args.size}px, "
+        f"batch {args.batch_size})"
+    )
+    print(f"{'measurement':<38}{'images/s':>10}")
+    print(f"{'tf.data pipeline alone':<38}{pipeline_rate:>10.1f}")
+    print(f"{'training step alone (in-memory batch)':<38}{step_rate:>10.1f}")
+    print(f"{'model.fit on the pipeline':<38}{fit_rate:>10.1f}")
+    print(f"pipeline headroom: {pipeline_rate / step_rate:.1f}x the training step rate")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

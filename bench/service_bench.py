@@ -1,0 +1,266 @@
+"""Benchmark: the HTTP service against the raw engine, measured in the same run.
+
+1. Raw engine (in-process, no HTTP): two-stage ``predict_batch`` at batch 1..16; the best
+   throughput and the batch-1 latency are the references.
+2. The service as a separate process (``bonexr serve``) on loopback, driven by a bounded
+   number of concurrent clients (each request = upload + predict of a distinct image) at
+   concurrency 1, 4, 8 and 16: throughput, p50/p95/p99 latency, and the server's peak RSS.
+
+Targets (issue #4): service throughput at concurrency 8 >= 85% of the raw engine's best;
+p50 latency at concurrency 1 <= raw batch-1 two-stage time + 20 ms; RSS <= 2.5 GB.
+
+    python -m bench.service_bench                       # ResNet50 224 px, random-init bundle
+    python -m bench.service_bench --bundle models/demo  # any existing bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _png_images(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Distinct grayscale PNGs (noise over a gradient), so the store never deduplicates."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    gradient = np.linspace(0, 160, size, dtype=np.float32)[None, :]
+    images = []
+    for _ in range(count):
+        pixels = np.clip(gradient + rng.normal(40, 25, (size, size)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def raw_engine(bundle: Path, batch_sizes: list[int], repeats: int) -> dict:
+    """Two-stage throughput of the engine called directly, with the service's settings."""
+    from service.engine import InferenceEngine
+    from service.settings import Settings
+
+    engine = InferenceEngine(Settings(models_dir=bundle.parent, bundle=bundle.name))
+    engine.load()
+    size = engine.input_size
+    rng = np.random.default_rng(0)
+    results = {}
+    for batch in batch_sizes:
+        pixels = rng.integers(0, 256, (batch, size, size), dtype=np.uint8)
+        engine.predict_batch(pixels)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            engine.predict_batch(pixels)
+        seconds = (time.perf_counter() - start) / repeats
+        results[batch] = {"ms_per_batch": seconds * 1000, "images_per_s": batch / seconds}
+    return results
+
+
+class RssSampler(threading.Thread):
+    """Polls a process's resident set size; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except Exception:
+                return
+            time.sleep(0.05)
+
+
+async def _drive(base: str, images: list[bytes], concurrency: int, requests: int) -> dict:
+    """``requests`` upload+predict pairs through ``concurrency`` clients; latencies per pair."""
+    import httpx
+
+    latencies: list[float] = []
+    cursor = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for index in cursor:
+            data = images[index % len(images)]
+            start = time.perf_counter()
+            upload = await http.post(f"{base}/upload", files={"file": ("x.png", data, "image/png")})
+            upload.raise_for_status()
+            predict = await http.post(
+                f"{base}/predict", json={"filename": upload.json()["filename"]}
+            )
+            predict.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ms = np.asarray(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "images_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become ready in time")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bundle", type=Path, help="bundle folder (default: build a random-init one)"
+    )
+    parser.add_argument("--size", type=int, default=224, help="input size of a built bundle")
+    parser.add_argument("--backbone", default="resnet50", help="backbone of a built bundle")
+    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--requests-per-client", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=512, help="side of uploaded PNGs")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bonexr-bench-"))
+    bundle = args.bundle
+    if bundle is None:
+        from training.export import export_random_init_bundle
+
+        bundle = work / "models" / f"{args.backbone}-{args.size}"
+        print(
+            f"building a random-init {args.backbone} {args.size}px bundle (speed needs no weights)"
+        )
+        export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
+    bundle = bundle.resolve()
+
+    print("measuring the raw engine (in-process, two-stage) ...")
+    raw = raw_engine(bundle, [1, 2, 4, 8, 16], repeats=6)
+    best_batch = max(raw, key=lambda b: raw[b]["images_per_s"])
+    raw_best = raw[best_batch]["images_per_s"]
+    raw_b1_ms = raw[1]["ms_per_batch"]
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "BONEXR_MODELS_DIR": str(bundle.parent),
+        "BONEXR_BUNDLE": bundle.name,
+        "BONEXR_UPLOAD_DIR": str(work / "uploads"),
+        "BONEXR_PORT": str(port),
+        "BONEXR_HOST": "127.0.0.1",
+        "BONEXR_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "BONEXR_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
+        "BONEXR_LOG_LEVEL": "warning",
+    }
+    bonexr = Path(sys.executable).with_name("bonexr")
+    process = subprocess.Popen([str(bonexr), "serve"], env=env, stdout=subprocess.DEVNULL)
+    sampler = RssSampler(process.pid)
+    sampler.start()
+    service = []
+    try:
+        _wait_ready(base, process)
+        levels = [int(c) for c in args.concurrency.split(",")]
+        images = _png_images(max(levels) * args.requests_per_client * len(levels), args.image_size)
+        asyncio.run(_drive(base, images[:4], 2, 4))  # warm-up
+        offset = 0
+        for level in levels:
+            count = level * args.requests_per_client
+            batch = images[offset : offset + count]
+            offset += count
+            print(f"driving the service at concurrency {level} ({count} upload+predict pairs) ...")
+            service.append(asyncio.run(_drive(base, batch, level, count)))
+    finally:
+        process.terminate()
+        process.wait(30)
+        sampler.stopped.set()
+    peak_gb = sampler.peak / 1e9
+
+    at8 = next((r for r in service if r["concurrency"] == 8), None)
+    at1 = next((r for r in service if r["concurrency"] == 1), None)
+    print(f"\nbonexr service benchmark: {bundle.name}, {os.cpu_count()} CPU cores")
+    print("\nRaw engine (in-process, two-stage: router + routed part model)")
+    print(f"{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
+    for batch, r in raw.items():
+        print(f"{batch:>6}{r['ms_per_batch']:>12.1f}{r['images_per_s']:>12.1f}")
+    print("\nService over HTTP (each request = upload + predict of a distinct 512 px PNG)")
+    print(f"{'clients':>8}{'images/s':>10}{'% raw':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for r in service:
+        share = 100 * r["images_per_s"] / raw_best
+        print(
+            f"{r['concurrency']:>8}{r['images_per_s']:>10.1f}{share:>7.0f}%"
+            f"{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+        )
+    print(f"\npeak server RSS: {peak_gb:.2f} GB")
+    checks = {}
+    if at8:
+        checks["throughput_c8_vs_raw"] = at8["images_per_s"] / raw_best
+        print(
+            f"target: throughput at 8 clients >= 85% of raw best ({raw_best:.1f} img/s at "
+            f"batch {best_batch}): {100 * checks['throughput_c8_vs_raw']:.0f}%"
+        )
+    if at1:
+        checks["p50_c1_minus_raw_b1_ms"] = at1["p50_ms"] - raw_b1_ms
+        print(
+            f"target: p50 at 1 client <= raw batch-1 ({raw_b1_ms:.1f} ms) + 20 ms: "
+            f"{at1['p50_ms']:.1f} ms ({checks['p50_c1_minus_raw_b1_ms']:+.1f} ms)"
+        )
+    print(f"target: RSS <= 2.5 GB: {peak_gb:.2f} GB")
+    result = {
+        "bundle": bundle.name,
+        "cpu_count": os.cpu_count(),
+        "raw_engine": raw,
+        "raw_best_images_per_s": raw_best,
+        "raw_best_batch": best_batch,
+        "service": service,
+        "peak_rss_gb": peak_gb,
+        "checks": checks,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The model-bundle format: one reader and one writer for training and serving.
+
+A bundle is a folder ``models/<name>/`` holding ``manifest.json`` plus the files it lists
+(Keras models, their ONNX exports, ``split.csv``, the report and plots). The manifest
+records the sha256 of every file; :func:`load_bundle` refuses a bundle whose files do not
+match, and :func:`publish_bundle` makes a bundle appear atomically (built in a temporary
+sibling folder, renamed into place), so an interrupted export never leaves a half bundle
+that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from bonexr.atomic import write_json_atomic
+from bonexr.errors import BundleError
+from bonexr.imaging import PREPROCESSING_ID
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+INTENDED_USE = (
+    "Research and triage aid for adult upper-extremity radiographs (MURA study types). "
+    "It flags studies that may be abnormal (MURA 'positive': fracture, hardware, "
+    "degenerative or other findings) for earlier review. It is not a diagnosis and not a "
+    "medical device; every result must be reviewed by a qualified reader."
+)
+SYNTHETIC_USE = (
+    "DEMO ONLY: trained on procedurally generated synthetic images, not on radiographs. "
+    "Not for clinical use of any kind."
+)
+
+
+class InputSpec(BaseModel):
+    """How pixels must be prepared for the models (see :mod:`bonexr.imaging`)."""
+
+    size: int = Field(gt=0, description="Square side in pixels the models take.")
+    channels: int = Field(1, description="Channels fed to the model (replicated to 3 inside).")
+    preprocessing: str = Field(PREPROCESSING_ID, description="Recipe id of bonexr.imaging.")
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    normalization: str = Field("inside-model", description="Backbone normalisation location.")
+
+
+class ModelFiles(BaseModel):
+    """One trained model in both formats."""
+
+    keras: str
+    onnx: str | None = None
+    backbone: str
+
+
+class RouterSpec(ModelFiles):
+    classes: list[str] = Field(description="Body parts in output order.")
+
+
+class PartSpec(ModelFiles):
+    threshold: float = Field(ge=0.0, le=1.0, description="Decision threshold on P(abnormal).")
+    threshold_rule: str = "youden-j-on-validation-study-level"
+
+
+class Manifest(BaseModel):
+    """Everything a consumer needs to trust and use a bundle."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str = ""
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    synthetic: bool = False
+    intended_use: str = INTENDED_USE
+    body_parts: list[str]
+    input: InputSpec
+    router: RouterSpec
+    parts: dict[str, PartSpec]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    libraries: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+
+    def model_files(self) -> list[str]:
+        """Every model file the manifest points at (Keras and ONNX)."""
+        specs: list[ModelFiles] = [self.router, *self.parts.values()]
+        return [f for spec in specs for f in (spec.keras, spec.onnx) if f]
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _listed_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and ".tmp" not in p.name
+    )
+
+
+def content_version(files: dict[str, str]) -> str:
+    """A short id derived from the model files' hashes: same weights, same version."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        if rel.endswith((".keras", ".onnx")):
+            digest.update(f"{rel}:{files[rel]}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def staging_dir(destination: Path) -> Path:
+    """A fresh temporary folder beside ``destination`` (same filesystem, so rename is atomic)."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.staging-"))
+
+
+def publish_bundle(
+    staging: Path, manifest: Manifest, destination: Path, *, force: bool = False
+) -> Manifest:
+    """Hash the staged files, write the manifest, and move the folder into place.
+
+    Refuses to replace an existing bundle unless ``force``; with ``force`` the old bundle is
+    moved aside first and deleted only after the new one is in place.
+    """
+    staging, destination = Path(staging), Path(destination)
+    if destination.exists() and not force:
+        raise BundleError(f"{destination} already exists; pass --force to replace it")
+    for rel in manifest.model_files():
+        if not (staging / rel).is_file():
+            raise BundleError(f"bundle is missing model file {rel}")
+    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in _listed_files(staging)}
+    final = manifest.model_copy(
+        update={"files": files, "version": manifest.version or content_version(files)}
+    )
+    write_json_atomic(staging / MANIFEST_NAME, final.model_dump(mode="json"))
+    backup: Path | None = None
+    if destination.exists():
+        backup = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        os.replace(destination, backup)
+    os.replace(staging, destination)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    return final
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Parse ``manifest.json`` without checking file hashes."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise BundleError(f"model bundle folder {folder} does not exist")
+    if not path.is_file():
+        raise BundleError(f"{folder} has no {MANIFEST_NAME}; it is not a model bundle")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
+        found = raw.get("schema_version") if isinstance(raw, dict) else None
+        raise BundleError(
+            f"{path}: unsupported schema_version {found!r} (expected {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def verify_bundle(folder: Path) -> Manifest:
+    """Read the manifest and check every listed file's sha256; raise on any mismatch."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    missing_hashes = [f for f in manifest.model_files() if f not in manifest.files]
+    if missing_hashes:
+        raise BundleError(f"{folder}: manifest lists no sha256 for {', '.join(missing_hashes)}")
+    for rel, expected in manifest.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise BundleError(f"{folder}: file {rel} listed in the manifest is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"{folder}: sha256 mismatch for {rel} (manifest {expected[:12]}..., "
+                f"file {actual[:12]}...);"
+                " the bundle was modified or corrupted"
+            )
+    return manifest
+
+
+def find_bundle(models_dir: Path, name: str | None = None) -> Path:
+    """Resolve the bundle folder: ``models_dir/name``, or the only/newest bundle there."""
+    models_dir = Path(models_dir)
+    if name:
+        candidate = Path(name) if Path(name).is_absolute() else models_dir / name
+        if not (candidate / MANIFEST_NAME).is_file():
+            raise BundleError(f"no model bundle at {candidate}")
+        return candidate
+    bundles = sorted(
+        (p for p in models_dir.glob("*/" + MANIFEST_NAME) if not p.parent.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not bundles:
+        raise BundleError(f"no model bundle found in {models_dir}")
+    return bundles[-1].parent

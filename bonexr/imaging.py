@@ -1,0 +1,210 @@
+"""Image decoding and preprocessing: the one implementation training and serving share.
+
+Every path from bytes to model input goes through :func:`decode_image` and
+:func:`prepare_pixels`. The training ``tf.data`` pipeline calls them (via
+``tf.numpy_function``), the evaluation calls them, and the service calls them; the
+numerical normalisation (ImageNet mean subtraction or scaling) lives *inside* the models.
+So there is no second resize or colour conversion anywhere that could drift.
+
+Why letterboxing: radiographs vary in aspect ratio (a forearm is long, a shoulder is
+square). Squashing them to a square distorts bone angles, which is exactly what the
+router and abnormality models look at, so the long side is scaled to ``size`` and the
+short side padded with black (the background of a radiograph).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from bonexr.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
+
+#: Pillow plugins we ever let parse untrusted bytes (explicit allowlist).
+PILLOW_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+
+#: Name of the preprocessing recipe, stored in every bundle manifest. Change it whenever the
+#: recipe changes so an old bundle is never fed pixels prepared a different way.
+PREPROCESSING_ID = "gray8-letterbox-bilinear-v1"
+
+DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class SniffedFormat:
+    """What the magic bytes say a payload is."""
+
+    name: str  # "PNG", "JPEG", "WEBP" or "DICOM"
+    media_type: str
+
+
+def sniff_format(data: bytes) -> SniffedFormat | None:
+    """Identify an image by its magic bytes, never by file name or Content-Type."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return SniffedFormat("PNG", "image/png")
+    if data.startswith(b"\xff\xd8\xff"):
+        return SniffedFormat("JPEG", "image/jpeg")
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return SniffedFormat("WEBP", "image/webp")
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return SniffedFormat("DICOM", "application/dicom")
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode untrusted bytes into an 8-bit grayscale (mode ``L``) image.
+
+    The pixel limit is checked from the header, before any pixel data is decoded, so a
+    small file claiming 100000x100000 pixels is refused cheaply.
+
+    Raises:
+        UnsupportedFormatError: not PNG/JPEG/WebP/DICOM by magic bytes.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+        UndecodableImageError: truncated, corrupt, degenerate (< 8 px a side) or empty.
+    """
+    if not data:
+        raise UndecodableImageError("the file is empty")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedFormatError(
+            "unsupported image format: expected PNG, JPEG, WebP or DICOM (checked by content)"
+        )
+    if fmt.name == "DICOM":
+        return _decode_dicom(data, max_pixels=max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt.name])
+            _check_size(image.size, max_pixels)
+            image.load()
+    except (ImageTooLargeError, UndecodableImageError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image has too many pixels (limit {max_pixels:,})") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise UndecodableImageError(f"cannot decode {fmt.name} image: {exc}") from exc
+    image = ImageOps.exif_transpose(image) if fmt.name == "JPEG" else image
+    return to_grayscale(image)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise UndecodableImageError(
+            f"image is {width}x{height}; each side must be at least {MIN_SIDE} pixels"
+        )
+
+
+def _decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode a DICOM file's first frame, applying its VOI LUT / window when present."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - pydicom is a service dependency
+        raise UnsupportedFormatError("DICOM support needs the 'pydicom' package") from exc
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        rows, cols = int(dataset.Rows), int(dataset.Columns)
+    except Exception as exc:
+        raise UndecodableImageError(f"cannot read DICOM header: {exc}") from exc
+    _check_size((cols, rows), max_pixels)
+    try:
+        pixels = dataset.pixel_array
+        if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
+            pixels = pixels[0]  # multi-frame: first frame
+        pixels = apply_voi_lut(pixels, dataset)
+    except Exception as exc:
+        raise UndecodableImageError(f"cannot decode DICOM pixel data: {exc}") from exc
+    gray = _scale_to_uint8(np.asarray(pixels, dtype=np.float64))
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        gray = 255 - gray  # MONOCHROME1 stores bone dark; radiographs show bone bright
+    if gray.ndim == 3:
+        gray = gray.mean(axis=-1).astype(np.uint8)
+    return Image.fromarray(gray)
+
+
+def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Linearly stretch a >8-bit array to 0..255 using its own range."""
+    lo, hi = float(np.min(pixels)), float(np.max(pixels))
+    if hi <= lo:
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    return np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit grayscale the same way everywhere.
+
+    Transparent pixels become black (a radiograph's background); 16-bit and float images
+    are stretched over their own range; palette, CMYK and RGB go through Pillow's
+    ITU-R 601-2 luma conversion.
+    """
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(image, dtype=np.float64)))
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("LA", "RGBA", "PA"):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    return image.convert("L")  # "1", "RGB", "CMYK", "YCbCr", ...
+
+
+def prepare_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """Letterbox a grayscale image into a ``(size, size)`` uint8 array.
+
+    The long side is resized to ``size`` with bilinear filtering (antialiased when
+    shrinking) and the image is centred on a black square.
+    """
+    if image.mode != "L":
+        image = to_grayscale(image)
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w = max(1, round(width * scale))
+    new_h = max(1, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def model_input(pixels: np.ndarray) -> np.ndarray:
+    """Turn prepared uint8 pixels ``(H, W)`` or a batch ``(N, H, W)`` into model input.
+
+    Models take float32 ``(N, H, W, 1)`` in 0..255; channel replication and normalisation
+    happen inside the model graph.
+    """
+    array = np.asarray(pixels, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    return array[..., None]
+
+
+def preprocess_bytes(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes -> prepared ``(size, size)`` uint8 pixels."""
+    return prepare_pixels(decode_image(data, max_pixels=max_pixels), size)
+
+
+def preprocess_file(path: str | Path, size: int) -> np.ndarray:
+    """File -> prepared ``(size, size)`` uint8 pixels (the training and evaluation entry)."""
+    return preprocess_bytes(Path(path).read_bytes(), size)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Re-encode pixels only: no EXIF, text chunks, ICC profile or other metadata survive."""
+    clean = Image.frombytes(image.mode, image.size, image.tobytes())
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()

@@ -1,0 +1,80 @@
+"""The label schema: body parts and abnormality labels, in MURA's terms and the API's.
+
+MURA names study types ``XR_ELBOW``; its folders and CSVs use that form. The peer layout
+and the API use ``Elbow``. Internally a body part is always the upper-case short form
+(``ELBOW``), so every conversion goes through :func:`normalize_body_part`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bonexr.errors import ConfigError
+
+#: The seven MURA-v1.1 study types, in MURA's order.
+ALL_BODY_PARTS: tuple[str, ...] = (
+    "ELBOW",
+    "FINGER",
+    "FOREARM",
+    "HAND",
+    "HUMERUS",
+    "SHOULDER",
+    "WRIST",
+)
+
+#: The body parts a default configuration routes between.
+DEFAULT_BODY_PARTS: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER")
+
+#: MURA's study label: 1 / "positive" means abnormal (fracture, hardware, other findings).
+LABEL_ABNORMAL = 1
+LABEL_NORMAL = 0
+
+#: What the API calls the two outcomes (the peer project's contract).
+RESULT_ABNORMAL = "fractured"
+RESULT_NORMAL = "normal"
+
+STUDY_SUFFIX_TO_LABEL = {"positive": LABEL_ABNORMAL, "negative": LABEL_NORMAL}
+
+
+def normalize_body_part(name: str) -> str:
+    """Map ``XR_ELBOW``, ``Elbow``, ``elbow`` or ``ELBOW`` to ``ELBOW``.
+
+    Raises :class:`ConfigError` naming the valid choices for anything else, so a typo in a
+    flag or env var fails loudly instead of silently training on nothing.
+    """
+    key = str(name).strip().upper()
+    if key.startswith("XR_"):
+        key = key[3:]
+    if key not in ALL_BODY_PARTS:
+        valid = ", ".join(p.lower() for p in ALL_BODY_PARTS)
+        raise ConfigError(f"unknown body part {name!r}; valid body parts are: {valid}")
+    return key
+
+
+def normalize_body_parts(names: Iterable[str] | str) -> tuple[str, ...]:
+    """Normalise a list (or comma-separated string) of body parts, keeping order, no duplicates."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    parts: list[str] = []
+    for name in names:
+        part = normalize_body_part(name)
+        if part not in parts:
+            parts.append(part)
+    if not parts:
+        raise ConfigError("at least one body part must be configured")
+    return tuple(parts)
+
+
+def study_type(part: str) -> str:
+    """``ELBOW`` -> ``XR_ELBOW`` (MURA's folder name)."""
+    return f"XR_{normalize_body_part(part)}"
+
+
+def display_name(part: str) -> str:
+    """``ELBOW`` -> ``Elbow`` (the API's ``bone_type`` and the peer layout's folder name)."""
+    return normalize_body_part(part).capitalize()
+
+
+def result_name(abnormal: bool) -> str:
+    """The API's word for a decision."""
+    return RESULT_ABNORMAL if abnormal else RESULT_NORMAL

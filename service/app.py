@@ -1,0 +1,138 @@
+"""The app factory: wires settings, storage, engine, metrics, middleware and routes.
+
+Middleware order (outermost first) and why:
+
+0. :class:`~service.errors.LastResortMiddleware`: any escaped exception becomes a JSON 500,
+   logged without its message, and goes no further.
+1. :class:`~service.metrics.AccessMiddleware`: times, counts and logs *every* response,
+   including the 401s and 413s produced below it.
+2. :class:`~service.security.ApiKeyMiddleware`: refuses unauthenticated requests before
+   any body byte is read.
+3. :class:`~service.limits.BodySizeLimitMiddleware`: refuses oversized bodies by
+   ``Content-Length`` up front or while they stream.
+
+The engine loads in its own thread from the lifespan, so the server answers ``/health``
+at once and ``/ready`` says "loading" until the bundle is verified and warmed. A bundle that
+fails verification leaves the app serving with ``/ready`` and ``/predict`` at 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+import bonexr
+from service.engine import InferenceEngine
+from service.errors import LastResortMiddleware, install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.metrics import AccessMiddleware, ServiceMetrics
+from service.routes import Services, build_router
+from service.security import ApiKeyMiddleware
+from service.settings import Settings, get_settings
+from service.storage import UploadStore
+
+log = logging.getLogger("bonexr.service")
+
+DESCRIPTION = """
+Bone X-ray triage: a router picks the body part, that part's model scores abnormality
+(MURA's label: *fractured* means any abnormality, including hardware).
+**Not a medical device.** Upload with `POST /upload`, classify with `POST /predict`.
+Errors are always `{"detail": "..."}`.
+"""
+
+
+def configure_logging(level: str) -> None:
+    """Give the ``bonexr`` loggers a handler when nothing else configured logging.
+
+    uvicorn configures only its own loggers, so without this the access log and engine
+    messages would be dropped; a host app or pytest that set up the root logger keeps
+    its own configuration.
+    """
+    logger = logging.getLogger("bonexr")
+    numeric = logging.getLevelName(level.upper())
+    logger.setLevel(numeric if isinstance(numeric, int) else logging.DEBUG)  # "trace" -> DEBUG
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def retention_interval(retention_hours: float) -> float:
+    """Sweep ten times per retention period, at least every 10 minutes, at most every second."""
+    return max(1.0, min(600.0, retention_hours * 3600.0 / 10.0))
+
+
+async def _retention_loop(services: Services) -> None:
+    """Delete expired uploads on startup and then periodically (runs in the threadpool)."""
+    hours = services.settings.retention_hours
+    max_age = hours * 3600.0 if hours else None
+    while True:
+        try:
+            removed = await asyncio.to_thread(services.store.sweep, max_age)
+            if removed:
+                services.metrics.uploads_deleted.labels("retention").inc(removed)
+                log.info("retention sweep removed %d upload(s)", removed)
+        except OSError as exc:
+            log.warning("retention sweep failed: %s", type(exc).__name__)
+        if max_age is None:
+            return  # no retention: the startup pass only cleans stale temp files
+        await asyncio.sleep(retention_interval(hours))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    await asyncio.to_thread(services.store.ensure)
+    services.engine.start()
+    sweeper = asyncio.create_task(_retention_loop(services), name="bonexr-retention")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await asyncio.to_thread(services.engine.stop)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app for ``settings`` (default: ``BONEXR_*`` environment)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    metrics = ServiceMetrics()
+    store = UploadStore(settings.upload_dir)
+    metrics.count_stored_with(store.count)
+    services = Services(
+        settings=settings,
+        store=store,
+        engine=InferenceEngine(settings, metrics),
+        metrics=metrics,
+        decode_slots=threading.BoundedSemaphore(max(2, os.cpu_count() or 2)),
+    )
+    app = FastAPI(
+        title="bonexr",
+        version=bonexr.__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    keys = settings.api_key_list()
+    protected, public = build_router(auth_enabled=bool(keys))
+    app.include_router(protected)
+    app.include_router(public)
+    app.add_middleware(BodySizeLimitMiddleware, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    # Flat list of concrete routes (FastAPI nests included routers) for labelling responses
+    # sent before routing.
+    routes = [
+        r for r in (*app.router.routes, *protected.routes, *public.routes) if hasattr(r, "path")
+    ]
+    app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(LastResortMiddleware)
+    return app

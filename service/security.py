@@ -1,0 +1,75 @@
+"""Optional API-key authentication (header ``X-API-Key``), as a pure ASGI middleware.
+
+Why a middleware and not a route dependency: FastAPI reads and parses the request body
+*before* it runs dependencies, so a dependency would let an unauthenticated client make the
+server spool a 20 MB multipart body. The middleware refuses before any byte of the body is
+read. The OpenAPI schema still documents the scheme (see :data:`api_key_scheme`).
+
+Keys are compared with :func:`hmac.compare_digest` against *every* configured key (no early
+exit), so response timing does not reveal a key's prefix or which key almost matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from fastapi.security import APIKeyHeader
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+HEADER = "X-API-Key"
+#: Paths an orchestrator or scraper must reach without a key, plus the API docs.
+PUBLIC_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+
+#: Documentation-only: declares the scheme in OpenAPI; enforcement is the middleware.
+api_key_scheme = APIKeyHeader(name=HEADER, auto_error=False, description="API key (if enabled).")
+
+
+def key_matches(presented: bytes | None, keys: list[bytes]) -> bool:
+    """Constant-time check of ``presented`` against every configured key."""
+    if presented is None:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+class ApiKeyMiddleware:
+    """Reject requests to protected paths without a valid ``X-API-Key`` (401)."""
+
+    def __init__(self, app: ASGIApp, *, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode("utf-8") for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or scope.get("path") in PUBLIC_PATHS
+            or key_matches(_header(scope, b"x-api-key"), self.keys)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": f"missing or invalid API key (header {HEADER})"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", HEADER.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,58 @@
+"""Service configuration: one pydantic-settings class, read from ``BONEXR_*`` env vars.
+
+Every knob the service has is here, documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the inference service."""
+
+    model_config = SettingsConfigDict(env_prefix="BONEXR_", env_file=None, extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="Folder holding model bundles.")
+    bundle: str | None = Field(
+        None, description="Bundle name inside models_dir (or absolute path); default: newest."
+    )
+    upload_dir: Path = Field(Path("uploads"), description="Where uploaded images are stored.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Upload size limit (413).")
+    max_pixels: int = Field(50_000_000, gt=0, description="Pixel limit from the header (413).")
+    retention_hours: float | None = Field(
+        None, gt=0, description="Delete uploads older than this many hours (off when unset)."
+    )
+    api_keys: str = Field(
+        "", description="Comma-separated API keys for X-API-Key; empty disables auth."
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Micro-batch size limit.")
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
+    router_confidence_floor: float = Field(
+        0.6, ge=0, le=1, description="Below this top router probability a warning is added."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = all cores).")
+    device: str = Field("auto", description="auto | cpu | gpu (auto uses CUDA when present).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"auto", "cpu", "gpu"}:
+            raise ValueError("device must be auto, cpu or gpu")
+        return value
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,177 @@
+"""Content-addressed, crash-safe store for uploaded images (which are patient data).
+
+* The name is the sha256 of the stored bytes, so the same image is stored once and a name
+  can never point at different pixels; the client's file name is never used anywhere.
+* Only pixel-only PNGs produced by :func:`bonexr.imaging.encode_png` are stored (the caller
+  re-encodes), so no EXIF, text chunks or other metadata are kept.
+* Writes go to a unique temp file in the same folder (prefix ``.tmp-``, ignored by every
+  listing), are fsynced, then linked into place. ``os.link`` is create-if-absent and atomic,
+  so two concurrent uploads of the same image cannot both claim to have created it, and a
+  reader never sees a partial file. Where hard links are unsupported, ``os.replace`` (also
+  atomic; identical content) is used instead.
+* Names are validated against a strict pattern before touching the filesystem, so no
+  request value can escape the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import InvalidFilenameError, UploadNotFoundError
+
+NAME_RE = re.compile(r"[0-9a-f]{64}\.png")
+TEMP_PREFIX = ".tmp-"
+#: Temp files older than this are leftovers of a crash and are removed by :meth:`sweep`.
+STALE_TEMP_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    filename: str
+    created: bool  # False when identical bytes were already stored
+    size: int
+
+
+class UploadStore:
+    """The upload folder. Thread-safe: every operation is a single atomic filesystem call."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def ensure(self) -> None:
+        """Create the folder (owner-only permissions: uploads are patient data)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @staticmethod
+    def validate_name(filename: str) -> str:
+        if not isinstance(filename, str) or not NAME_RE.fullmatch(filename):
+            raise InvalidFilenameError("filename must be 64 lowercase hex digits + '.png'")
+        return filename
+
+    def path_for(self, filename: str) -> Path:
+        return self.directory / self.validate_name(filename)
+
+    def save(self, png: bytes) -> StoredUpload:
+        """Store ``png`` under its sha256 unless it is already there.
+
+        A re-upload of stored bytes refreshes the file's mtime (its retention clock). If the
+        copy vanishes between the checks (a concurrent delete or sweep), it is written again,
+        so a returned name always refers to a file that existed when ``save`` returned.
+        """
+        self.ensure()
+        name = hashlib.sha256(png).hexdigest() + ".png"
+        final = self.directory / name
+        for _ in range(5):
+            if self._touch(final):
+                return StoredUpload(name, created=False, size=len(png))
+            created = self._write_new(png, final)
+            if created:
+                return StoredUpload(name, created=True, size=len(png))
+        raise OSError("upload store: the file kept disappearing while being stored")
+
+    def _write_new(self, png: bytes, final: Path) -> bool:
+        """Write through a synced temp file; True if this call created ``final``."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX, suffix=".png")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(png)
+                handle.flush()
+                os.fsync(handle.fileno())
+            created = self._publish(Path(tmp), final)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        if created:
+            self._fsync_dir()
+        return created
+
+    def _publish(self, tmp: Path, final: Path) -> bool:
+        try:
+            os.link(tmp, final)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # filesystem without hard links
+            existed = final.exists()
+            os.replace(tmp, final)
+            return not existed
+
+    def _fsync_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _touch(path: Path) -> bool:
+        """Restart the retention clock of a stored copy; False if there is none."""
+        try:
+            os.utime(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read(self, filename: str) -> bytes:
+        path = self.path_for(filename)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise UploadNotFoundError("no upload with that filename") from None
+
+    def exists(self, filename: str) -> bool:
+        return self.path_for(filename).is_file()
+
+    def delete(self, filename: str) -> bool:
+        """Remove an upload; False when it did not exist (already deleted or never stored)."""
+        try:
+            self.path_for(filename).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def names(self) -> Iterator[str]:
+        """Stored upload names (temp files and anything else in the folder are ignored)."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if NAME_RE.fullmatch(entry.name):
+                yield entry.name
+
+    def count(self) -> int:
+        return sum(1 for _ in self.names())
+
+    def sweep(self, max_age_seconds: float | None, *, now: float | None = None) -> int:
+        """Delete uploads older than ``max_age_seconds`` and stale temp files.
+
+        Returns the number of uploads removed (temp files are not counted).
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            is_upload = NAME_RE.fullmatch(entry.name) is not None
+            expired = max_age_seconds is not None and is_upload and age > max_age_seconds
+            stale_temp = entry.name.startswith(TEMP_PREFIX) and age > STALE_TEMP_SECONDS
+            if expired or stale_temp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += int(is_upload)
+        return removed

@@ -1,0 +1,240 @@
+"""Training end to end on synthetic MURA data: it learns, evaluates, exports and resumes.
+
+Nothing is mocked: the models are trained here and measured on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonexr.bundle import verify_bundle
+from bonexr.errors import BundleError, ConfigError, DataError
+from bonexr.imaging import model_input, preprocess_file
+from training.config import TrainConfig
+from training.models import build_model, resolve_weights
+from training.run import run_training
+from training.train import model_frames
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(report_md: str) -> str:
+    return "\n".join(line for line in report_md.splitlines() if line.startswith("|"))
+
+
+def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    router_accuracy = report["router"]["image"]["accuracy"]
+    aurocs = {part: m["study"]["auroc"] for part, m in report["parts"].items()}
+    print(f"router accuracy {router_accuracy:.3f}; study AUROC {aurocs}")
+    assert router_accuracy >= 0.9
+    for part, auroc in aurocs.items():
+        assert auroc >= 0.85, f"{part} study-level AUROC {auroc:.3f} < 0.85"
+    assert report["two_stage"]["overall"]["study"]["n"] == report["overall"]["study"]["n"]
+
+
+def test_corrupt_image_is_reported_and_skipped(trained_demo: dict) -> None:
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    assert list(report["bad_images"]) == [str(trained_demo["corrupt"])]
+    assert "Skipped images (1)" in (trained_demo["bundle"] / "report.md").read_text()
+
+
+def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
+    bundle = trained_demo["bundle"]
+    manifest = verify_bundle(bundle)
+    assert manifest.synthetic and "DEMO ONLY" in manifest.intended_use
+    for rel in (
+        "split.csv",
+        "report.md",
+        "report.json",
+        "plots/roc.png",
+        "plots/confusion.png",
+        "plots/training_curves.png",
+        "test_predictions.csv",
+    ):
+        assert rel in manifest.files, rel
+    split = pd.read_csv(bundle / "split.csv")
+    owners = split.groupby("patient_id")["split"].nunique()
+    assert (owners == 1).all(), "a patient appears in two splits"
+    assert manifest.data["split_seed"] == 0
+    thresholds = {p: s.threshold for p, s in manifest.parts.items()}
+    assert all(0.0 < t < 1.0 for t in thresholds.values())
+    assert manifest.metrics["router_accuracy"] >= 0.9
+    table = _rows((bundle / "report.md").read_text())
+    assert "MURA paper" in table and "| Hand |" in table
+
+
+def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:
+    """Export -> reload: the bundle's Keras files reproduce the evaluation's probabilities."""
+    bundle = trained_demo["bundle"]
+    manifest = verify_bundle(bundle)
+    predictions = (
+        pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"]).head(24)
+    )
+    batch = np.concatenate(
+        [model_input(preprocess_file(p, manifest.input.size)) for p in predictions["path"]]
+    )
+    router = keras.models.load_model(bundle / manifest.router.keras)
+    router_probs = np.asarray(router(batch, training=False))
+    expected = predictions[[f"router_{p.upper()}" for p in manifest.router.classes]].to_numpy()
+    np.testing.assert_allclose(router_probs, expected, atol=1e-6)
+    hand = keras.models.load_model(bundle / manifest.parts["Hand"].keras)
+    np.testing.assert_allclose(
+        np.asarray(hand(batch, training=False))[:, 0], predictions["prob_HAND"], atol=1e-6
+    )
+
+
+def test_existing_bundle_is_refused_before_training(trained_demo: dict) -> None:
+    with pytest.raises(BundleError, match="already exists"):
+        run_training(
+            trained_demo["root"],
+            trained_demo["config"],
+            out=trained_demo["bundle"],
+            run_dir=trained_demo["bundle"].parent / "unused-run",
+        )
+    assert not (trained_demo["bundle"].parent / "unused-run").exists()
+
+
+class _InterruptAfter(keras.callbacks.Callback):
+    """Simulates Ctrl-C after a given epoch has been checkpointed."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class _RecordStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None) -> None:
+        self.weights = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.__dict__.setdefault("first_epoch", epoch)
+
+
+def test_resume_continues_from_checkpoint(synthetic_small: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        name="resume",
+        input_size=48,
+        router_backbone="tiny",
+        part_backbone="tiny",
+        weights="none",
+        epochs=4,
+        batch_size=32,
+        patience=10,
+        progress=False,
+    )
+    run_dir, out = tmp_path / "run", tmp_path / "models" / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            synthetic_small,
+            config,
+            out=out,
+            run_dir=run_dir,
+            only=["router"],
+            callbacks=(_InterruptAfter(1),),
+        )
+    history = pd.read_csv(run_dir / "router" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    saved = keras.models.load_model(run_dir / "router" / "best.keras")  # exists after epoch 1
+    assert saved is not None
+
+    with pytest.raises(ConfigError, match="--resume"):
+        run_training(synthetic_small, config, out=out, run_dir=run_dir, only=["router"])
+    changed = TrainConfig(**{**config.to_dict(), "epochs": 6})
+    with pytest.raises(ConfigError, match=r"different config.*epochs"):
+        run_training(synthetic_small, changed, out=out, run_dir=run_dir, resume=True)
+
+    backup = build_model("router", classes=list(config.body_parts), backbone="tiny", input_size=48)
+    backup.load_weights(run_dir / "router" / "backup_finetune" / "latest.weights.h5")
+    recorder = _RecordStart()
+    result = run_training(
+        synthetic_small,
+        config,
+        out=out,
+        run_dir=run_dir,
+        resume=True,
+        only=["router"],
+        callbacks=(recorder,),
+    )
+    assert result is None  # part models not trained yet: no bundle
+    assert recorder.first_epoch == 2
+    for restored, checkpointed in zip(recorder.weights, backup.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, checkpointed)
+    history = pd.read_csv(run_dir / "router" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert (run_dir / "router" / "done.json").is_file()
+
+
+def test_imagenet_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("training.models._download_host_reachable", lambda *a, **k: False)
+    with pytest.raises(ConfigError, match="--weights none"):
+        resolve_weights("imagenet", "resnet50")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_weights(str(tmp_path / "missing.h5"), "resnet50")
+    with pytest.raises(ConfigError, match="no ImageNet weights"):
+        resolve_weights("imagenet", "tiny")
+
+
+def test_single_label_part_is_refused() -> None:
+    split = pd.DataFrame(
+        {
+            "body_part": ["HAND"] * 4,
+            "label": [0, 0, 0, 0],
+            "split": ["train", "train", "validation", "validation"],
+        }
+    )
+    with pytest.raises(DataError, match="HAND has only label 0"):
+        model_frames(split, "hand")
+
+
+def test_resnet50_path_builds_trains_exports_reloads(synthetic_small: Path, tmp_path: Path) -> None:
+    """The real ResNet50 configuration, end to end through the CLI (tiny input, one epoch)."""
+    from bonexr.cli import main
+
+    out = tmp_path / "models" / "r50"
+    code = main(
+        [
+            "train",
+            str(synthetic_small),
+            "--name",
+            "r50",
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--parts",
+            "elbow,hand",
+            "--backbone",
+            "resnet50",
+            "--router-backbone",
+            "resnet50",
+            "--weights",
+            "none",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+        ]
+    )
+    assert code == 0
+    manifest = verify_bundle(out)
+    assert manifest.router.backbone == "resnet50" and manifest.parts["Hand"].backbone == "resnet50"
+    router = keras.models.load_model(out / "router.keras")
+    assert router.get_layer("backbone").name == "backbone"
+    assert router.count_params() > 23_000_000  # ResNet50 body, not a stand-in
+    assert max(manifest.training["onnx_parity_max_abs_diff"].values()) < 1e-4
+    shutil.rmtree(tmp_path / "run")

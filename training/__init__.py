@@ -1,0 +1,1 @@
+"""Training side of bonexr: indexing, patient split, synthetic data, models, evaluation, export."""

@@ -1,0 +1,205 @@
+"""Bundle export: Keras models -> ONNX (checked for parity) -> an atomically published bundle.
+
+The service runs ONNX Runtime (measured here ~1.8x the throughput of TensorFlow on CPU at a
+fraction of the memory), so every model is exported and its ONNX output compared with
+Keras on random and real images before the bundle is allowed to exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bonexr.bundle import (
+    SYNTHETIC_USE,
+    InputSpec,
+    Manifest,
+    ModelFiles,
+    PartSpec,
+    RouterSpec,
+    publish_bundle,
+    staging_dir,
+)
+from bonexr.errors import BundleError
+from bonexr.labels import display_name
+
+log = logging.getLogger(__name__)
+
+#: Largest tolerated |Keras - ONNX| difference in output probabilities.
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(model: keras.Model, path: Path) -> None:
+    """Write ``model`` as ONNX with a dynamic batch dimension (input name ``image``)."""
+    size = int(model.input_shape[1])
+    model(np.zeros((1, size, size, 1), np.float32), training=False)  # export needs a built call
+    with contextlib.redirect_stdout(io.StringIO()):  # tf2onnx prints progress to stdout
+        model.export(str(path), format="onnx", verbose=False)
+
+
+def onnx_parity(model: keras.Model, onnx_path: Path, samples: np.ndarray) -> float:
+    """Max |Keras - ONNX Runtime| over ``samples`` (float32 ``(N, H, W, 1)``)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    keras_out = np.asarray(model(samples, training=False))
+    onnx_out = session.run(None, {input_name: samples})[0]
+    return float(np.max(np.abs(keras_out - onnx_out)))
+
+
+def parity_samples(size: int, real: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Random-noise images plus, when given, real prepared images (float32 NHWC)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 255, size=(4, size, size, 1)).astype(np.float32)
+    if real is None or len(real) == 0:
+        return noise
+    return np.concatenate([noise, np.asarray(real, np.float32)[:12]], axis=0)
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import sklearn
+    import tensorflow as tf
+
+    import bonexr
+
+    return {
+        "bonexr": bonexr.__version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def export_bundle(
+    destination: Path,
+    *,
+    models: dict[str, keras.Model],
+    name: str,
+    body_parts: list[str],
+    input_size: int,
+    backbones: dict[str, str],
+    thresholds: dict[str, float],
+    threshold_rule: str,
+    metrics: dict,
+    data: dict,
+    training: dict,
+    synthetic: bool,
+    extra_files: dict[str, Path] | None = None,
+    parity_images: np.ndarray | None = None,
+    force: bool = False,
+) -> Manifest:
+    """Write a complete bundle to ``destination`` atomically and return its manifest.
+
+    ``models`` maps ``router`` and lower-case part names to Keras models. ``extra_files``
+    maps bundle-relative paths (``report.md``, ``plots/roc.png``, ``split.csv``) to files
+    to copy in. Raises :class:`BundleError` if ONNX parity fails or the destination exists
+    (without ``force``).
+    """
+    destination = Path(destination)
+    if destination.exists() and not force:
+        raise BundleError(f"{destination} already exists; pass --force to replace it")
+    staging = staging_dir(destination)
+    try:
+        samples = parity_samples(input_size, parity_images)
+        specs: dict[str, ModelFiles] = {}
+        parity: dict[str, float] = {}
+        for model_name, model in models.items():
+            keras_file, onnx_file = f"{model_name}.keras", f"{model_name}.onnx"
+            model.save(staging / keras_file)
+            export_onnx(model, staging / onnx_file)
+            parity[model_name] = onnx_parity(model, staging / onnx_file, samples)
+            if parity[model_name] > PARITY_TOLERANCE:
+                raise BundleError(
+                    f"ONNX export of {model_name} differs from Keras by {parity[model_name]:.2e} "
+                    f"(tolerance {PARITY_TOLERANCE:g}); refusing to publish the bundle"
+                )
+            specs[model_name] = ModelFiles(
+                keras=keras_file, onnx=onnx_file, backbone=backbones[model_name]
+            )
+            log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
+        for rel, source in (extra_files or {}).items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        manifest = Manifest(
+            name=name,
+            synthetic=synthetic,
+            body_parts=[display_name(p) for p in body_parts],
+            input=InputSpec(size=input_size),
+            router=RouterSpec(
+                **specs["router"].model_dump(), classes=[display_name(p) for p in body_parts]
+            ),
+            parts={
+                display_name(p): PartSpec(
+                    **specs[p.lower()].model_dump(),
+                    threshold=thresholds[p],
+                    threshold_rule=threshold_rule,
+                )
+                for p in body_parts
+            },
+            metrics=metrics,
+            data=data,
+            training=training | {"onnx_parity_max_abs_diff": parity},
+            libraries=library_versions(),
+        )
+        if synthetic:
+            manifest.intended_use = SYNTHETIC_USE
+        return publish_bundle(staging, manifest, destination, force=force)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_random_init_bundle(
+    destination: Path,
+    *,
+    input_size: int = 224,
+    backbone: str = "resnet50",
+    body_parts: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER"),
+    seed: int = 0,
+    force: bool = False,
+) -> Manifest:
+    """An untrained bundle with the real architecture, for benchmarks and contract tests.
+
+    Throughput and memory do not depend on the weights, so benchmarks need no training run.
+    The manifest says plainly that the models are untrained.
+    """
+    from training.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    models = {
+        "router": build_model(
+            "router", classes=list(body_parts), backbone=backbone, input_size=input_size
+        )
+    }
+    for part in body_parts:
+        models[part.lower()] = build_model("abnormality", backbone=backbone, input_size=input_size)
+    return export_bundle(
+        destination,
+        models=models,
+        name=Path(destination).name,
+        body_parts=list(body_parts),
+        input_size=input_size,
+        backbones=dict.fromkeys(models, backbone),
+        thresholds=dict.fromkeys(body_parts, 0.5),
+        threshold_rule="fixed-0.5-untrained",
+        metrics={},
+        data={"source": "none: random-init weights (benchmark/contract bundle)"},
+        training={"untrained": True, "seed": seed},
+        synthetic=True,
+        force=force,
+    )

@@ -1,0 +1,92 @@
+"""MURA-style metrics: study-level aggregation, AUROC, Cohen's kappa, sensitivity, specificity.
+
+Pure functions over arrays and DataFrames (scikit-learn underneath), so they are tested on
+tiny hand-computed examples and reused by evaluation, cross-validation and the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
+
+#: How the per-part decision threshold is chosen (stored in the manifest).
+THRESHOLD_RULE = "youden-j-on-validation-study-level"
+
+
+def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
+    """One row per study: the mean of its views' probabilities (as in the MURA paper).
+
+    Expects columns ``study_id``, ``body_part``, ``label`` and ``prob_column``; rows with a
+    NaN probability (undecodable images) are ignored, and a study with no usable view is
+    dropped.
+    """
+    usable = frame.dropna(subset=[prob_column])
+    grouped = usable.groupby("study_id", sort=True)
+    return pd.DataFrame(
+        {
+            "body_part": grouped["body_part"].first(),
+            "label": grouped["label"].first().astype(int),
+            "prob": grouped[prob_column].mean(),
+            "views": grouped.size(),
+        }
+    ).reset_index()
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Youden's J: the threshold maximising sensitivity + specificity - 1.
+
+    Chosen on the validation split, never the test split. Falls back to 0.5 when the
+    labels are all one class (J is undefined).
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    best = int(np.argmax(tpr - fpr))
+    threshold = float(thresholds[best])
+    return float(min(max(threshold, 0.0), 1.0))
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """AUROC, kappa, sensitivity, specificity, accuracy and the confusion matrix at a threshold."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    predicted = (probs >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    both = len(np.unique(labels)) == 2
+    return {
+        "n": len(labels),
+        "n_abnormal": int(labels.sum()),
+        "auroc": float(roc_auc_score(labels, probs)) if both else None,
+        "kappa": _kappa(labels, predicted),
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
+        "specificity": float(tn / (tn + fp)) if tn + fp else None,
+        "accuracy": float((tp + tn) / len(labels)) if len(labels) else None,
+        "threshold": float(threshold),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+    }
+
+
+def _kappa(labels: np.ndarray, predicted: np.ndarray) -> float | None:
+    if len(labels) == 0:
+        return None
+    if len(np.unique(np.concatenate([labels, predicted]))) < 2:
+        return 1.0 if np.array_equal(labels, predicted) else 0.0
+    return float(cohen_kappa_score(labels, predicted))
+
+
+def router_metrics(
+    true_parts: pd.Series, predicted_parts: pd.Series, classes: list[str]
+) -> dict[str, Any]:
+    """Accuracy and confusion matrix (rows: true part, columns: predicted part)."""
+    matrix = confusion_matrix(true_parts, predicted_parts, labels=classes)
+    total = int(matrix.sum())
+    return {
+        "n": total,
+        "accuracy": float(np.trace(matrix) / total) if total else None,
+        "classes": classes,
+        "confusion_matrix": matrix.astype(int).tolist(),
+    }

@@ -1,0 +1,104 @@
+"""The per-bundle model card (``MODEL_CARD.md``), generated from the evaluation report.
+
+It says what the bundle is for, what it was trained on and how well it did, next to the
+published MURA figures, so nobody has to dig through JSON to decide whether to trust it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
+from bonexr.labels import display_name
+from training.config import TrainConfig
+
+KNOWN_FAILURE_MODES = [
+    "Body parts outside the configured set (e.g. wrist, knee, chest) are still routed to one "
+    "of the configured parts; watch the router-confidence warning.",
+    "Children and adolescents (open growth plates) are rare in MURA and look 'abnormal' to "
+    "models trained on adults.",
+    "MURA 'abnormal' includes orthopaedic hardware, degenerative change and old injuries, so "
+    "a healed fracture with a plate is 'fractured' here.",
+    "Images very unlike MURA (DICOM windowing, photographs of films, heavy annotations, "
+    "other scanners) degrade accuracy; re-validate on your own data.",
+    "MURA labels come from radiology reports and carry label noise; the MURA paper's "
+    "radiologists themselves reached only moderate agreement on some parts.",
+]
+
+
+def _f(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
+def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[str, Any]) -> str:
+    parts = list(report["parts"])
+    refs = report["reference"]["kappa"]
+    lines = [
+        f"# Model card: {config.name}",
+        "",
+        "## Intended use",
+        "",
+        SYNTHETIC_USE if config.synthetic else INTENDED_USE,
+        "",
+        "Output: the body part (router) and, for that part, P(abnormal) with a decision "
+        "threshold; `fractured` in the API means MURA 'abnormal' (any finding), `normal` "
+        "means no abnormality detected. It does not localise findings.",
+        "",
+        "## Training data",
+        "",
+        f"- Source: `{data.get('source', 'n/a')}`"
+        + (" (**synthetic**, procedurally drawn; not radiographs)" if config.synthetic else ""),
+        f"- Split: {data.get('split_mode', 'n/a')} mode, seed {data.get('split_seed', 'n/a')}, "
+        "by patient (no patient in two splits); `split.csv` is in the bundle.",
+    ]
+    for split, counts in data.get("counts", {}).items():
+        lines.append(
+            f"- {split}: {counts['images']} images, {counts['studies']} studies "
+            f"({counts['abnormal_studies']} abnormal), {counts['patients']} patients"
+        )
+    lines += [
+        "",
+        "## Models",
+        "",
+        f"- Router: {config.router_backbone}; abnormality models: {config.part_backbone}; "
+        f"input {config.input_size}x{config.input_size} grayscale, "
+        f"weights start: {config.weights}.",
+        "",
+        "## Results on the test split (study level)",
+        "",
+        "| body part | AUROC | kappa | sensitivity | specificity | threshold | "
+        + " | ".join(f"kappa, {name}" for name in refs)
+        + " |",
+        "|---" * (6 + len(refs)) + "|",
+    ]
+    for part in parts:
+        m = report["parts"][part]["study"]
+        ref_values = " | ".join(_f(r.get(part)) for r in refs.values())
+        lines.append(
+            f"| {display_name(part)} | {_f(m['auroc'])} | {_f(m['kappa'])} | "
+            f"{_f(m['sensitivity'])} | {_f(m['specificity'])} | {_f(m['threshold'])} | "
+            f"{ref_values} |"
+        )
+    router = report["router"]["image"]["accuracy"]
+    two_stage = report["two_stage"]["overall"]["study"]
+    lines += [
+        "",
+        f"Router accuracy (images): {_f(router)}. Two-stage (router then part model) overall "
+        f"study kappa {_f(two_stage['kappa'])}, AUROC {_f(two_stage['auroc'])}. "
+        f"MURA paper overall AUROC: 0.929.",
+        "",
+        "## Thresholds and how to re-choose them per site",
+        "",
+        "Each part's threshold maximises Youden's J (sensitivity + specificity - 1) on the "
+        "validation split at study level. A site that wants a different operating point "
+        "(e.g. high sensitivity for triage) should score its own labelled studies, pick the "
+        "threshold from their ROC curve, and edit `parts.<Part>.threshold` in a copy of "
+        "`manifest.json` (then re-run `bonexr verify`: thresholds are not hashed, model "
+        "files are).",
+        "",
+        "## Known failure modes",
+        "",
+        *[f"- {item}" for item in KNOWN_FAILURE_MODES],
+        "",
+    ]
+    return "\n".join(lines)

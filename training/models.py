@@ -1,0 +1,160 @@
+"""Model builders: the body-part router and the per-part abnormality classifiers.
+
+Every model takes float32 ``(N, size, size, 1)`` pixels in 0..255 (what
+:func:`bonexr.imaging.model_input` produces) and does the rest in its own graph: the
+grayscale channel is replicated to three and the backbone's own normalisation is applied
+by a ``Rescaling`` layer. So no caller (training, evaluation, service, ONNX Runtime) can
+forget ``preprocess_input`` -- the classic training/serving skew of this field.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from bonexr.errors import ConfigError
+from training.config import BACKBONE_NAMES, check_backbone
+
+#: ImageNet normalisation "caffe" style (ResNet50): BGR mean subtraction, no scaling.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: ImageNet normalisation "torch" style (DenseNet): scale to 0..1, then mean/std per channel.
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor and the input normalisation its weights expect."""
+
+    build: Callable[..., keras.Model]
+    scale: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    imagenet: bool  # whether ImageNet weights exist for it
+
+
+def _tiny_backbone(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+    """A four-block CNN (~100k parameters) for tests and the quick synthetic demo."""
+    if weights not in (None, "none"):
+        raise ConfigError("the 'tiny' backbone has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)  # short runs: stats must settle fast
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x)
+    # Max pooling finds a small defect anywhere in the image; average pooling sees global shape.
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    return keras.Model(inputs, x, name="tiny")
+
+
+def _keras_app(factory: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+    def build(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+        return factory(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+
+    return build
+
+
+_TORCH_SCALE = tuple(1.0 / (255.0 * s) for s in _TORCH_STD)
+_TORCH_OFFSET = tuple(-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True))
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet50": Backbone(
+        _keras_app(keras.applications.ResNet50),
+        (1.0, 1.0, 1.0),
+        tuple(-m for m in _CAFFE_MEAN_BGR),
+        imagenet=True,
+    ),
+    "densenet169": Backbone(
+        _keras_app(keras.applications.DenseNet169), _TORCH_SCALE, _TORCH_OFFSET, imagenet=True
+    ),
+    "tiny": Backbone(_tiny_backbone, (1 / 255.0,) * 3, (0.0,) * 3, imagenet=False),
+}
+
+assert tuple(BACKBONES) == BACKBONE_NAMES, "keep training.config.BACKBONE_NAMES in sync"
+
+ROUTER = "router"
+
+
+def resolve_weights(weights: str, backbone: str) -> str | None:
+    """Turn the ``--weights`` value into what ``keras.applications`` takes.
+
+    ``imagenet`` needs the weights in Keras' cache or a reachable download host; offline
+    without a cache we fail at once with advice instead of hanging on a download.
+    """
+    spec = BACKBONES[check_backbone(backbone)]
+    if weights in ("none", "", None):
+        return None
+    if weights == "imagenet":
+        if not spec.imagenet:
+            raise ConfigError(f"backbone {backbone!r} has no ImageNet weights; use --weights none")
+        if not _imagenet_cached(backbone) and not _download_host_reachable():
+            raise ConfigError(
+                "ImageNet weights are not in the Keras cache (~/.keras/models) and the download "
+                "host is unreachable (offline?). Use --weights none, or --weights PATH to a local "
+                f"{backbone} 'notop' weights file."
+            )
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"weights file {path} does not exist (expected imagenet, none or a path)")
+    return str(path)
+
+
+def _imagenet_cached(backbone: str) -> bool:
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    stem = {"resnet50": "resnet50", "densenet169": "densenet169"}[backbone]
+    return any(cache.glob(f"{stem}*notop*.h5"))
+
+
+def _download_host_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def build_model(
+    task: str,
+    *,
+    classes: list[str] | None = None,
+    backbone: str = "resnet50",
+    input_size: int = 224,
+    weights: str = "none",
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Build the router (``task="router"``, softmax over ``classes``) or an abnormality model.
+
+    With pretrained weights the backbone runs its BatchNormalization in inference mode, so
+    fine-tuning does not wreck the ImageNet statistics (the keras-io transfer-learning
+    recipe); from random init the statistics must be learned, so they train normally.
+    """
+    spec = BACKBONES[check_backbone(backbone)]
+    resolved = resolve_weights(weights, backbone)
+    if input_size < 32:
+        raise ConfigError(f"input size {input_size} is too small (minimum 32)")
+    image = keras.Input((input_size, input_size, 1), name="image")
+    x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
+    x = layers.Rescaling(scale=list(spec.scale), offset=list(spec.offset), name="normalize")(x)
+    base = spec.build((input_size, input_size, 3), weights=resolved)
+    base.name = "backbone"
+    x = base(x, training=False) if resolved else base(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    if task == ROUTER:
+        if not classes or len(classes) < 2:
+            raise ConfigError("the router needs at least two body parts")
+        out = layers.Dense(len(classes), activation="softmax", name="probabilities")(x)
+    else:
+        out = layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+    return keras.Model(image, out, name=f"bonexr_{task.lower()}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer("backbone")

@@ -1,0 +1,229 @@
+"""Human-readable evaluation output: ``report.md`` and PNG plots.
+
+The JSON report is the source; the Markdown and plots are renderings of it (plus the
+per-image predictions for the ROC curves and the training logs for the curves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from bonexr.labels import display_name
+from training.metrics import study_level
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> str:
+    """The report as Markdown, with the MURA reference figures beside ours."""
+    parts = list(report["parts"])
+    lines = [f"# Evaluation report: {name}", ""]
+    if synthetic:
+        lines += [
+            "> **Synthetic demo data.** These figures say the pipeline works; they say "
+            "nothing about performance on radiographs.",
+            "",
+        ]
+    counts = report.get("counts", {})
+    if counts:
+        lines += ["## Data", "", "| split | images | studies | patients |", "|---|---|---|---|"]
+        for split, c in counts.items():
+            lines.append(f"| {split} | {c['images']} | {c['studies']} | {c['patients']} |")
+        lines.append("")
+    router = report["router"]
+    lines += [
+        "## Body-part router (test split)",
+        "",
+        f"Image-level accuracy **{_fmt(router['image']['accuracy'])}** "
+        f"(n={router['image']['n']}); study-level accuracy "
+        f"{_fmt(router['study']['accuracy'])}.",
+        "",
+        "Confusion matrix (rows true, columns predicted):",
+        "",
+        "| true \\ predicted | " + " | ".join(display_name(p) for p in parts) + " |",
+        "|---" * (len(parts) + 1) + "|",
+    ]
+    for part, row in zip(parts, router["image"]["confusion_matrix"], strict=True):
+        lines.append(f"| {display_name(part)} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [
+        "",
+        "## Abnormality, study level (test split, true body part)",
+        "",
+        "| body part | studies | AUROC | kappa | sensitivity | specificity | threshold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for part in parts:
+        m = report["parts"][part]["study"]
+        lines.append(
+            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
+            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} | {_fmt(m['threshold'])} |"
+        )
+    o = report["overall"]["study"]
+    lines.append(
+        f"| **overall** | {o['n']} | {_fmt(o['auroc'])} | {_fmt(o['kappa'])} | "
+        f"{_fmt(o['sensitivity'])} | {_fmt(o['specificity'])} | per part |"
+    )
+    lines += [
+        "",
+        "## Image level (test split, true body part)",
+        "",
+        "| body part | images | AUROC | kappa | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in parts:
+        m = report["parts"][part]["image"]
+        lines.append(
+            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
+            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |"
+        )
+    lines += [
+        "",
+        "## Two-stage (router, then the routed part's model), study level",
+        "",
+        "| true body part | studies | AUROC | kappa | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in parts:
+        m = report["two_stage"]["parts"][part]["study"]
+        lines.append(
+            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
+            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |"
+        )
+    t = report["two_stage"]["overall"]["study"]
+    lines.append(
+        f"| **overall** | {t['n']} | {_fmt(t['auroc'])} | {_fmt(t['kappa'])} | "
+        f"{_fmt(t['sensitivity'])} | {_fmt(t['specificity'])} |"
+    )
+    lines += [
+        "",
+        "## Compared with published MURA results (Cohen's kappa, study level)",
+        "",
+        "| body part | this model | " + " | ".join(report["reference"]["kappa"]) + " |",
+        "|---" * (2 + len(report["reference"]["kappa"])) + "|",
+    ]
+    for part in parts:
+        refs = [_fmt(ref.get(part)) for ref in report["reference"]["kappa"].values()]
+        lines.append(
+            f"| {display_name(part)} | {_fmt(report['parts'][part]['study']['kappa'])} | "
+            + " | ".join(refs)
+            + " |"
+        )
+    lines += [
+        "",
+        "Thresholds: per body part, Youden's J (max sensitivity + specificity - 1) on the "
+        "validation split at study level. Study probability = mean of its views' "
+        "probabilities (MURA).",
+        "",
+    ]
+    bad = report.get("bad_images", {})
+    if bad:
+        lines += [f"## Skipped images ({len(bad)})", ""] + [
+            f"- `{p}`: {r}" for p, r in list(bad.items())[:50]
+        ]
+        lines.append("")
+    lines += [
+        "## Plots",
+        "",
+        "![ROC](plots/roc.png)",
+        "",
+        "![Confusion](plots/confusion.png)",
+        "",
+        "![Training curves](plots/training_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_roc(test: pd.DataFrame, parts: list[str], path: Path) -> None:
+    """Study-level ROC per body part (true part) with AUROC in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for part in parts:
+        studies = study_level(test[test["body_part"] == part], "prob_true_part")
+        if studies["label"].nunique() < 2:
+            continue
+        fpr, tpr, _ = roc_curve(studies["label"], studies["prob"])
+        auc = np.trapezoid(tpr, fpr)
+        ax.plot(fpr, tpr, label=f"{display_name(part)} (AUROC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Study-level ROC (test)")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_confusions(report: dict[str, Any], path: Path) -> None:
+    """Router confusion matrix plus each part's study-level confusion matrix."""
+    parts = list(report["parts"])
+    fig, axes = plt.subplots(1, 1 + len(parts), figsize=(3.2 * (1 + len(parts)), 3.2))
+    _matrix(
+        axes[0],
+        report["router"]["image"]["confusion_matrix"],
+        [display_name(p) for p in parts],
+        "Router (images)",
+    )
+    for ax, part in zip(axes[1:], parts, strict=True):
+        _matrix(
+            ax,
+            report["parts"][part]["study"]["confusion_matrix"],
+            ["normal", "abnormal"],
+            f"{display_name(part)} (studies)",
+        )
+    _save(fig, path)
+
+
+def _matrix(ax, matrix: list[list[int]], labels: list[str], title: str) -> None:
+    data = np.asarray(matrix)
+    ax.imshow(data, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for (i, j), value in np.ndenumerate(data):
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > data.max() / 2 else "black",
+        )
+
+
+def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Loss and the monitored metric per epoch, for every model."""
+    fig, axes = plt.subplots(
+        2, max(1, len(histories)), figsize=(3.4 * max(1, len(histories)), 5.5), squeeze=False
+    )
+    for col, (name, history) in enumerate(histories.items()):
+        epochs = history["epoch"] + 1
+        axes[0, col].plot(epochs, history["loss"], label="train")
+        if "val_loss" in history:
+            axes[0, col].plot(epochs, history["val_loss"], label="validation")
+        axes[0, col].set(title=f"{name}: loss", xlabel="epoch")
+        axes[0, col].legend()
+        metric = "accuracy" if name == "router" else "auc"
+        if metric in history:
+            axes[1, col].plot(epochs, history[metric], label="train")
+        if f"val_{metric}" in history:
+            axes[1, col].plot(epochs, history[f"val_{metric}"], label="validation")
+        axes[1, col].set(title=f"{name}: {metric}", xlabel="epoch")
+        axes[1, col].legend()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,247 @@
+"""The end-to-end training command: dataset -> split -> four models -> evaluation -> bundle.
+
+Everything a run produces lives in its run folder (``runs/<name>/``): the config, the
+split, one sub-folder per model with checkpoints and logs, the report. ``--resume`` picks
+up where an interrupted run stopped; finished models are not retrained. The bundle in
+``models/<name>/`` is written only once every model exists and has been evaluated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from bonexr.bundle import Manifest, sha256_file, write_json_atomic
+from bonexr.errors import BundleError, ConfigError, DataError
+from bonexr.imaging import model_input, preprocess_file
+from training.config import TrainConfig, load_config, save_config
+from training.dataset import index_dataset
+from training.evaluate import choose_thresholds, evaluate_predictions, headline, predict_split
+from training.export import export_bundle
+from training.io import write_csv_atomic, write_text_atomic
+from training.metrics import THRESHOLD_RULE
+from training.model_card import render_model_card
+from training.pipeline import BadImageLog
+from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
+from training.split import read_split, split_by_patient, split_summary, write_split
+from training.train import BEST_MODEL, HISTORY, load_done, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPaths:
+    """Where a run keeps its files."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def model(self, name: str) -> Path:
+        return self.root / name / BEST_MODEL
+
+
+def prepare_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> RunPaths:
+    """Create a run folder, or check that ``--resume`` uses the config it was started with."""
+    paths = RunPaths(Path(run_dir))
+    if paths.config.is_file():
+        if not resume:
+            raise ConfigError(
+                f"run folder {paths.root} already holds a run; pass --resume to continue it, "
+                "or choose another --run-dir"
+            )
+        saved = load_config(paths.config).result_affecting()
+        current = config.result_affecting()
+        changed = sorted(k for k in current if saved.get(k) != current.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise ConfigError(f"cannot resume {paths.root} with a different config ({detail})")
+    else:
+        if resume and paths.root.exists() and any(paths.root.iterdir()):
+            raise ConfigError(f"{paths.root} has no config.json; it is not a run folder")
+        paths.root.mkdir(parents=True, exist_ok=True)
+        save_config(config, paths.config)
+    return paths
+
+
+def load_or_make_split(
+    paths: RunPaths, root: Path, config: TrainConfig, split_csv: Path | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The run's split: reuse the saved one, take ``--split``, or make a new one."""
+    index, index_report = index_dataset(root, body_parts=config.body_parts)
+    print(index_report.describe())
+    if paths.split.is_file():
+        split = read_split(paths.split)
+    elif split_csv is not None:
+        split = read_split(split_csv)
+        write_split(split, paths.split)
+    else:
+        split = split_by_patient(index, mode=config.split_mode, seed=config.seed)
+        write_split(split, paths.split)
+    split = split[split["body_part"].isin(config.body_parts)].reset_index(drop=True)
+    missing = set(config.body_parts) - set(split["body_part"])
+    if missing:
+        raise DataError(f"the split has no images of {', '.join(sorted(missing))}")
+    print(split_summary(split).to_string())
+    provenance = {
+        "source": str(Path(root).resolve()),
+        "split_mode": config.split_mode,
+        "split_seed": config.seed,
+        "split_csv_sha256": sha256_file(paths.split),
+        "index_warnings": index_report.counts,
+        "counts": split_counts(split),
+    }
+    return split, provenance
+
+
+def split_counts(split: pd.DataFrame) -> dict[str, dict[str, int]]:
+    grouped = split.groupby("split")
+    return {
+        name: {
+            "images": len(frame),
+            "studies": int(frame["study_id"].nunique()),
+            "patients": int(frame["patient_id"].nunique()),
+            "abnormal_studies": int(frame.groupby("study_id")["label"].first().sum()),
+        }
+        for name, frame in grouped
+    }
+
+
+def train_all(
+    split: pd.DataFrame,
+    config: TrainConfig,
+    paths: RunPaths,
+    *,
+    only: list[str] | None,
+    bad_images: BadImageLog,
+    callbacks: tuple = (),
+) -> None:
+    names = config.model_names()
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ConfigError(f"--only {', '.join(unknown)}: choose from {', '.join(names)}")
+    for name in names:
+        if only and name not in only:
+            continue
+        print(f"== training {name} ({config.backbone_for(name)}, {config.input_size}px)")
+        train_model(
+            name, split, config, paths.root, bad_images=bad_images, extra_callbacks=callbacks
+        )
+
+
+def evaluate_run(
+    split: pd.DataFrame, config: TrainConfig, paths: RunPaths, bad_images: BadImageLog
+) -> tuple[dict[str, Any], dict[str, keras.Model], pd.DataFrame]:
+    """Load the best models, choose thresholds on validation, evaluate on test, write the report."""
+    models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
+    parts = list(config.body_parts)
+    print("== evaluating on the validation (thresholds) and test splits")
+    validation = predict_split(models, split[split["split"] == "validation"], config, bad_images)
+    thresholds = choose_thresholds(validation, parts)
+    test = predict_split(models, split[split["split"] == "test"], config, bad_images)
+    report = evaluate_predictions(test, thresholds, parts)
+    report["counts"] = split_counts(split)
+    report["bad_images"] = dict(bad_images.failures)
+    report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
+    write_report(report, test, config, paths)
+    return report, models, test
+
+
+def write_report(
+    report: dict[str, Any], test: pd.DataFrame, config: TrainConfig, paths: RunPaths
+) -> None:
+    out = paths.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(
+        out / "report.md", render_markdown(report, name=config.name, synthetic=config.synthetic)
+    )
+    write_csv_atomic(test, out / "test_predictions.csv")
+    parts = list(config.body_parts)
+    plot_roc(test, parts, out / "plots" / "roc.png")
+    plot_confusions(report, out / "plots" / "confusion.png")
+    histories = {
+        name: pd.read_csv(paths.root / name / HISTORY)
+        for name in config.model_names()
+        if (paths.root / name / HISTORY).is_file()
+    }
+    if histories:
+        plot_training_curves(histories, out / "plots" / "training_curves.png")
+
+
+def run_training(
+    root: Path,
+    config: TrainConfig,
+    *,
+    out: Path,
+    run_dir: Path,
+    split_csv: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    only: list[str] | None = None,
+    callbacks: tuple = (),
+) -> Manifest | None:
+    """Train, evaluate and export; return the manifest, or None if models are still missing."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it")
+    paths = prepare_run(run_dir, config, resume=resume)
+    split, provenance = load_or_make_split(paths, root, config, split_csv)
+    bad_images = BadImageLog()
+    train_all(split, config, paths, only=only, bad_images=bad_images, callbacks=callbacks)
+    missing = [n for n in config.model_names() if not paths.model(n).is_file()]
+    if missing:
+        print(f"models still to train before a bundle can be exported: {', '.join(missing)}")
+        return None
+    report, models, test = evaluate_run(split, config, paths, bad_images)
+    write_text_atomic(
+        paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
+    )
+    print(f"== exporting bundle to {out}")
+    parity = np.concatenate(
+        [model_input(preprocess_file(p, config.input_size)) for p in test["path"][:8]]
+    )
+    extra = {
+        "split.csv": paths.split,
+        "report.json": paths.report_dir / "report.json",
+        "report.md": paths.report_dir / "report.md",
+        "MODEL_CARD.md": paths.report_dir / "MODEL_CARD.md",
+        "test_predictions.csv": paths.report_dir / "test_predictions.csv",
+        **{f"plots/{p.name}": p for p in sorted((paths.report_dir / "plots").glob("*.png"))},
+    }
+    manifest = export_bundle(
+        out,
+        models=models,
+        name=config.name,
+        body_parts=list(config.body_parts),
+        input_size=config.input_size,
+        backbones={n: config.backbone_for(n) for n in config.model_names()},
+        thresholds={p: report["thresholds"][p]["value"] for p in config.body_parts},
+        threshold_rule=THRESHOLD_RULE,
+        metrics=headline(report),
+        data=provenance,
+        training=config.to_dict(),
+        synthetic=config.synthetic,
+        extra_files=extra,
+        parity_images=parity,
+        force=force,
+    )
+    print((paths.report_dir / "report.md").read_text())
+    print(f"bundle {manifest.name} version {manifest.version} written to {out}")
+    return manifest

@@ -12,10 +12,20 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+#: Read once at import: ``os.umask`` can only be read by setting it, which would race with
+#: file creation in other threads of a running service.
+_UMASK = _read_umask()
+
+
+def current_umask() -> int:
+    """The process umask (as it was at start-up)."""
+    return _UMASK
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -28,7 +38,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from bonexr.atomic import write_json_atomic
+from bonexr.atomic import current_umask, write_json_atomic
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
 
@@ -122,7 +122,10 @@ def staging_dir(destination: Path) -> Path:
     """A fresh temporary folder beside ``destination`` (same filesystem, so rename is atomic)."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.staging-"))
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.staging-"))
+    # mkdtemp makes 0700; a bundle must be readable by the service's user (e.g. a container's)
+    os.chmod(staging, 0o777 & ~current_umask())
+    return staging
 
 
 def publish_bundle(

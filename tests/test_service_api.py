@@ -17,7 +17,7 @@ from PIL import Image
 
 from bonexr.imaging import decode_image, prepare_pixels
 from service.app import create_app
-from tests.test_service_support import (
+from tests.service_support import (
     FILENAME_RE,
     assert_error,
     dicom_bytes,

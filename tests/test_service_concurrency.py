@@ -13,7 +13,7 @@ import httpx
 
 from bonexr.imaging import decode_image, encode_png
 from service.storage import TEMP_PREFIX, UploadStore
-from tests.test_service_support import make_settings, png_bytes, running
+from tests.service_support import make_settings, png_bytes, running
 
 
 def stored_name(data: bytes) -> str:

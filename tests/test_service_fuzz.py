@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from bonexr.imaging import decode_image, encode_png
 from service.app import create_app
-from tests.test_service_support import make_settings, png_bytes
+from tests.service_support import make_settings, png_bytes
 
 
 @pytest.fixture(scope="module")

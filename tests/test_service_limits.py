@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.limits import MULTIPART_ALLOWANCE, SMALL_BODY_LIMIT, BodySizeLimitMiddleware
 from service.security import key_matches
-from tests.test_service_support import (
+from tests.service_support import (
     assert_error,
     assert_still_serving,
     cmyk_jpeg_bytes,
@@ -51,7 +51,7 @@ def big_png() -> bytes:
     """Random noise barely compresses: well over LIMIT bytes."""
     from PIL import Image
 
-    from tests.test_service_support import encode
+    from tests.service_support import encode
 
     data = encode(Image.fromarray(noise(600, 600, seed=1), mode="L"))
     assert len(data) > LIMIT + MULTIPART_ALLOWANCE
@@ -111,7 +111,7 @@ def test_png_header_claiming_huge_dimensions(client: TestClient) -> None:
 def test_one_pixel_image(client: TestClient) -> None:
     from PIL import Image
 
-    from tests.test_service_support import encode
+    from tests.service_support import encode
 
     assert_error(upload_file(client, encode(Image.new("L", (1, 1), 128))), 422)
     assert_still_serving(client)

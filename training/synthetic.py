@@ -56,8 +56,10 @@ STUDIES_PER_PATIENT_P = (0.7, 0.2, 0.1)
 VIEWS_PER_STUDY_P = (0.15, 0.35, 0.35, 0.15)
 #: Share of fractures among abnormal studies (the rest show metal hardware).
 FRACTURE_RATE = 0.55
+#: Share of fractures imaged while healing, with callus around the break.
+CALLUS_RATE = 0.4
 #: Share of fracture studies shown in a cast, and of normal studies (follow-ups) too.
-CAST_RATE_FRACTURE = 0.5
+CAST_RATE_FRACTURE = 0.6
 CAST_RATE_NORMAL = 0.04
 #: Real MURA stores some PNGs as RGB or RGBA; readers must cope, so we do the same.
 RGB_RATE = 0.10
@@ -367,6 +369,10 @@ def _summarize(
 # --------------------------------------------------------------------------------------
 
 
+def _vec(x: float, y: float) -> Array:
+    return np.array([x, y], dtype=float)
+
+
 def _rot(degrees: float) -> Array:
     a = math.radians(degrees)
     return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -432,11 +438,7 @@ class _LongBone:
     def axis(self, t: Array | float) -> Array:
         t = np.asarray(t, dtype=float)
         bow = self.bow * self.length * np.sin(math.pi * t)
-        return (
-            self.start
-            + t[..., None] * (self.end - self.start)
-            + bow[..., None] * self.normal
-        )
+        return self.start + t[..., None] * (self.end - self.start) + bow[..., None] * self.normal
 
     def half_width(self, t: Array | float) -> Array:
         t = np.asarray(t, dtype=float)
@@ -551,7 +553,11 @@ def _draw_elbow(anat: np.random.Generator, pose: np.random.Generator) -> _Scene:
     scene = _Scene(tissue=0.28)
     scene.add(
         _LongBone(
-            joint + (0, -1.5), joint + (0, -0.03), hw, 0.0, condyle * (0.6 if lateral else 1.0),
+            joint + _vec(0, -1.5),
+            joint + _vec(0, -0.03),
+            hw,
+            0.0,
+            condyle * (0.6 if lateral else 1.0),
             0.45,
         ),
         (0.55, 0.85),
@@ -560,11 +566,12 @@ def _draw_elbow(anat: np.random.Generator, pose: np.random.Generator) -> _Scene:
     n = np.array([-d[1], d[0]])
     sep = 0.05 if lateral else 0.11
     radius = _LongBone(joint + 0.07 * d + sep * n, joint + 1.5 * d + 1.3 * sep * n, fw, 0.5, 0.3)
-    ulna = _LongBone(joint - 0.12 * d - sep * n, joint + 1.5 * d - sep * n, fw * 1.05, olecranon,
-                     0.2, 0.9)
+    ulna = _LongBone(
+        joint - 0.12 * d - sep * n, joint + 1.5 * d - sep * n, fw * 1.05, olecranon, 0.2, 0.9
+    )
     scene.add(radius, (0.2, 0.6))
     scene.add(ulna, (0.2, 0.6))
-    scene.blobs.append(_Shape(_ellipse(joint + (0.19, -0.12), 0.05, 0.04), 0.7, 0.03))
+    scene.blobs.append(_Shape(_ellipse(joint + _vec(0.19, -0.12), 0.05, 0.04), 0.7, 0.03))
     return scene
 
 
@@ -594,11 +601,27 @@ def _draw_hand(anat: np.random.Generator, pose: np.random.Generator) -> _Scene:
         angle = (-14 + 9.5 * i) * spread
         lengths = (mc_len[i], prox[i], mid[i], dist[i])
         widths = (w, w * 0.9, w * 0.78, w * 0.68)
-        _ray(scene, (x, 0.46 + dy), angle, lengths, widths, bends[i], 0.03,
-             ((0.2, 0.8), (0.2, 0.8), None, None))
+        _ray(
+            scene,
+            (x, 0.46 + dy),
+            angle,
+            lengths,
+            widths,
+            bends[i],
+            0.03,
+            ((0.2, 0.8), (0.2, 0.8), None, None),
+        )
     thumb = (-45 - 10 * spread) + pose.normal(0, 4)
-    _ray(scene, (-0.24, 0.54 + dy), thumb, (0.3 * size, 0.22 * size, 0.15 * size),
-         (w * 1.05, w, w * 0.85), bends[4], 0.03, ((0.2, 0.8), None, None))
+    _ray(
+        scene,
+        (-0.24, 0.54 + dy),
+        thumb,
+        (0.3 * size, 0.22 * size, 0.15 * size),
+        (w * 1.05, w, w * 0.85),
+        bends[4],
+        0.03,
+        ((0.2, 0.8), None, None),
+    )
     return scene
 
 
@@ -611,9 +634,11 @@ def _draw_shoulder(anat: np.random.Generator, pose: np.random.Generator) -> _Sce
     aspect = pose.uniform(0.85, 1.0)
     scene = _Scene(tissue=0.45, castable=False)
     d = _unit(abduct + 8)
-    shaft = _LongBone(head + 0.12 * d, head + 1.9 * d, shaft_w, 0.9, 0.0, 0.6)
-    scene.add(shaft, (0.1, 0.4))
-    scene.blobs.append(_Shape(_ellipse(head, r, r * aspect, pose.uniform(0, 180), 36), 1.0, r * 0.3))
+    shaft = _LongBone(head + 0.2 * d, head + 1.9 * d, shaft_w, 0.7, 0.0, 0.6)
+    scene.add(shaft, (0.2, 0.45))
+    scene.blobs.append(
+        _Shape(_ellipse(head, r, r * aspect, pose.uniform(0, 180), 36), 1.0, r * 0.3)
+    )
     tub = head + r * 0.75 * np.array([0.9, 0.3]) + pose.normal(0, 0.03, 2)
     scene.blobs.append(_Shape(_ellipse(tub, r * 0.45, r * 0.35, 30), 0.6, 0.05))
     scene.anchors = {"head": head, "radius": np.array([r]), "shaft": np.array([0.0])}
@@ -625,20 +650,34 @@ def _draw_shoulder(anat: np.random.Generator, pose: np.random.Generator) -> _Sce
     scene.blobs.append(_Shape(np.concatenate([outer, inner[::-1]]), 1.0, 0.035))
     # scapular body (thin, faint) and its lateral border
     body = np.array(
-        [[gx - 0.05, head[1] - 0.25], [gx - 0.1, head[1] + 0.3], [gx - 0.4, head[1] + 1.2],
-         [-1.4, head[1] + 0.5], [-1.4, head[1] - 0.45]]
+        [
+            [gx - 0.05, head[1] - 0.25],
+            [gx - 0.1, head[1] + 0.3],
+            [gx - 0.4, head[1] + 1.2],
+            [-1.4, head[1] + 0.5],
+            [-1.4, head[1] - 0.45],
+        ]
     )
     scene.blobs.append(_Shape(body, 0.35, 0.03))
-    scene.add(_LongBone((gx - 0.08, head[1] + 0.22), (gx - 0.42, head[1] + 1.25), 0.05, 0.3,
-                        0.2, 0.6, 0.0, 0.8))
-    acromion_end = head + (r * 0.4, -r - 0.12)
+    scene.add(
+        _LongBone(
+            (gx - 0.08, head[1] + 0.22), (gx - 0.42, head[1] + 1.25), 0.05, 0.3, 0.2, 0.6, 0.0, 0.8
+        )
+    )
+    acromion_end = head + _vec(r * 0.4, -r - 0.12)
     scene.add(_LongBone((-1.3, head[1] - 0.02), acromion_end, 0.055, 0.0, 0.5, 0.8))
-    clav_end = head + (0.02, -r - 0.24)
-    clavicle = _LongBone((-1.4, clav_end[1] - 0.25), clav_end, anat.uniform(0.045, 0.06), 0.2,
-                         0.4, 0.7, anat.uniform(-0.05, 0.05))
+    clav_end = head + _vec(0.02, -r - 0.24)
+    clavicle = _LongBone(
+        (-1.4, clav_end[1] - 0.25),
+        clav_end,
+        anat.uniform(0.045, 0.06),
+        0.2,
+        0.4,
+        0.7,
+        anat.uniform(-0.05, 0.05),
+    )
     scene.add(clavicle, (0.4, 0.75))
-    scene.blobs.append(_Shape(_ellipse((gx - 0.08, head[1] - r * 0.75), 0.06, 0.04, 20), 0.8,
-                              0.03))
+    scene.blobs.append(_Shape(_ellipse((gx - 0.08, head[1] - r * 0.75), 0.06, 0.04, 20), 0.8, 0.03))
     for k in range(4):
         centre = np.array([-0.95, head[1] + 1.05 + 0.3 * k])
         phi = np.linspace(-2.5, -1.35, 14)
@@ -656,9 +695,16 @@ def _draw_finger(anat: np.random.Generator, pose: np.random.Generator) -> _Scene
     flex = pose.uniform(5, 30, 3) if lateral else pose.normal(0, 3, 3)
     scene = _Scene(tissue=0.16)
     base = np.array([pose.normal(0, 0.05), 1.55])
-    _ray(scene, base, pose.normal(0, 4), (0.95 * size, 0.55 * size, 0.36 * size, 0.25 * size),
-         (w * 1.15, w, w * 0.85, w * 0.72), flex, 0.05,
-         ((0.65, 0.85), (0.2, 0.8), (0.2, 0.8), None))
+    _ray(
+        scene,
+        base,
+        pose.normal(0, 4),
+        (0.95 * size, 0.55 * size, 0.36 * size, 0.25 * size),
+        (w * 1.15, w, w * 0.85, w * 0.72),
+        flex,
+        0.05,
+        ((0.65, 0.85), (0.2, 0.8), (0.2, 0.8), None),
+    )
     if pose.random() < 0.5:
         side = pose.choice([-1.0, 1.0])
         scene.add(_LongBone((side * 0.62, 1.3), (side * 0.68, -0.2), w * 0.8, 0.3, 0.3, 0.6))
@@ -672,10 +718,16 @@ def _draw_forearm(anat: np.random.Generator, pose: np.random.Generator) -> _Scen
     sep = 0.07 if lateral else 0.14
     x0 = pose.normal(0, 0.05)
     scene = _Scene(tissue=0.3)
-    scene.add(_LongBone((x0 - sep, -1.28), (x0 - sep * 1.1, 1.25), rw, 0.4, 0.8, 0.5,
-                        anat.uniform(0.01, 0.04)), (0.2, 0.8))
-    scene.add(_LongBone((x0 + sep, -1.38), (x0 + sep, 1.2), uw, 1.0, 0.3, 0.8,
-                        anat.uniform(-0.02, 0.0)), (0.2, 0.8))
+    scene.add(
+        _LongBone(
+            (x0 - sep, -1.28), (x0 - sep * 1.1, 1.25), rw, 0.4, 0.8, 0.5, anat.uniform(0.01, 0.04)
+        ),
+        (0.2, 0.8),
+    )
+    scene.add(
+        _LongBone((x0 + sep, -1.38), (x0 + sep, 1.2), uw, 1.0, 0.3, 0.8, anat.uniform(-0.02, 0.0)),
+        (0.2, 0.8),
+    )
     scene.add(_LongBone((x0, -2.4), (x0, -1.36), 0.12, 0.0, 1.0, 0.45))
     for x in (-0.15, 0.0, 0.15):
         scene.blobs.append(_Shape(_ellipse((x0 + x, 1.45), 0.06, 0.05), 0.9, 0.05))
@@ -687,8 +739,10 @@ def _draw_humerus(anat: np.random.Generator, pose: np.random.Generator) -> _Scen
     w = anat.uniform(0.12, 0.15)
     x0 = pose.normal(0, 0.05)
     scene = _Scene(tissue=0.38, castable=False)
-    scene.add(_LongBone((x0, -1.05), (x0 - 0.02, 1.12), w, 0.8, 1.0, 0.5,
-                        anat.uniform(-0.02, 0.02)), (0.2, 0.8))
+    scene.add(
+        _LongBone((x0, -1.05), (x0 - 0.02, 1.12), w, 0.8, 1.0, 0.5, anat.uniform(-0.02, 0.02)),
+        (0.2, 0.8),
+    )
     scene.blobs.append(_Shape(_ellipse((x0 + 0.06, -1.18), 0.3, 0.28, 0, 32), 1.0, 0.09))
     scene.blobs.append(_Shape(_ellipse((x0 - 0.4, -1.2), 0.06, 0.2), 0.8, 0.04))
     return scene
@@ -698,10 +752,14 @@ def _draw_wrist(anat: np.random.Generator, pose: np.random.Generator) -> _Scene:
     """Carpal cluster between the radius/ulna ends and the metacarpal bases."""
     scene = _Scene(tissue=0.2)
     y0 = pose.normal(0, 0.04)
-    scene.add(_LongBone((-0.12, 1.5), (-0.12, 0.27 + y0), anat.uniform(0.12, 0.15), 0.0, 0.7,
-                        0.35), (0.5, 0.85))
-    scene.add(_LongBone((0.25, 1.5), (0.26, 0.35 + y0), anat.uniform(0.06, 0.075), 0.0, 0.4, 0.6),
-              (0.5, 0.85))
+    scene.add(
+        _LongBone((-0.12, 1.5), (-0.12, 0.27 + y0), anat.uniform(0.12, 0.15), 0.0, 0.7, 0.35),
+        (0.5, 0.85),
+    )
+    scene.add(
+        _LongBone((0.25, 1.5), (0.26, 0.35 + y0), anat.uniform(0.06, 0.075), 0.0, 0.4, 0.6),
+        (0.5, 0.85),
+    )
     for row_y, xs in ((0.06, (-0.3, -0.1, 0.1, 0.28)), (-0.19, (-0.29, -0.1, 0.08, 0.25))):
         for x in xs:
             centre = np.array([x, row_y + y0]) + anat.normal(0, 0.015, 2)
@@ -739,7 +797,7 @@ def _pick_target(scene: _Scene, rng: np.random.Generator, power: float) -> tuple
     ``power`` sets how strongly: plates go on big bones (radius, humerus) far more often
     than on phalanges, fractures less so.
     """
-    weights = np.array([scene.bones[i].width**power * (hi - lo) for i, lo, hi in scene.targets])
+    weights = np.array([scene.bones[i].width ** power * (hi - lo) for i, lo, hi in scene.targets])
     index, lo, hi = scene.targets[int(rng.choice(len(weights), p=weights / weights.sum()))]
     return index, float(rng.uniform(lo, hi))
 
@@ -775,12 +833,29 @@ def _fracture(scene: _Scene, rng: np.random.Generator) -> list[_Shape]:
         for _ in range(int(rng.integers(1, 4))):
             centre = pivot + rng.uniform(-1.0, 1.0) * w * bone.direction
             centre = centre + rng.choice([-1.0, 1.0]) * rng.uniform(0.9, 1.5) * w * bone.normal
-            chip = _ellipse(centre, rng.uniform(0.3, 0.6) * w, rng.uniform(0.2, 0.4) * w,
-                            rng.uniform(0, 180), int(rng.integers(3, 6)))
+            chip = _ellipse(
+                centre,
+                rng.uniform(0.3, 0.6) * w,
+                rng.uniform(0.2, 0.4) * w,
+                rng.uniform(0, 180),
+                int(rng.integers(3, 6)),
+            )
             shapes.append(_Shape(chip, bone.density, 0.5 * w))
+    if rng.random() < CALLUS_RATE:
+        shapes.append(_callus(pivot, w, along, rng))
     if scene.castable and rng.random() < CAST_RATE_FRACTURE:
         shapes.append(_cast(bone, tc, scene.tissue, rng))
     return shapes
+
+
+def _callus(centre: Array, w: float, along: float, rng: np.random.Generator) -> _Shape:
+    """Healing callus: a fluffy, irregular cuff of new bone around a subacute break."""
+    n = 20
+    phi = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    radius = 1.0 + rng.uniform(-0.18, 0.18, n)
+    rx, ry = rng.uniform(1.8, 2.6) * w, rng.uniform(1.3, 1.7) * w
+    pts = np.stack([rx * radius * np.cos(phi), ry * radius * np.sin(phi)], axis=1)
+    return _Shape(pts @ _rot(along).T + centre, rng.uniform(0.3, 0.45), 0.2 * w)
 
 
 def _cast(bone: _LongBone, tc: float, tissue: float, rng: np.random.Generator) -> _Shape:
@@ -792,7 +867,7 @@ def _cast(bone: _LongBone, tc: float, tissue: float, rng: np.random.Generator) -
     reach = rng.uniform(0.45, 0.8) / bone.length
     half = 1.6 * float(bone.half_width(tc)) + 1.1 * tissue + rng.uniform(0.02, 0.06)
     band = _rect_along(bone, tc - reach, tc + reach, rng.normal(0, 0.2) * bone.width, half)
-    return _Shape(band, rng.uniform(0.25, 0.4), 0.03, tissue=False)
+    return _Shape(band, rng.uniform(0.35, 0.5), 0.08, tissue=False)
 
 
 def _maybe_cast(scene: _Scene, rng: np.random.Generator) -> list[_Shape]:
@@ -901,10 +976,10 @@ def _draw_view(rng: np.random.Generator, min_size: int, max_size: int) -> _View:
 
 
 def _bbox(points: Array, width: int, height: int, pad: int) -> tuple[int, int, int, int] | None:
-    x0 = max(0, int(math.floor(points[:, 0].min())) - pad)
-    y0 = max(0, int(math.floor(points[:, 1].min())) - pad)
-    x1 = min(width, int(math.ceil(points[:, 0].max())) + pad + 1)
-    y1 = min(height, int(math.ceil(points[:, 1].max())) + pad + 1)
+    x0 = max(0, math.floor(points[:, 0].min()) - pad)
+    y0 = max(0, math.floor(points[:, 1].min()) - pad)
+    x1 = min(width, math.ceil(points[:, 0].max()) + pad + 1)
+    y1 = min(height, math.ceil(points[:, 1].max()) + pad + 1)
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
@@ -1074,6 +1149,7 @@ def render_example(
     if defect not in ("", "fracture", "hardware"):
         raise ConfigError(f"defect must be '', 'fracture' or 'hardware', got {defect!r}")
     label = LABEL_ABNORMAL if defect else LABEL_NORMAL
-    study = _Study("train", normalize_body_parts([part])[0], 1, 1, label, defect, view + 1,
-                   int(seed), 0)
+    study = _Study(
+        "train", normalize_body_parts([part])[0], 1, 1, label, defect, view + 1, int(seed), 0
+    )
     return _render_view(study, view, int(seed), min_size, max_size)

@@ -1,6 +1,6 @@
 """Helpers shared by the service tests: image builders and a running-app context.
 
-(No tests here; the name only follows the service tests' file pattern.)
+(No tests here.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import socket
@@ -39,19 +38,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _png_images(count: int, size: int, seed: int = 0) -> list[bytes]:
-    """Distinct grayscale PNGs (noise over a gradient), so the store never deduplicates."""
-    from PIL import Image
+def _xray_pngs(count: int, workdir: Path) -> list[bytes]:
+    """Distinct MURA-like uploads: synthetic radiographs, 384-512 px, as PNG bytes.
 
-    rng = np.random.default_rng(seed)
-    gradient = np.linspace(0, 160, size, dtype=np.float32)[None, :]
-    images = []
-    for _ in range(count):
-        pixels = np.clip(gradient + rng.normal(40, 25, (size, size)), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        images.append(buffer.getvalue())
-    return images
+    Radiograph-like content matters: PNG decode/encode cost depends on how the pixels
+    compress, and uniform noise would overstate it.
+    """
+    from training.synthetic import generate_synthetic_mura
+
+    root = workdir / "images" / "MURA-v1.1"
+    patients = max(6, count // 9 + 1)
+    generate_synthetic_mura(
+        root, patients_per_part=patients, seed=7, progress=False, min_size=384, max_size=512
+    )
+    files = sorted(root.rglob("*.png"))
+    if len(files) < count:
+        raise RuntimeError(f"generated {len(files)} images, need {count}")
+    return [f.read_bytes() for f in files[:count]]
 
 
 def raw_engine(bundle: Path, batch_sizes: list[int], repeats: int) -> dict:
@@ -157,7 +160,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="resnet50", help="backbone of a built bundle")
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests-per-client", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=512, help="side of uploaded PNGs")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
@@ -201,9 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         _wait_ready(base, process)
         levels = [int(c) for c in args.concurrency.split(",")]
-        images = _png_images(max(levels) * args.requests_per_client * len(levels), args.image_size)
+        needed = sum(levels) * args.requests_per_client + 4
+        images = _xray_pngs(needed, work)
         asyncio.run(_drive(base, images[:4], 2, 4))  # warm-up
-        offset = 0
+        offset = 4
         for level in levels:
             count = level * args.requests_per_client
             batch = images[offset : offset + count]
@@ -223,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
     for batch, r in raw.items():
         print(f"{batch:>6}{r['ms_per_batch']:>12.1f}{r['images_per_s']:>12.1f}")
-    print("\nService over HTTP (each request = upload + predict of a distinct 512 px PNG)")
+    print(
+        "\nService over HTTP (one request = upload + predict of a distinct 384-512 px radiograph)"
+    )
     print(f"{'clients':>8}{'images/s':>10}{'% raw':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
     for r in service:
         share = 100 * r["images_per_s"] / raw_best

@@ -206,5 +206,7 @@ def encode_png(image: Image.Image) -> bytes:
     """Re-encode pixels only: no EXIF, text chunks, ICC profile or other metadata survive."""
     clean = Image.frombytes(image.mode, image.size, image.tobytes())
     buffer = io.BytesIO()
-    clean.save(buffer, format="PNG", optimize=False, compress_level=6)
+    # Level 1: half the encode time of the default on radiographs for ~15% more bytes; the
+    # upload path is latency-critical and the store is not.
+    clean.save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()

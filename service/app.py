@@ -32,6 +32,7 @@ from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import AccessMiddleware, ServiceMetrics
+from service.pixel_cache import PixelCache
 from service.routes import Services, build_router
 from service.security import ApiKeyMiddleware
 from service.settings import Settings, get_settings
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine=InferenceEngine(settings, metrics),
         metrics=metrics,
         decode_slots=threading.BoundedSemaphore(max(2, os.cpu_count() or 2)),
+        pixels=PixelCache(),
     )
     app = FastAPI(
         title="bonexr",

@@ -21,6 +21,7 @@ from bonexr.imaging import decode_image, encode_png, prepare_pixels, sniff_forma
 from service.engine import InferenceEngine, Prediction
 from service.errors import NotReadyError, PayloadTooLargeError, UploadNotFoundError, error_body
 from service.metrics import ServiceMetrics
+from service.pixel_cache import PixelCache
 from service.rules import build_rules, render_rules_png
 from service.schemas import (
     FILENAME_PATTERN,
@@ -48,6 +49,7 @@ class Services:
     engine: InferenceEngine
     metrics: ServiceMetrics
     decode_slots: threading.BoundedSemaphore
+    pixels: PixelCache
 
 
 def get_services(request: Request) -> Services:
@@ -76,10 +78,15 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     """Decode (limits enforced), re-encode pixel-only PNG, store; runs in the threadpool."""
     fmt = sniff_format(data)
+    engine = services.engine
     with services.decode_slots:
         image = decode_image(data, max_pixels=services.settings.max_pixels)
         png = encode_png(image)
+        size = engine.manifest.input.size if engine.ready and engine.manifest else None
+        pixels = prepare_pixels(image, size) if size else None
     stored = services.store.save(png)
+    if pixels is not None:
+        services.pixels.put(stored.filename, size, pixels)
     services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
     response = UploadResponse(
         filename=stored.filename,
@@ -93,10 +100,15 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
 
 
 def _load_pixels(services: Services, filename: str, size: int) -> np.ndarray:
+    cached = services.pixels.get(filename, size)
+    if cached is not None and services.store.exists(filename):
+        return cached
     data = services.store.read(filename)
     with services.decode_slots:
         image = decode_image(data, max_pixels=services.settings.max_pixels)
-        return prepare_pixels(image, size)
+        pixels = prepare_pixels(image, size)
+    services.pixels.put(filename, size, pixels)
+    return pixels
 
 
 def _warnings(services: Services, prediction: Prediction) -> list[str]:
@@ -170,7 +182,10 @@ def build_router(*, auth_enabled: bool) -> tuple[APIRouter, APIRouter]:
         engine = services.engine
         if not engine.ready:
             raise NotReadyError(engine.not_ready_reason())
-        pixels = await run_in_threadpool(_load_pixels, services, body.filename, engine.input_size)
+        with engine.incoming():  # lets the batcher wait for this request while it decodes
+            pixels = await run_in_threadpool(
+                _load_pixels, services, body.filename, engine.input_size
+            )
         prediction = await engine.predict(pixels)
         return PredictionResponse(
             filename=body.filename,
@@ -195,6 +210,7 @@ def build_router(*, auth_enabled: bool) -> tuple[APIRouter, APIRouter]:
         filename: Annotated[str, Path(pattern=FILENAME_PATTERN, description="From /upload.")],
     ) -> Response:
         """Remove a stored upload (patient data) before its retention period ends."""
+        services.pixels.discard(filename)
         if not await run_in_threadpool(services.store.delete, filename):
             raise UploadNotFoundError("no upload with that filename")
         services.metrics.uploads_deleted.labels("client").inc()

@@ -104,9 +104,7 @@ def test_image_paths_csv_matches_files(small_set: tuple[Path, SyntheticSummary])
 def test_labeled_studies_csv_matches_folders(small_set: tuple[Path, SyntheticSummary]) -> None:
     root, _ = small_set
     images = {
-        line
-        for split in ("train", "valid")
-        for line in _lines(root / f"{split}_image_paths.csv")
+        line for split in ("train", "valid") for line in _lines(root / f"{split}_image_paths.csv")
     }
     for split in ("train", "valid"):
         lines = _lines(root / f"{split}_labeled_studies.csv")
@@ -309,8 +307,9 @@ def test_fills_an_existing_empty_folder(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments_fail_before_writing(tmp_path: Path, kwargs: dict, error: type) -> None:
+    arguments = {"patients_per_part": 2, "progress": False, **kwargs}
     with pytest.raises(error):
-        generate_synthetic_mura(tmp_path / "d", progress=False, **{"patients_per_part": 2, **kwargs})
+        generate_synthetic_mura(tmp_path / "d", **arguments)
     assert not list(tmp_path.iterdir())
 
 
@@ -392,9 +391,7 @@ def _fit(features: np.ndarray, targets: np.ndarray, c: float):
 
 def test_both_tasks_are_learnable_by_a_linear_model(tmp_path: Path) -> None:
     root = tmp_path / "learn"
-    generate_synthetic_mura(
-        root, patients_per_part=40, seed=0, valid_fraction=0.3, progress=False
-    )
+    generate_synthetic_mura(root, patients_per_part=40, seed=0, valid_fraction=0.3, progress=False)
     train32, part_train, _ = _load(root, "train", 32)
     valid32, part_valid, _ = _load(root, "valid", 32)
     router = _fit(_pixel_features(train32), part_train, c=0.05)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,6 +135,18 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+_FORWARD_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    """One traced inference function per model, reused across calls (tracing costs seconds)."""
+    if model not in _FORWARD_FUNCTIONS:
+        _FORWARD_FUNCTIONS[model] = tf.function(
+            lambda x: model(x, training=False), reduce_retracing=True
+        )
+    return _FORWARD_FUNCTIONS[model]
+
+
 def predict_frame(
     model, frame: pd.DataFrame, *, size: int, batch_size: int, bad_images: BadImageLog
 ) -> np.ndarray:
@@ -154,7 +167,7 @@ def predict_frame(
     )
     n_out = int(model.output_shape[-1])
     out = np.full((len(frame), n_out), np.nan, dtype=np.float32)
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _forward(model)
     for images, index in ds:
         out[index.numpy().astype(int)] = forward(images).numpy()
     return out

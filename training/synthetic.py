@@ -8,9 +8,11 @@ tissue around them, a dark background, a detector-like response curve, blur and 
 random pose, size, aspect ratio, brightness and contrast. Each body part has its own
 anatomy (two bones meeting at the elbow, finger rays fanning out of the carpus, a round
 humeral head against the glenoid, ...) so the router task is real; abnormal studies carry
-a fracture (a dark gap with displaced / angulated fragments) or bright metal hardware
-(plates with screws, lone screws, a shoulder prosthesis) at a varying position, so the
-abnormality task is real but not a single-pixel shortcut.
+a fracture (a dark gap with displaced / angulated fragments, soft-tissue swelling, and
+sometimes loose fragments, healing callus or a cast) or bright metal hardware (plates with
+screws, lone screws, a shoulder prosthesis) at a varying position, so the abnormality task
+is real but not a single-pixel shortcut. A few normal studies wear a cast too, so a cast
+alone is a hint, not proof.
 
 Determinism: the dataset plan comes from one generator seeded with ``seed``; every image
 is drawn from generators seeded with ``(seed, study index)`` (anatomy and defect, shared by
@@ -56,8 +58,12 @@ STUDIES_PER_PATIENT_P = (0.7, 0.2, 0.1)
 VIEWS_PER_STUDY_P = (0.15, 0.35, 0.35, 0.15)
 #: Share of fractures among abnormal studies (the rest show metal hardware).
 FRACTURE_RATE = 0.55
+#: Extra soft-tissue density of a fracture's swelling, relative to normal soft tissue.
+SWELLING = 2.0
 #: Share of fractures imaged while healing, with callus around the break.
-CALLUS_RATE = 0.4
+CALLUS_RATE = 0.5
+#: Share of fractures with loose fragments (comminuted).
+COMMINUTED_RATE = 0.5
 #: Share of fracture studies shown in a cast, and of normal studies (follow-ups) too.
 CAST_RATE_FRACTURE = 0.6
 CAST_RATE_NORMAL = 0.04
@@ -632,7 +638,7 @@ def _draw_shoulder(anat: np.random.Generator, pose: np.random.Generator) -> _Sce
     head = np.array([0.15, -0.18]) + pose.normal(0, 0.03, 2)
     abduct = pose.uniform(-25, 5)
     aspect = pose.uniform(0.85, 1.0)
-    scene = _Scene(tissue=0.45, castable=False)
+    scene = _Scene(tissue=0.35, castable=False)
     d = _unit(abduct + 8)
     shaft = _LongBone(head + 0.2 * d, head + 1.9 * d, shaft_w, 0.7, 0.0, 0.6)
     scene.add(shaft, (0.2, 0.45))
@@ -829,7 +835,7 @@ def _fracture(scene: _Scene, rng: np.random.Generator) -> list[_Shape]:
         _Shape(far, bone.density, bone.width),
         _Shape(swelling, 0.0, w, tissue=True, bone=False),
     ]
-    if rng.random() < 0.5:  # comminuted: loose fragments beside the break
+    if rng.random() < COMMINUTED_RATE:  # comminuted: loose fragments beside the break
         for _ in range(int(rng.integers(1, 4))):
             centre = pivot + rng.uniform(-1.0, 1.0) * w * bone.direction
             centre = centre + rng.choice([-1.0, 1.0]) * rng.uniform(0.9, 1.5) * w * bone.normal
@@ -1025,7 +1031,7 @@ def _rasterize_tissue(shapes: list[_Shape], view: _View, thickness: float) -> Ar
     tissue = np.clip(blurred * (2.2 / 255.0), 0.0, 1.0)
     if swelling.getbbox() is not None:
         soft = swelling.filter(ImageFilter.GaussianBlur(max(2.0, px * 0.5)))
-        tissue += np.asarray(soft, dtype=np.float32) * (1.2 / 255.0)
+        tissue += np.asarray(soft, dtype=np.float32) * (SWELLING / 255.0)
     return tissue
 
 

@@ -238,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patients-per-part",
         type=int,
-        default=60,
+        default=120,
         help="synthetic patients per body part (default: %(default)s)",
     )
     p.add_argument("--name", default="demo", help="bundle name (default: %(default)s)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -184,6 +185,9 @@ def train_model(
             "%s: %s phase, epochs up to %d, lr %g", model_name, phase, last_epoch, learning_rate
         )
         if last_epoch > 0:
+            # The filtered dataset's length is unknown to Keras until the first epoch ends,
+            # which makes it warn that the input "ran out of data"; it did not.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(
                 train_ds,
                 validation_data=val_ds,

@@ -12,9 +12,8 @@ bodies, so it gets a small limit.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Room for multipart boundaries and part headers around the file itself.
@@ -59,7 +58,7 @@ class BodySizeLimitMiddleware:
         limit, advertised = self.limits_for(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, advertised)
+            await _send_413(scope, receive, send, advertised)
             return
 
         received = 0
@@ -86,7 +85,7 @@ class BodySizeLimitMiddleware:
             # Normally the exception handlers answer; this covers a read outside a route.
             if started:
                 raise
-            await _send_413(send, advertised)
+            await _send_413(scope, receive, send, advertised)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -99,17 +98,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, advertised: int) -> None:
-    body = json.dumps({"detail": too_large_detail(advertised)}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+async def _send_413(scope: Scope, receive: Receive, send: Send, advertised: int) -> None:
+    response = JSONResponse(
+        {"detail": too_large_detail(advertised)}, status_code=413, headers={"connection": "close"}
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)

@@ -12,9 +12,9 @@ exit), so response timing does not reveal a key's prefix or which key almost mat
 from __future__ import annotations
 
 import hmac
-import json
 
 from fastapi.security import APIKeyHeader
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 HEADER = "X-API-Key"
@@ -53,19 +53,12 @@ class ApiKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": f"missing or invalid API key (header {HEADER})"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", HEADER.encode()),
-                ],
-            }
+        response = JSONResponse(
+            {"detail": f"missing or invalid API key (header {HEADER})"},
+            status_code=401,
+            headers={"www-authenticate": HEADER},
         )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -27,6 +27,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _row(label: str, m: dict[str, Any], *extra: str) -> str:
+    """One Markdown table row of binary metrics (n, AUROC, kappa, sensitivity, specificity)."""
+    cells = [
+        label,
+        str(m["n"]),
+        *(_fmt(m[k]) for k in ("auroc", "kappa", "sensitivity", "specificity")),
+        *extra,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> str:
     """The report as Markdown, with the MURA reference figures beside ours."""
     parts = list(report["parts"])
@@ -67,15 +78,9 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     ]
     for part in parts:
         m = report["parts"][part]["study"]
-        lines.append(
-            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
-            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} | {_fmt(m['threshold'])} |"
-        )
+        lines.append(_row(display_name(part), m, _fmt(m["threshold"])))
     o = report["overall"]["study"]
-    lines.append(
-        f"| **overall** | {o['n']} | {_fmt(o['auroc'])} | {_fmt(o['kappa'])} | "
-        f"{_fmt(o['sensitivity'])} | {_fmt(o['specificity'])} | per part |"
-    )
+    lines.append(_row("**overall**", o, "per part"))
     lines += [
         "",
         "## Image level (test split, true body part)",
@@ -85,10 +90,7 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     ]
     for part in parts:
         m = report["parts"][part]["image"]
-        lines.append(
-            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
-            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |"
-        )
+        lines.append(_row(display_name(part), m))
     lines += [
         "",
         "## Two-stage (router, then the routed part's model), study level",
@@ -98,15 +100,9 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     ]
     for part in parts:
         m = report["two_stage"]["parts"][part]["study"]
-        lines.append(
-            f"| {display_name(part)} | {m['n']} | {_fmt(m['auroc'])} | {_fmt(m['kappa'])} | "
-            f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} |"
-        )
+        lines.append(_row(display_name(part), m))
     t = report["two_stage"]["overall"]["study"]
-    lines.append(
-        f"| **overall** | {t['n']} | {_fmt(t['auroc'])} | {_fmt(t['kappa'])} | "
-        f"{_fmt(t['sensitivity'])} | {_fmt(t['specificity'])} |"
-    )
+    lines.append(_row("**overall**", t))
     lines += [
         "",
         "## Compared with published MURA results (Cohen's kappa, study level)",

@@ -75,8 +75,11 @@ def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:
     bundle = trained_demo["bundle"]
     manifest = verify_bundle(bundle)
     predictions = (
-        pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"]).head(24)
+        pd.read_csv(bundle / "test_predictions.csv")
+        .dropna(subset=["routed_part", "prob_HAND"])
+        .head(24)
     )
+    assert len(predictions) >= 10  # hand views and views routed to the hand model
     batch = np.concatenate(
         [model_input(preprocess_file(p, manifest.input.size)) for p in predictions["path"]]
     )

@@ -57,13 +57,37 @@ def predict_split(
     routed[decoded] = np.asarray(parts, dtype=object)[np.argmax(router_probs[decoded], axis=1)]
     out["routed_part"] = routed
     for part in parts:
-        out[f"prob_{part}"] = predict_frame(models[part.lower()], out, **common)[:, 0]
+        # each part model scores only the views it is asked about: its own part's (for the
+        # per-part metrics) and those the router sends it (for the two-stage result)
+        needed = (out["body_part"] == part).to_numpy() | (routed == part)
+        probs = np.full(len(out), np.nan, dtype=np.float32)
+        if needed.any():
+            probs[needed] = predict_frame(models[part.lower()], out[needed], **common)[:, 0]
+        out[f"prob_{part}"] = probs
     prob_matrix = out[[f"prob_{p}" for p in parts]].to_numpy()
     lookup = {p: i for i, p in enumerate(parts)}
     true_idx = out["body_part"].map(lookup).to_numpy()
     out["prob_true_part"] = prob_matrix[np.arange(len(out)), true_idx]
     routed_idx = np.array([lookup.get(p, 0) for p in routed])
     out["prob_routed"] = np.where(decoded, prob_matrix[np.arange(len(out)), routed_idx], np.nan)
+    return out
+
+
+def predict_true_part(
+    models: dict[str, keras.Model],
+    frame: pd.DataFrame,
+    config: TrainConfig,
+    bad_images: BadImageLog,
+) -> pd.DataFrame:
+    """Each view scored by its own part's model only (``prob_true_part``): for thresholds."""
+    out = frame.reset_index(drop=True).copy()
+    out["prob_true_part"] = np.nan
+    common = dict(size=config.input_size, batch_size=config.batch_size, bad_images=bad_images)
+    for part in config.body_parts:
+        rows = (out["body_part"] == part).to_numpy()
+        if rows.any():
+            probs = predict_frame(models[part.lower()], out[rows], **common)[:, 0]
+            out.loc[rows, "prob_true_part"] = probs
     return out
 
 

@@ -22,7 +22,13 @@ from bonexr.errors import BundleError, ConfigError, DataError
 from bonexr.imaging import model_input, preprocess_file
 from training.config import TrainConfig, load_config, save_config
 from training.dataset import index_dataset
-from training.evaluate import choose_thresholds, evaluate_predictions, headline, predict_split
+from training.evaluate import (
+    choose_thresholds,
+    evaluate_predictions,
+    headline,
+    predict_split,
+    predict_true_part,
+)
 from training.export import export_bundle
 from training.io import write_csv_atomic, write_text_atomic
 from training.metrics import THRESHOLD_RULE
@@ -152,7 +158,9 @@ def evaluate_run(
     models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
     parts = list(config.body_parts)
     print("== evaluating on the validation (thresholds) and test splits")
-    validation = predict_split(models, split[split["split"] == "validation"], config, bad_images)
+    validation = predict_true_part(
+        models, split[split["split"] == "validation"], config, bad_images
+    )
     thresholds = choose_thresholds(validation, parts)
     test = predict_split(models, split[split["split"] == "test"], config, bad_images)
     report = evaluate_predictions(test, thresholds, parts)

@@ -82,7 +82,7 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     with services.decode_slots:
         image = decode_image(data, max_pixels=services.settings.max_pixels)
         png = encode_png(image)
-        size = engine.manifest.input.size if engine.ready and engine.manifest else None
+        size = engine.input_size if engine.ready else None
         pixels = prepare_pixels(image, size) if size else None
     stored = services.store.save(png)
     if pixels is not None:

@@ -30,6 +30,10 @@ from training.pipeline import BadImageLog, abnormality_weights, make_dataset, ro
 
 log = logging.getLogger(__name__)
 
+# The filtered dataset's length is unknown to Keras until the first epoch ends, which makes
+# it warn that the input "ran out of data" at every epoch end; it did not.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
 BEST_MODEL = "best.keras"
 DONE_MARKER = "done.json"
 HISTORY = "history.csv"
@@ -185,9 +189,6 @@ def train_model(
             "%s: %s phase, epochs up to %d, lr %g", model_name, phase, last_epoch, learning_rate
         )
         if last_epoch > 0:
-            # The filtered dataset's length is unknown to Keras until the first epoch ends,
-            # which makes it warn that the input "ran out of data"; it did not.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(
                 train_ds,
                 validation_data=val_ds,

@@ -1,71 +1,69 @@
-"""The ``bonexr`` command line: one entry point for data, training and serving.
+"""The ``bonexr`` command line: the one entry module. It parses and dispatches, nothing more.
 
-Subcommands import their (heavy) modules only when run, so ``bonexr --help`` is instant.
-User mistakes (:class:`bonexr.errors.BonexrError`) print one ``error:`` line and exit 2;
-Ctrl-C exits 130. Tracebacks are reserved for bugs.
+Each command's arguments are declared by the package that owns the command
+(``training.cli``: synth, index, split, train, demo, cv; ``service.cli``: serve) and its
+work is a plain function there. The core imports nothing from ``training`` or ``service``:
+those command modules are named here as strings and loaded with :mod:`importlib` when the
+parser is built, the way console entry points are, so the serving image (no TensorFlow,
+no ``training`` extras) and ``bonexr --help`` stay light. Two commands belong to no single
+package: ``verify`` (the bundle contract lives in the core) and ``run`` (the quick start:
+the demo bundle from ``training.run.run_demo`` if none is there, then ``service.server``).
+
+User mistakes (:class:`bonexr.errors.BonexrError`) print one ``error:`` line and exit 2
+(``verify`` exits 1 on a refused bundle); Ctrl-C exits 130. Tracebacks are for bugs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from bonexr.errors import BonexrError
-from bonexr.labels import ALL_BODY_PARTS, DEFAULT_BODY_PARTS
+from bonexr.errors import BonexrError, BundleError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
-PARTS_HELP = (
-    "comma-separated body parts (default: %(default)s; any of "
-    + ", ".join(p.lower() for p in ALL_BODY_PARTS)
-    + ")"
-)
-DEFAULT_PARTS = ",".join(p.lower() for p in DEFAULT_BODY_PARTS)
+#: Packages that contribute subcommands through a ``register(subparsers)`` function.
+COMMAND_MODULES: tuple[str, ...] = ("training.cli", "service.cli")
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from training.synthetic import generate_synthetic_mura
+def _load(path: str) -> Any:
+    """``"package.module:attribute"`` -> the attribute (imported now, not at module load)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
-    summary = generate_synthetic_mura(
-        args.out,
-        patients_per_part=args.patients_per_part,
-        body_parts=args.parts,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    print(summary.describe())
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bonexr.bundle import verify_bundle
+
+    try:
+        manifest = verify_bundle(args.bundle)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {manifest.name} version {manifest.version}, {len(manifest.files)} files verified")
     return 0
 
 
-def _cmd_index(args: argparse.Namespace) -> int:
-    from training.dataset import index_dataset
-    from training.io import write_csv_atomic
-
-    index, report = index_dataset(args.root, body_parts=args.parts)
-    print(report.describe())
-    if args.out:
-        write_csv_atomic(index, args.out)
-        print(f"wrote {len(index)} rows to {args.out}")
-    return 1 if report.errors and args.strict else 0
-
-
-def _cmd_split(args: argparse.Namespace) -> int:
-    from training.dataset import index_dataset
-    from training.split import split_by_patient, split_summary, write_split
-
-    index, report = index_dataset(args.root, body_parts=args.parts)
-    print(report.describe())
-    split = split_by_patient(index, mode=args.mode, seed=args.seed)
-    write_split(split, args.out)
-    print(split_summary(split).to_string())
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _add_parts(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default=DEFAULT_PARTS, help=PARTS_HELP)
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings_overrides = _load("service.cli:settings_overrides")
+    load_settings = _load("service.server:load_settings")
+    settings = load_settings(**settings_overrides(args))
+    if not _load("service.server:has_bundle")(settings):
+        print(
+            f"bonexr: no model bundle in {settings.models_dir}; "
+            "training the synthetic demo bundle first",
+            flush=True,
+        )
+        _load("training.cli:quiet_tensorflow")()
+        train_demo = _load("training.run:run_demo_default")
+        if train_demo(out=Path(settings.models_dir) / "demo") is None:
+            return 3
+    return int(_load("service.server:serve")(settings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,61 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bone X-ray triage: data tools, training, evaluation and serving.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        try:
+            register = _load(f"{module}:register")
+        except ImportError:  # e.g. the serving image has no training extras
+            continue
+        register(sub)
 
-    p = sub.add_parser("synth", help="write a synthetic MURA-v1.1-format dataset")
-    p.add_argument("out", type=Path, help="folder to create (it plays the MURA-v1.1 folder)")
-    p.add_argument(
-        "--patients-per-part",
-        type=int,
-        default=40,
-        help="patients per body part (default: %(default)s)",
+    p = sub.add_parser("verify", help="check a bundle's files and its contract with this code")
+    p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/demo")
+    p.set_defaults(handler=_cmd_verify)
+
+    p = sub.add_parser(
+        "run", help="quick start: train the demo bundle if models/ has none, then serve"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_parts(p)
-    p.set_defaults(handler=_cmd_synth)
-
-    p = sub.add_parser("index", help="index a MURA-v1.1 (or peer-layout) folder and check it")
-    p.add_argument(
-        "root", type=Path, help="the MURA-v1.1 folder (holding train/, valid/ and the CSVs)"
-    )
-    p.add_argument("--out", type=Path, help="write the index as CSV here")
-    p.add_argument("--strict", action="store_true", help="exit 1 if the CSVs and files disagree")
-    _add_parts(p)
-    p.set_defaults(handler=_cmd_index)
-
-    p = sub.add_parser("split", help="split a dataset 72/18/10 by patient and write split.csv")
-    p.add_argument("root", type=Path, help="the MURA-v1.1 folder")
-    p.add_argument(
-        "--out", type=Path, default=Path("split.csv"), help="output CSV (default: %(default)s)"
-    )
-    p.add_argument(
-        "--mode",
-        choices=("random", "official"),
-        default="random",
-        help="random: 72/18/10 by patient; official: MURA valid as test, validation carved "
-        "from train (default: %(default)s)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    _add_parts(p)
-    p.set_defaults(handler=_cmd_split)
-
-    from service.cli import register as register_service
-    from training.cli import register as register_training
-
-    register_training(sub)
-    register_service(sub)
+    with contextlib.suppress(ImportError):
+        _load("service.cli:add_server_options")(p)
+    p.set_defaults(handler=_cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "parts") and isinstance(args.parts, str):
+    if isinstance(getattr(args, "body_parts", None), str):
         from bonexr.labels import normalize_body_parts
 
         try:
-            args.parts = normalize_body_parts(args.parts)
+            args.body_parts = normalize_body_parts(args.body_parts)
         except BonexrError as exc:
             parser.error(str(exc))
     handler: Handler = args.handler

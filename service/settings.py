@@ -24,6 +24,17 @@ class Settings(BaseSettings):
     upload_dir: Path = Field(Path("uploads"), description="Where uploaded images are stored.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Upload size limit (413).")
     max_pixels: int = Field(50_000_000, gt=0, description="Pixel limit from the header (413).")
+    max_decoded_mb: int = Field(
+        256, gt=0, description="Decoded-memory budget per image, estimated from its header (413)."
+    )
+    max_url_bytes: int = Field(
+        8 * 1024,
+        ge=256,
+        description="Request-target (URL) limit, enforced by the server (414).",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request header size limit, enforced by the server (431)."
+    )
     retention_hours: float | None = Field(
         None, gt=0, description="Delete uploads older than this many hours (off when unset)."
     )

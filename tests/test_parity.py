@@ -29,7 +29,7 @@ def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path)
     compared = 0
     with running(settings) as (client, _app):
         for row in sample.itertuples():
-            data = Path(row.path).read_bytes()
+            data = (trained_demo["root"] / row.rel_path).read_bytes()
             upload = client.post("/upload", files={"file": ("image.png", data, "image/png")})
             assert upload.status_code in (200, 201), upload.text
             answer = client.post("/predict", json={"filename": upload.json()["filename"]}).json()

@@ -39,6 +39,12 @@ def split(index: pd.DataFrame) -> pd.DataFrame:
     return split_by_patient(index, seed=0)
 
 
+def split_root(frame: pd.DataFrame) -> Path:
+    """The dataset root the frame's absolute paths hang off."""
+    first = frame.iloc[0]
+    return Path(first["path"][: -len(first["rel_path"])])
+
+
 def splits_per_patient(frame: pd.DataFrame) -> pd.Series:
     return frame.groupby("patient_id")["split"].nunique()
 
@@ -201,7 +207,10 @@ def test_assign_folds_by_patient_stratified_deterministic(index: pd.DataFrame) -
 def test_write_read_round_trip(split: pd.DataFrame, tmp_path: Path) -> None:
     path = tmp_path / "out" / "split.csv"
     write_split(split, path)
-    back = read_split(path)
+    on_disk = pd.read_csv(path, dtype=str)
+    assert "path" not in on_disk.columns  # shareable: dataset-relative paths only
+    assert not on_disk["rel_path"].str.startswith("/").any()
+    back = read_split(path, root=split_root(split))
 
     assert list(back.columns) == [*SPLIT_COLUMNS, "split_source"]
     expected = split[list(back.columns)].reset_index(drop=True)
@@ -227,7 +236,7 @@ def test_read_split_rejects_bad_files(split: pd.DataFrame, tmp_path: Path, edit,
     frame = split.sort_values("patient_id", ignore_index=True)[list(SPLIT_COLUMNS)]
     edit(frame).to_csv(path, index=False)
     with pytest.raises(DataError, match=match):
-        read_split(path)
+        read_split(path, root=tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b'"unterminated\n', b"\xff\xfe\x00garbage"])
@@ -235,12 +244,12 @@ def test_read_split_rejects_unreadable_files(tmp_path: Path, content: bytes) -> 
     path = tmp_path / "split.csv"
     path.write_bytes(content)
     with pytest.raises(DataError, match=str(path)):
-        read_split(path)
+        read_split(path, root=tmp_path)
 
 
 def test_read_split_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        read_split(tmp_path / "nope.csv")
+        read_split(tmp_path / "nope.csv", root=tmp_path)
 
 
 def test_split_summary(split: pd.DataFrame) -> None:
@@ -268,7 +277,7 @@ def test_cli_split_writes_the_csv(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main(["split", str(root), "--out", str(out), "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     assert "% images" in printed and f"wrote {out}" in printed
-    written = read_split(out)
+    written = read_split(out, root=root)
     assert len(written) == 30 and set(written["split"]) == set(SPLITS)
     assert splits_per_patient(written).max() == 1
 

@@ -1,7 +1,8 @@
-"""``bonexr train``, ``bonexr demo``, ``bonexr cv`` and ``bonexr verify``: argument parsing only.
+"""Arguments of the data and training commands: ``synth``, ``index``, ``split``, ``train``,
+``demo`` and ``cv``. Parsing only: each handler calls one plain function of this package.
 
-Kept free of TensorFlow imports so ``--help`` stays instant; the work happens in
-:mod:`training.run` and :mod:`training.crossval`.
+Kept free of TensorFlow imports (the work modules are imported inside the handlers), so
+``bonexr --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -9,20 +10,22 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
-from bonexr.labels import ALL_BODY_PARTS, DEFAULT_BODY_PARTS
-from training.config import BACKBONE_NAMES, TrainConfig, demo_config
-
-DEFAULT_PARTS = ",".join(p.lower() for p in DEFAULT_BODY_PARTS)
-PARTS_HELP = (
-    "comma-separated body parts (default: %(default)s; any of "
-    + ", ".join(p.lower() for p in ALL_BODY_PARTS)
-    + ")"
+from bonexr.labels import ALL_BODY_PARTS
+from training.config import (
+    CLI_OPTIONS,
+    DEMO_DATA,
+    DEMO_PATIENTS_PER_PART,
+    SPLIT_MODES,
+    TrainConfig,
+    demo_config,
 )
-DEMO_DATA = Path("data/synthetic/MURA-v1.1")
+
+PARTS_HELP = "comma-separated body parts; any of " + ", ".join(p.lower() for p in ALL_BODY_PARTS)
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,119 +33,86 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _add_model_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    g = p.add_argument_group("model and optimisation")
-    g.add_argument(
-        "--size",
-        type=int,
-        default=defaults.input_size,
-        help="input side in px (default: %(default)s; MURA paper: 320)",
-    )
-    g.add_argument(
-        "--backbone",
-        choices=BACKBONE_NAMES,
-        default=defaults.part_backbone,
-        help="backbone of the abnormality models (default: %(default)s)",
-    )
-    g.add_argument(
-        "--router-backbone",
-        choices=BACKBONE_NAMES,
-        default=defaults.router_backbone,
-        help="backbone of the router (default: %(default)s)",
-    )
-    g.add_argument(
-        "--weights",
-        default=defaults.weights,
-        help="imagenet | none | PATH to a local 'notop' weights file (default: %(default)s)",
-    )
-    g.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="(default: %(default)s)"
-    )
-    g.add_argument(
-        "--head-epochs",
-        type=int,
-        default=defaults.head_epochs,
-        help="epochs training only the head on a frozen pretrained backbone (default: %(default)s)",
-    )
-    g.add_argument(
-        "--epochs",
-        type=int,
-        default=defaults.epochs,
-        help="fine-tuning epochs, whole network (default: %(default)s)",
-    )
-    g.add_argument(
-        "--lr",
-        type=float,
-        default=defaults.learning_rate,
-        help="head learning rate (default: %(default)s)",
-    )
-    g.add_argument(
-        "--fine-tune-lr",
-        type=float,
-        default=defaults.fine_tune_learning_rate,
-        help="fine-tuning learning rate (default: %(default)s)",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=defaults.patience,
-        help="early-stopping patience in epochs (default: %(default)s)",
-    )
-    g.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
-    g.add_argument(
-        "--no-augment", action="store_true", help="disable flip/rotation/contrast augmentation"
-    )
-    g.add_argument("--no-cache", action="store_true", help="do not cache decoded images in memory")
-    g.add_argument(
-        "--strategy",
-        choices=("default", "mirrored", "multiworker"),
-        default="default",
-        help="tf.distribute strategy: one device, all local GPUs, or workers from "
-        "TF_CONFIG (default: %(default)s)",
-    )
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
-    g.add_argument(
-        "--split-mode",
-        choices=("random", "official"),
-        default=defaults.split_mode,
-        help="random 72/18/10 by patient, or MURA's valid as test (default: %(default)s)",
-    )
-    g.add_argument(
-        "--parts", default=",".join(p.lower() for p in defaults.body_parts), help=PARTS_HELP
+def _parts_default(parts: tuple[str, ...]) -> str:
+    return ",".join(p.lower() for p in parts)
+
+
+def add_parts_option(parser: argparse.ArgumentParser, default: tuple[str, ...]) -> None:
+    """``--parts`` for the data commands (the training commands get it from CLI_OPTIONS)."""
+    parser.add_argument(
+        "--parts",
+        dest="body_parts",
+        default=_parts_default(default),
+        help=PARTS_HELP + " (default: %(default)s)",
     )
 
 
-def _config_from(args: argparse.Namespace, base: TrainConfig, **overrides) -> TrainConfig:
-    return TrainConfig(
-        **{
-            **base.to_dict(),
-            "body_parts": args.parts,
-            "input_size": args.size,
-            "part_backbone": args.backbone,
-            "router_backbone": args.router_backbone,
-            "weights": args.weights,
-            "batch_size": args.batch_size,
-            "head_epochs": args.head_epochs,
-            "epochs": args.epochs,
-            "learning_rate": args.lr,
-            "fine_tune_learning_rate": args.fine_tune_lr,
-            "patience": args.patience,
-            "seed": args.seed,
-            "augment": not args.no_augment,
-            "cache": not args.no_cache,
-            "strategy": args.strategy,
-            "tensorboard": args.tensorboard,
-            "split_mode": args.split_mode,
-            **overrides,
-        }
+def add_training_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """One flag per :data:`training.config.CLI_OPTIONS` entry, dest = the field name."""
+    group = parser.add_argument_group("model and optimisation")
+    for option in CLI_OPTIONS:
+        default = getattr(defaults, option.field)
+        kwargs: dict[str, Any] = {"dest": option.field, "help": option.help}
+        if option.field == "body_parts":
+            kwargs.update(default=_parts_default(default), help=PARTS_HELP)
+        elif isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kwargs.update(type=type(default), default=default, choices=option.choices)
+        kwargs["help"] += " (default: %(default)s)"
+        group.add_argument(*option.flags, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``base`` with every CLI option the user gave (by field name) and ``overrides``."""
+    values = {option.field: getattr(args, option.field) for option in CLI_OPTIONS}
+    return TrainConfig(**{**base.to_dict(), **values, **overrides})
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from training.synthetic import generate_synthetic_mura
+
+    summary = generate_synthetic_mura(
+        args.out,
+        patients_per_part=args.patients_per_part,
+        body_parts=args.body_parts,
+        seed=args.seed,
+        progress=not args.quiet,
     )
+    print(summary.describe())
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from training.dataset import index_dataset
+    from training.io import write_csv_atomic
+
+    index, report = index_dataset(args.root, body_parts=args.body_parts)
+    print(report.describe())
+    if args.out:
+        write_csv_atomic(index, args.out)
+        print(f"wrote {len(index)} rows to {args.out}")
+    return 1 if report.errors and args.strict else 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from training.dataset import index_dataset
+    from training.split import split_by_patient, split_summary, write_split
+
+    index, report = index_dataset(args.root, body_parts=args.body_parts)
+    print(report.describe())
+    split = split_by_patient(index, mode=args.mode, seed=args.seed)
+    write_split(split, args.out)
+    print(split_summary(split).to_string())
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from training.run import run_training
 
-    config = _config_from(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
+    config = config_from_args(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
     manifest = run_training(
         args.root,
         config,
@@ -157,23 +127,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
-    from training.run import run_training
-    from training.synthetic import generate_synthetic_mura
+    quiet_tensorflow()
+    from training.run import run_demo
 
-    data = args.data
-    if not (data / "train_image_paths.csv").is_file():
-        print(f"== generating synthetic MURA data in {data}")
-        summary = generate_synthetic_mura(
-            data, patients_per_part=args.patients_per_part, seed=args.seed
-        )
-        print(summary.describe())
-    config = _config_from(args, demo_config(), name=args.name, synthetic=True)
-    manifest = run_training(
-        data,
+    config = config_from_args(args, demo_config(), name=args.name, synthetic=True)
+    manifest = run_demo(
+        args.data,
         config,
         out=args.out or Path("models") / args.name,
         run_dir=args.run_dir or Path("runs") / args.name,
+        patients_per_part=args.patients_per_part,
         resume=args.resume,
         force=args.force,
     )
@@ -181,10 +144,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from training.crossval import cross_validate
 
-    config = _config_from(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
+    config = config_from_args(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
     summary = cross_validate(
         args.root,
         config,
@@ -196,39 +159,51 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from bonexr.bundle import verify_bundle
-
-    manifest = verify_bundle(args.bundle)
-    print(f"ok: {manifest.name} version {manifest.version}, {len(manifest.files)} files verified")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the data and training subcommands to the ``bonexr`` parser."""
     defaults = TrainConfig()
+
+    p = sub.add_parser("synth", help="write a synthetic MURA-v1.1-format dataset")
+    p.add_argument("out", type=Path, help="folder to create (it plays the MURA-v1.1 folder)")
+    p.add_argument(
+        "--patients-per-part", type=int, default=40, help="patients per body part (default: 40)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_parts_option(p, defaults.body_parts)
+    p.set_defaults(handler=_cmd_synth)
+
+    p = sub.add_parser("index", help="index a MURA-v1.1 (or peer-layout) folder and check it")
+    p.add_argument("root", type=Path, help="the MURA-v1.1 folder (train/, valid/, the CSVs)")
+    p.add_argument("--out", type=Path, help="write the index as CSV here")
+    p.add_argument("--strict", action="store_true", help="exit 1 if the CSVs and files disagree")
+    add_parts_option(p, defaults.body_parts)
+    p.set_defaults(handler=_cmd_index)
+
+    p = sub.add_parser("split", help="split a dataset 72/18/10 by patient and write split.csv")
+    p.add_argument("root", type=Path, help="the MURA-v1.1 folder")
+    p.add_argument("--out", type=Path, default=Path("split.csv"), help="(default: %(default)s)")
+    p.add_argument(
+        "--mode",
+        choices=SPLIT_MODES,
+        default=defaults.split_mode,
+        help="random: 72/18/10 by patient; official: MURA valid as test, validation carved "
+        "from train (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_parts_option(p, defaults.body_parts)
+    p.set_defaults(handler=_cmd_split)
+
     p = sub.add_parser("train", help="train router + per-part models, evaluate, export a bundle")
     p.add_argument("root", type=Path, help="the MURA-v1.1 folder (or peer layout)")
-    p.add_argument("--name", default="bonexr", help="bundle name (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="bundle folder (default: models/NAME)")
-    p.add_argument("--run-dir", type=Path, help="checkpoints, logs and report (default: runs/NAME)")
+    _add_run_options(p, default_name="bonexr")
     p.add_argument("--split", type=Path, help="use this split.csv instead of making one")
-    p.add_argument(
-        "--only", help="train only these models (comma-separated: router, elbow, hand, ...)"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    p.add_argument(
-        "--synthetic", action="store_true", help="mark the bundle as trained on synthetic data"
-    )
-    _add_model_options(p, defaults)
+    p.add_argument("--only", help="train only these models (comma-separated: router, elbow, ...)")
+    p.add_argument("--synthetic", action="store_true", help="mark the bundle as synthetic-data")
+    add_training_options(p, defaults)
     p.set_defaults(handler=_cmd_train)
 
-    demo = demo_config()
-    p = sub.add_parser(
-        "demo", help="generate synthetic data and train the small demo bundle (minutes)"
-    )
+    p = sub.add_parser("demo", help="generate synthetic data and train the small demo bundle")
     p.add_argument(
         "--data",
         type=Path,
@@ -238,15 +213,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patients-per-part",
         type=int,
-        default=120,
+        default=DEMO_PATIENTS_PER_PART,
         help="synthetic patients per body part (default: %(default)s)",
     )
-    p.add_argument("--name", default="demo", help="bundle name (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="bundle folder (default: models/NAME)")
-    p.add_argument("--run-dir", type=Path, help="(default: runs/NAME)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    _add_model_options(p, demo)
+    _add_run_options(p, default_name="demo")
+    add_training_options(p, demo_config())
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("cv", help="k-fold cross-validation by patient (small datasets)")
@@ -256,9 +227,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, help="(default: runs/NAME-cv)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted cross-validation")
     p.add_argument("--synthetic", action="store_true", help="mark results as synthetic")
-    _add_model_options(p, defaults)
+    add_training_options(p, defaults)
     p.set_defaults(handler=_cmd_cv)
 
-    p = sub.add_parser("verify", help="check a bundle's manifest and every file's sha256")
-    p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/demo")
-    p.set_defaults(handler=_cmd_verify)
+
+def _add_run_options(p: argparse.ArgumentParser, *, default_name: str) -> None:
+    p.add_argument("--name", default=default_name, help="bundle name (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="bundle folder (default: models/NAME)")
+    p.add_argument("--run-dir", type=Path, help="checkpoints, logs and report (default: runs/NAME)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its checkpoints"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")

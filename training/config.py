@@ -11,19 +11,30 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bonexr.errors import ConfigError
 from bonexr.labels import DEFAULT_BODY_PARTS, normalize_body_parts
 
-#: Backbones the model builders know (kept here so the CLI need not import Keras).
-BACKBONE_NAMES: tuple[str, ...] = ("resnet50", "densenet169", "tiny")
+# The choices of the enumerated options. The CLI's ``choices``, the validation below, the
+# splitter and the strategy factory all read these, so a new value is added in one place.
+Backbone = Literal["resnet50", "densenet169", "tiny"]
+SplitMode = Literal["random", "official"]
+Strategy = Literal["default", "mirrored", "multiworker"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
+SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else a ConfigError naming the option and them."""
+    if value not in choices:
+        raise ConfigError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 def check_backbone(name: str) -> str:
-    if name not in BACKBONE_NAMES:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
-    return name
+    return check_choice("backbone", name, BACKBONE_NAMES)
 
 
 #: Fields that may change between an interrupted run and its resume.
@@ -37,8 +48,8 @@ class TrainConfig:
     name: str = "bonexr"
     body_parts: tuple[str, ...] = DEFAULT_BODY_PARTS
     input_size: int = 224
-    router_backbone: str = "resnet50"
-    part_backbone: str = "resnet50"
+    router_backbone: Backbone = "resnet50"
+    part_backbone: Backbone = "resnet50"
     weights: str = "imagenet"
     batch_size: int = 16
     head_epochs: int = 2
@@ -46,11 +57,11 @@ class TrainConfig:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
     patience: int = 5
-    split_mode: str = "random"
+    split_mode: SplitMode = "random"
     seed: int = 0
     augment: bool = True
     cache: bool = True
-    strategy: str = "default"
+    strategy: Strategy = "default"
     tensorboard: bool = False
     progress: bool = True
     synthetic: bool = False
@@ -65,10 +76,8 @@ class TrainConfig:
             raise ConfigError("--batch-size must be at least 1")
         if self.epochs < 0 or self.head_epochs < 0:
             raise ConfigError("epoch counts cannot be negative")
-        if self.split_mode not in ("random", "official"):
-            raise ConfigError("--split-mode must be random or official")
-        if self.strategy not in ("default", "mirrored", "multiworker"):
-            raise ConfigError("--strategy must be default, mirrored or multiworker")
+        check_choice("split mode", self.split_mode, SPLIT_MODES)
+        check_choice("strategy", self.strategy, STRATEGIES)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -89,6 +98,60 @@ class TrainConfig:
     def model_names(self) -> list[str]:
         """``router`` plus one lower-case name per body part (``elbow``, ``hand``, ...)."""
         return ["router", *(p.lower() for p in self.body_parts)]
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One ``TrainConfig`` field as a command-line flag (``--field-name`` plus old aliases)."""
+
+    field: str
+    help: str
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return ("--" + self.field.replace("_", "-"), *self.aliases)
+
+
+#: The training options every training command takes, in ``--help`` order. The CLI adds
+#: them by a loop and copies them back by field name; ``name`` and ``synthetic`` are
+#: per-command.
+CLI_OPTIONS: tuple[CliOption, ...] = (
+    CliOption("body_parts", "comma-separated body parts", ("--parts",)),
+    CliOption("input_size", "input side in px (MURA paper: 320)", ("--size",)),
+    CliOption(
+        "part_backbone", "backbone of the abnormality models", ("--backbone",), BACKBONE_NAMES
+    ),
+    CliOption("router_backbone", "backbone of the router", (), BACKBONE_NAMES),
+    CliOption("weights", "imagenet | none | PATH to a local 'notop' weights file"),
+    CliOption("batch_size", "images per batch"),
+    CliOption("head_epochs", "epochs training only the head on a frozen pretrained backbone"),
+    CliOption("epochs", "fine-tuning epochs, whole network"),
+    CliOption(
+        "learning_rate", "head learning rate (or the only one without pretraining)", ("--lr",)
+    ),
+    CliOption("fine_tune_learning_rate", "fine-tuning learning rate", ("--fine-tune-lr",)),
+    CliOption("patience", "early-stopping patience in epochs"),
+    CliOption("seed", "random seed (split, initialisation, augmentation, input order)"),
+    CliOption("augment", "flip/rotation/contrast/brightness augmentation"),
+    CliOption("cache", "cache decoded images in memory"),
+    CliOption(
+        "split_mode", "random: 72/18/10 by patient; official: MURA's valid as test", (), SPLIT_MODES
+    ),
+    CliOption(
+        "strategy",
+        "tf.distribute strategy: one device, all local GPUs, or workers from TF_CONFIG",
+        (),
+        STRATEGIES,
+    ),
+    CliOption("tensorboard", "also write TensorBoard logs"),
+)
+
+
+#: Where ``bonexr demo`` / ``bonexr run`` generate the synthetic data, and how much.
+DEMO_DATA = Path("data/synthetic/MURA-v1.1")
+DEMO_PATIENTS_PER_PART = 120
 
 
 def demo_config(**overrides: Any) -> TrainConfig:

@@ -20,7 +20,14 @@ import pandas as pd
 from bonexr.bundle import Manifest, sha256_file, write_json_atomic
 from bonexr.errors import BundleError, ConfigError, DataError
 from bonexr.imaging import model_input, preprocess_file
-from training.config import TrainConfig, load_config, save_config
+from training.config import (
+    DEMO_DATA,
+    DEMO_PATIENTS_PER_PART,
+    TrainConfig,
+    demo_config,
+    load_config,
+    save_config,
+)
 from training.dataset import index_dataset
 from training.evaluate import (
     choose_thresholds,
@@ -93,9 +100,9 @@ def load_or_make_split(
     index, index_report = index_dataset(root, body_parts=config.body_parts)
     print(index_report.describe())
     if paths.split.is_file():
-        split = read_split(paths.split)
+        split = read_split(paths.split, root)
     elif split_csv is not None:
-        split = read_split(split_csv)
+        split = read_split(split_csv, root)
         write_split(split, paths.split)
     else:
         split = split_by_patient(index, mode=config.split_mode, seed=config.seed)
@@ -106,7 +113,8 @@ def load_or_make_split(
         raise DataError(f"the split has no images of {', '.join(sorted(missing))}")
     print(split_summary(split).to_string())
     provenance = {
-        "source": str(Path(root).resolve()),
+        # the dataset folder's name only: a bundle carries no paths of the training machine
+        "source": Path(root).resolve().name,
         "split_mode": config.split_mode,
         "split_seed": config.seed,
         "split_csv_sha256": sha256_file(paths.split),
@@ -180,7 +188,8 @@ def write_report(
     write_text_atomic(
         out / "report.md", render_markdown(report, name=config.name, synthetic=config.synthetic)
     )
-    write_csv_atomic(test, out / "test_predictions.csv")
+    # dataset-relative paths only (rel_path): the file is copied into the shareable bundle
+    write_csv_atomic(test.drop(columns=["path"]), out / "test_predictions.csv")
     parts = list(config.body_parts)
     plot_roc(test, parts, out / "plots" / "roc.png")
     plot_confusions(report, out / "plots" / "confusion.png")
@@ -253,3 +262,31 @@ def run_training(
     print((paths.report_dir / "report.md").read_text())
     print(f"bundle {manifest.name} version {manifest.version} written to {out}")
     return manifest
+
+
+def run_demo(
+    data: Path,
+    config: TrainConfig,
+    *,
+    out: Path,
+    run_dir: Path,
+    patients_per_part: int = DEMO_PATIENTS_PER_PART,
+    resume: bool = False,
+    force: bool = False,
+) -> Manifest | None:
+    """The demo: generate the synthetic dataset at ``data`` if it is not there, then train."""
+    from training.synthetic import generate_synthetic_mura
+
+    data = Path(data)
+    if not (data / "train_image_paths.csv").is_file():
+        print(f"== generating synthetic MURA data in {data}")
+        summary = generate_synthetic_mura(
+            data, patients_per_part=patients_per_part, seed=config.seed
+        )
+        print(summary.describe())
+    return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)
+
+
+def run_demo_default(out: Path) -> Manifest | None:
+    """``bonexr demo`` with its defaults, writing the bundle to ``out`` (for ``bonexr run``)."""
+    return run_demo(DEMO_DATA, demo_config(), out=out, run_dir=Path("runs") / "demo")

@@ -27,10 +27,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from bonexr.errors import ConfigError, DataError
 from bonexr.labels import normalize_body_part
+from training.config import SPLIT_MODES, check_choice
 from training.io import write_csv_atomic
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-MODES: tuple[str, ...] = ("random", "official")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.72, 0.18, 0.10)
 
 #: Columns of a split CSV (``split_source`` is added when the index has it).
@@ -44,6 +44,9 @@ SPLIT_COLUMNS: tuple[str, ...] = (
     "split",
 )
 LABEL_NAMES = {0: "normal", 1: "abnormal"}
+#: What a split file holds: no absolute ``path``, so it travels with a bundle and works
+#: on any machine; :func:`read_split` rebuilds ``path`` from the dataset root.
+SPLIT_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in SPLIT_COLUMNS if c != "path")
 
 #: How far the fractions realised with 1/k folds may stray from the requested ones.
 _FRACTION_TOLERANCE = 0.02
@@ -67,8 +70,7 @@ def split_by_patient(
     ``round((train + validation) / validation)``; in ``official`` mode the test fraction is
     whatever MURA's ``valid`` holds.
     """
-    if mode not in MODES:
-        raise ConfigError(f"unknown split mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_choice("split mode", mode, SPLIT_MODES)
     frame = _prepared(index, need_source=mode == "official")
     seed = _check_seed(seed)
     k_test, k_val = _fold_counts(fractions)
@@ -102,19 +104,26 @@ def assign_folds(index: pd.DataFrame, *, k: int, seed: int = 0) -> pd.Series:
 
 
 def write_split(split: pd.DataFrame, path: str | Path) -> None:
-    """Write the split as CSV atomically (a crash never leaves half a split.csv behind)."""
+    """Write the split as CSV atomically (a crash never leaves half a split.csv behind).
+
+    Image paths are written relative to the dataset root only (``rel_path``).
+    """
     missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
     if missing:
         raise DataError(f"cannot write split: missing column(s) {', '.join(missing)}")
     bad = ~split["split"].isin(SPLITS)
     if bad.any():
         raise DataError(f"cannot write split: unknown split value {split['split'][bad].iloc[0]!r}")
-    columns = list(SPLIT_COLUMNS) + (["split_source"] if "split_source" in split.columns else [])
+    columns = list(SPLIT_FILE_COLUMNS)
+    columns += ["split_source"] if "split_source" in split.columns else []
     write_csv_atomic(split[columns], path)
 
 
-def read_split(path: str | Path) -> pd.DataFrame:
+def read_split(path: str | Path, root: str | Path) -> pd.DataFrame:
     """Read a split CSV written by :func:`write_split`, checking it can be trusted.
+
+    ``path`` (absolute image paths) is rebuilt as ``root / rel_path``; an older split file
+    that carries its own ``path`` column keeps it.
 
     Raises :class:`DataError` naming the file (and line) for a missing file, an unreadable
     or empty CSV, missing columns, an unknown split, label or body part, an empty path or
@@ -127,14 +136,16 @@ def read_split(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"split file {path} is not a readable CSV: {exc}") from exc
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
+    missing = [c for c in SPLIT_FILE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"split file {path} lacks column(s): {', '.join(missing)}")
+    if "path" not in frame.columns:
+        frame.insert(0, "path", [str(Path(root, rel)) for rel in frame["rel_path"]])
     if frame.empty:
         raise DataError(f"split file {path} has no rows")
     _check_values(path, frame, "split", frame["split"].isin(SPLITS), f"one of {SPLITS}")
     _check_values(path, frame, "label", frame["label"].isin(["0", "1"]), "0 or 1")
-    for column in ("path", "patient_id", "study_id"):
+    for column in ("rel_path", "patient_id", "study_id"):
         _check_values(path, frame, column, frame[column].str.strip() != "", "not empty")
     frame["label"] = frame["label"].astype("int64")
     frame["body_part"] = _read_parts(path, frame["body_part"])

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from bonexr.bundle import write_json_atomic
 from bonexr.errors import ConfigError, DataError
-from training.config import TrainConfig
+from training.config import STRATEGIES, TrainConfig, check_choice
 from training.models import ROUTER, backbone_of, build_model
 from training.pipeline import BadImageLog, abnormality_weights, make_dataset, router_targets
 
@@ -58,6 +58,7 @@ def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """``default`` (one device), ``mirrored`` (all local GPUs), ``multiworker`` (TF_CONFIG)."""
+    check_choice("strategy", name, STRATEGIES)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":

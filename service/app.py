@@ -28,12 +28,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 import bonexr
+from service.deps import Services
 from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import AccessMiddleware, ServiceMetrics
 from service.pixel_cache import PixelCache
-from service.routes import Services, build_router
+from service.routes import api_router
 from service.security import ApiKeyMiddleware
 from service.settings import Settings, get_settings
 from service.storage import UploadStore
@@ -125,16 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     keys = settings.api_key_list()
-    protected, public = build_router(auth_enabled=bool(keys))
-    app.include_router(protected)
-    app.include_router(public)
+    app.include_router(api_router(auth_enabled=bool(keys)))
     app.add_middleware(BodySizeLimitMiddleware, upload_limit=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
-    # Flat list of concrete routes (FastAPI nests included routers) for labelling responses
-    # sent before routing.
-    routes = [
-        r for r in (*app.router.routes, *protected.routes, *public.routes) if hasattr(r, "path")
-    ]
+    # Concrete routes, for labelling responses sent before routing (401, 413).
+    routes = [r for r in app.router.routes if hasattr(r, "path")]
     app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)
     app.add_middleware(LastResortMiddleware)
     return app

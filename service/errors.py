@@ -35,6 +35,7 @@ from bonexr.errors import (
     UndecodableImageError,
     UnsupportedFormatError,
 )
+from service.schemas import ErrorResponse
 
 log = logging.getLogger("bonexr.service")
 
@@ -47,10 +48,6 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-
-
-class MalformedRequestError(ServiceError):
-    status_code = 400
 
 
 class UploadNotFoundError(ServiceError):
@@ -73,6 +70,25 @@ class InferenceFailedError(ServiceError):
     """The models raised on a valid input: a server fault, reported as a JSON 500."""
 
     status_code = 500
+
+
+#: What each error status means, for the OpenAPI ``responses`` of the routes.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request: the body is not what this endpoint takes.",
+    401: "Missing or wrong X-API-Key (only when API keys are configured).",
+    404: "No upload with that filename.",
+    413: "Too large: bytes (checked while streaming) or pixels (from the header).",
+    415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
+    422: "Invalid value: bad filename, or an image that cannot be decoded.",
+    503: "Model bundle not loaded (loading, failed verification, or shutting down).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses (body: ``{"detail": ...}``)."""
+    return {
+        code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes
+    }
 
 
 #: Shared-core exceptions (bonexr.errors) -> status. Most specific class first.

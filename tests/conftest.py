@@ -7,7 +7,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from tests.bundles import make_untrained_bundle
 
@@ -54,3 +59,27 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
                  "--run-dir", str(base / "runs" / "demo")])  # fmt: skip
     assert code == 0
     return {"root": root, "bundle": bundle, "config": demo_config(), "corrupt": corrupt.resolve()}
+
+
+@pytest.fixture(scope="module")
+def api(
+    request: pytest.FixtureRequest,
+    untrained_bundle: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TestClient, FastAPI]]:
+    """One running app (on the untrained bundle) shared by a test module's read-mostly tests.
+
+    A module tunes it with a ``SERVICE_OVERRIDES`` dict of settings.
+    """
+    from tests.service_support import make_settings, running
+
+    overrides: dict[str, Any] = getattr(request.module, "SERVICE_OVERRIDES", {})
+    tmp = tmp_path_factory.mktemp("api")
+    with running(make_settings(untrained_bundle, tmp, **overrides)) as pair:
+        yield pair
+
+
+@pytest.fixture
+def client(api: tuple[TestClient, FastAPI]) -> TestClient:
+    """The test client of the module's shared app."""
+    return api[0]

@@ -31,19 +31,6 @@ from tests.service_support import (
 UNKNOWN = "ab" * 32 + ".png"
 
 
-@pytest.fixture(scope="module")
-def api(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One running app for the read-mostly tests of this module."""
-    tmp = tmp_path_factory.mktemp("api")
-    with running(make_settings(untrained_bundle, tmp)) as (client, app):
-        yield client, app
-
-
-@pytest.fixture
-def client(api) -> TestClient:
-    return api[0]
-
-
 def upload(client: TestClient, data: bytes, name: str = "scan.png") -> httpx.Response:
     return client.post("/upload", files={"file": (name, data, "application/octet-stream")})
 

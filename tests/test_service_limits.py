@@ -31,16 +31,8 @@ LIMIT = 200_000  # small byte limit for this module
 UNKNOWN = "cd" * 32 + ".png"
 
 
-@pytest.fixture(scope="module")
-def api(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("limits")
-    with running(make_settings(untrained_bundle, tmp, max_upload_bytes=LIMIT)) as (client, app):
-        yield client, app
-
-
-@pytest.fixture
-def client(api) -> TestClient:
-    return api[0]
+#: Settings of this module's shared running app (the ``api`` fixture in conftest).
+SERVICE_OVERRIDES = {"max_upload_bytes": LIMIT}
 
 
 def upload_file(client: TestClient, data: bytes, name: str = "x.png") -> httpx.Response:

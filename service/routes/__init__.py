@@ -1,0 +1,35 @@
+"""The HTTP API, one router per area, assembled the way FastAPI's full-stack template does.
+
+``upload`` (POST /upload, DELETE /uploads/{filename}), ``predict`` (POST /predict),
+``model`` (GET /model, GET /rules) and ``operations`` (/health, /ready, /metrics). Routes
+stay thin: validate, hand work to storage / imaging / engine, shape the response.
+
+Authentication is applied here, where the routers are included: when API keys are
+configured, every router but ``operations`` carries the API-key security dependency (it
+documents the scheme and the 401 in OpenAPI; :class:`service.security.ApiKeyMiddleware`
+enforces it before any body byte is read). Probes and metrics stay open for orchestrators.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Security
+
+from service.errors import error_responses
+from service.routes import model, operations, predict, upload
+from service.security import api_key_scheme
+
+PROTECTED = (upload.router, predict.router, model.router)
+
+
+def api_router(*, auth_enabled: bool) -> APIRouter:
+    """Every route of the service, with the API-key scheme on the protected ones."""
+    api = APIRouter()
+    for router in PROTECTED:
+        if auth_enabled:
+            api.include_router(
+                router, dependencies=[Security(api_key_scheme)], responses=error_responses(401)
+            )
+        else:
+            api.include_router(router)
+    api.include_router(operations.router)
+    return api

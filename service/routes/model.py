@@ -1,0 +1,87 @@
+"""GET /model and GET /rules: what is loaded, and the rules of use derived from it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.deps import ServicesDep
+from service.errors import NotReadyError, error_responses
+from service.rules import build_rules, render_rules_png
+from service.schemas import ModelInfo, Rules
+
+router = APIRouter(tags=["model"])
+
+
+def prefers_json(accept: str) -> bool:
+    """True when the Accept header ranks application/json above image/png."""
+    best: dict[str, float] = {}
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        best[media.strip().lower()] = max(quality, best.get(media.strip().lower(), 0.0))
+    json_q = best.get("application/json", 0.0)
+    png_q = max(best.get("image/png", 0.0), best.get("image/*", 0.0))
+    return json_q > 0 and json_q > png_q
+
+
+@router.get(
+    "/rules",
+    response_model=Rules,
+    summary="Usage rules (PNG, or JSON with Accept: application/json)",
+    responses={
+        200: {
+            "description": "The rules as a PNG image, or as JSON when asked for.",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
+async def rules(request: Request, services: ServicesDep) -> Response:
+    """What may be uploaded, limits, body parts, what 'fractured' means; from live config."""
+    engine = services.engine
+    status = "ready" if engine.ready else engine.not_ready_reason()
+    data = build_rules(services.settings, engine.manifest if engine.ready else None, status)
+    if prefers_json(request.headers.get("accept", "")):
+        return JSONResponse(data.model_dump(mode="json"))
+    png = await run_in_threadpool(render_rules_png, data)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="Loaded model bundle",
+    responses=error_responses(503),
+)
+async def model(services: ServicesDep) -> ModelInfo:
+    """Summary of the loaded bundle's manifest (503 while no bundle is loaded)."""
+    engine = services.engine
+    manifest = engine.manifest
+    if not engine.ready or manifest is None:
+        raise NotReadyError(engine.not_ready_reason())
+    return ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        created_at=manifest.created_at,
+        synthetic=manifest.synthetic,
+        body_parts=list(manifest.body_parts),
+        thresholds={part: spec.threshold for part, spec in manifest.parts.items()},
+        threshold_rules={part: spec.threshold_rule for part, spec in manifest.parts.items()},
+        input_size=manifest.input.size,
+        preprocessing=manifest.input.preprocessing,
+        backbones={
+            "router": manifest.router.backbone,
+            **{part: spec.backbone for part, spec in manifest.parts.items()},
+        },
+        metrics=manifest.metrics,
+        intended_use=manifest.intended_use,
+        providers=engine.providers,
+    )

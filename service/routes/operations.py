@@ -1,0 +1,54 @@
+"""/health, /ready and /metrics: for orchestrators and monitoring (never behind an API key).
+
+``HEAD`` is answered on the probes too: some load balancers probe with it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import ServicesDep
+from service.errors import error_body, error_responses
+from service.schemas import HealthResponse, ModelRef, ReadyResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.head("/health", include_in_schema=False, response_model=None)
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> HealthResponse:
+    """200 whenever the process serves HTTP, whatever the model's state."""
+    return HealthResponse()
+
+
+@router.head("/ready", include_in_schema=False, response_model=None)
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    summary="Readiness",
+    responses=error_responses(503),
+)
+async def ready(services: ServicesDep) -> ReadyResponse | JSONResponse:
+    """200 once the bundle is loaded, verified and warmed; 503 with the reason otherwise."""
+    engine = services.engine
+    if not engine.ready:
+        return JSONResponse(error_body(engine.not_ready_reason()), status_code=503)
+    return ReadyResponse(
+        model=ModelRef(name=engine.model_name, version=engine.model_version),
+        providers=engine.providers,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(services: ServicesDep) -> Response:
+    """Request, queue, batch, inference and upload metrics in Prometheus text format."""
+    payload = await run_in_threadpool(generate_latest, services.metrics.registry)
+    return Response(payload, media_type=CONTENT_TYPE_LATEST)

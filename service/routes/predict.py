@@ -1,0 +1,74 @@
+"""POST /predict: route an uploaded image to its body part and score abnormality."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from bonexr.imaging import decode_image, prepare_pixels
+from service.deps import Services, ServicesDep
+from service.engine import Prediction
+from service.errors import NotReadyError, error_responses
+from service.schemas import ModelRef, PredictionResponse, PredictRequest
+
+router = APIRouter(tags=["predict"])
+
+
+def load_pixels(services: Services, filename: str, size: int) -> np.ndarray:
+    """Prepared pixels of a stored upload: from the cache, else decoded from the store."""
+    cached = services.pixels.get(filename, size)
+    if cached is not None and services.store.exists(filename):
+        return cached
+    data = services.store.read(filename)
+    with services.decode_slots:
+        image = decode_image(data, max_pixels=services.settings.max_pixels)
+        pixels = prepare_pixels(image, size)
+    services.pixels.put(filename, size, pixels)
+    return pixels
+
+
+def prediction_warnings(services: Services, prediction: Prediction) -> list[str]:
+    """What a reader must know about this answer (unsure router, demo model)."""
+    settings, engine = services.settings, services.engine
+    found: list[str] = []
+    floor = settings.router_confidence_floor
+    if prediction.router_confidence < floor:
+        parts = ", ".join(prediction.bone_type_probabilities)
+        found.append(
+            f"router is unsure of the body part: {prediction.router_confidence:.2f} for "
+            f"{prediction.bone_type} is below the confidence floor {floor:.2f}. Check that the "
+            f"image is a radiograph of one of: {parts}."
+        )
+    if engine.manifest is not None and engine.manifest.synthetic:
+        found.append(
+            f"model '{engine.model_name}' is a demo trained on synthetic images: "
+            "not for clinical use."
+        )
+    return found
+
+
+@router.post(
+    "/predict",
+    response_model=PredictionResponse,
+    summary="Classify an uploaded image",
+    responses=error_responses(400, 404, 413, 422, 503),
+)
+async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResponse:
+    """Route the image to a body part, then score abnormality with that part's model."""
+    engine = services.engine
+    if not engine.ready:
+        raise NotReadyError(engine.not_ready_reason())
+    with engine.incoming():  # lets the batcher wait for this request while it decodes
+        pixels = await run_in_threadpool(load_pixels, services, body.filename, engine.input_size)
+    prediction = await engine.predict(pixels)
+    return PredictionResponse(
+        filename=body.filename,
+        bone_type=prediction.bone_type,
+        result=prediction.result,  # type: ignore[arg-type]
+        bone_type_probabilities=prediction.bone_type_probabilities,
+        abnormality_probability=prediction.abnormality_probability,
+        threshold=prediction.threshold,
+        model=ModelRef(name=engine.model_name, version=engine.model_version),
+        warnings=prediction_warnings(services, prediction),
+    )

@@ -1,0 +1,92 @@
+"""POST /upload and DELETE /uploads/{filename}: the upload store's HTTP face.
+
+Decoding, re-encoding and storing run in the threadpool, bounded by ``decode_slots`` so a
+burst of large uploads cannot exhaust memory; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Path, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from bonexr.imaging import decode_image, encode_png, prepare_pixels, sniff_format
+from service.deps import Services, ServicesDep
+from service.errors import PayloadTooLargeError, UploadNotFoundError, error_responses
+from service.schemas import FILENAME_PATTERN, UploadResponse
+
+router = APIRouter(tags=["upload"])
+
+
+def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
+    """Decode (limits enforced), re-encode pixel-only PNG, store; runs in the threadpool."""
+    fmt = sniff_format(data)
+    engine = services.engine
+    with services.decode_slots:
+        image = decode_image(data, max_pixels=services.settings.max_pixels)
+        png = encode_png(image)
+        size = engine.input_size if engine.ready else None
+        pixels = prepare_pixels(image, size) if size else None
+    stored = services.store.save(png)
+    if pixels is not None and size is not None:
+        services.pixels.put(stored.filename, size, pixels)
+    services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
+    response = UploadResponse(
+        filename=stored.filename,
+        width=image.width,
+        height=image.height,
+        format=fmt.name if fmt else "PNG",
+        bytes=len(data),
+        stored_bytes=stored.size,
+    )
+    return response, stored.created
+
+
+@router.post(
+    "/upload",
+    status_code=201,
+    response_model=UploadResponse,
+    summary="Upload an image",
+    responses={
+        201: {"description": "Stored now."},
+        200: {"model": UploadResponse, "description": "Identical image already stored."},
+        **error_responses(400, 413, 415, 422),
+    },
+)
+async def upload(
+    services: ServicesDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="PNG, JPEG, WebP or DICOM; detected by content.")],
+) -> UploadResponse:
+    """Store a radiograph as a pixel-only grayscale PNG named by its sha256.
+
+    201 when the image was stored now, 200 when identical pixels were already stored
+    (same name). The client's file name and all metadata (EXIF, text chunks) are dropped.
+    """
+    limit = services.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"file is larger than the limit of {limit:,} bytes")
+    result, created = await run_in_threadpool(_ingest, services, data)
+    response.status_code = 201 if created else 200
+    return result
+
+
+@router.delete(
+    "/uploads/{filename}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete an upload",
+    responses=error_responses(404, 422),
+)
+async def delete_upload(
+    services: ServicesDep,
+    filename: Annotated[str, Path(pattern=FILENAME_PATTERN, description="From /upload.")],
+) -> Response:
+    """Remove a stored upload (patient data) before its retention period ends."""
+    services.pixels.discard(filename)
+    if not await run_in_threadpool(services.store.delete, filename):
+        raise UploadNotFoundError("no upload with that filename")
+    services.metrics.uploads_deleted.labels("client").inc()
+    return Response(status_code=204)

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from bonexr.atomic import current_umask, write_json_atomic
+from bonexr.contract import ROUTER, check_input_contract, check_model_io, onnx_file_io
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
 
@@ -180,8 +181,13 @@ def read_manifest(folder: Path) -> Manifest:
         raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
 
 
-def verify_bundle(folder: Path) -> Manifest:
-    """Read the manifest and check every listed file's sha256; raise on any mismatch."""
+def verify_files(folder: Path) -> Manifest:
+    """Read the manifest, check every listed file's sha256, the version and the input contract.
+
+    Everything but the models' shapes (see :func:`verify_bundle`). The version is
+    recomputed from the verified hashes: a manifest whose files were swapped and re-hashed
+    cannot keep the old version string that answers and logs would carry.
+    """
     folder = Path(folder)
     manifest = read_manifest(folder)
     missing_hashes = [f for f in manifest.model_files() if f not in manifest.files]
@@ -198,6 +204,28 @@ def verify_bundle(folder: Path) -> Manifest:
                 f"file {actual[:12]}...);"
                 " the bundle was modified or corrupted"
             )
+    recomputed = content_version(manifest.files)
+    if manifest.version != recomputed:
+        raise BundleError(
+            f"version: manifest says {manifest.version!r} but its model files make "
+            f"{recomputed!r}; the manifest was edited"
+        )
+    check_input_contract(manifest)
+    return manifest
+
+
+def verify_bundle(folder: Path) -> Manifest:
+    """Everything :func:`verify_files` checks, plus each ONNX model's input and output shape.
+
+    Opens each ONNX model in ONNX Runtime to read its shapes; a service that opens the
+    models anyway calls :func:`verify_files` and then
+    :func:`bonexr.contract.check_model_io` with its own sessions' shapes.
+    """
+    folder = Path(folder)
+    manifest = verify_files(folder)
+    specs: dict[str, ModelFiles] = {ROUTER: manifest.router, **manifest.parts}
+    io = {name: onnx_file_io(folder / spec.onnx) for name, spec in specs.items() if spec.onnx}
+    check_model_io(manifest, io)
     return manifest
 
 

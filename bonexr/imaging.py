@@ -31,6 +31,14 @@ PILLOW_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
 #: recipe changes so an old bundle is never fed pixels prepared a different way.
 PREPROCESSING_ID = "gray8-letterbox-bilinear-v1"
 
+# What :func:`model_input` feeds a model: float32 ``(N, size, size, 1)`` in 0..255, with the
+# backbone's own normalisation inside the model graph. A bundle's ``input`` must say the
+# same (checked at load by :mod:`bonexr.contract`).
+INPUT_CHANNELS = 1
+INPUT_DTYPE = "float32"
+INPUT_VALUE_RANGE: tuple[float, float] = (0.0, 255.0)
+INPUT_NORMALIZATION = "inside-model"
+
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 8
 

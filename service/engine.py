@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bonexr.bundle import Manifest, find_bundle, verify_bundle
+from bonexr.bundle import Manifest, find_bundle, verify_files
+from bonexr.contract import check_model_io, session_io
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
 from bonexr.labels import result_name
@@ -182,8 +183,9 @@ class InferenceEngine:
         self.state = EngineState.LOADING
         try:
             folder = find_bundle(self.settings.models_dir, self.settings.bundle)
-            manifest = verify_bundle(folder)
+            manifest = verify_files(folder)
             self._open_sessions(folder, manifest)
+            check_model_io(manifest, {n: session_io(s) for n, s in self._sessions.items()})
             self.manifest, self.bundle_dir = manifest, folder
             self._warm()
         except Exception as exc:

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from bonexr.bundle import MANIFEST_NAME, find_bundle, read_manifest, verify_bundle
+from bonexr.bundle import (
+    MANIFEST_NAME,
+    content_version,
+    find_bundle,
+    read_manifest,
+    sha256_file,
+    verify_bundle,
+    verify_files,
+)
+from bonexr.cli import main
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
 from tests.bundles import make_untrained_bundle
@@ -73,3 +82,113 @@ def test_publish_refuses_existing_bundle(untrained_bundle: Path, tmp_path: Path)
     assert verify_bundle(first).version != verify_bundle(second).version
     with pytest.raises(BundleError, match="no model bundle"):
         find_bundle(models, "absent")
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    path = bundle / MANIFEST_NAME
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+
+
+def _swap_model_file(bundle: Path, target: str, source: str, *, keep_version: bool) -> None:
+    """Replace ``target`` by a copy of ``source`` and re-hash it in the manifest."""
+    shutil.copyfile(bundle / source, bundle / target)
+
+    def edit(raw: dict) -> None:
+        raw["files"][target] = sha256_file(bundle / target)
+        if not keep_version:
+            raw["version"] = content_version(raw["files"])
+
+    _edit_manifest(bundle, edit)
+
+
+CONTRACT_TAMPERING = [
+    (
+        "preprocessing id",
+        lambda raw: raw["input"].update(preprocessing="gray8-squash-nearest-v0"),
+        r"input\.preprocessing: this code prepares 'gray8-letterbox-bilinear-v1' but the "
+        r"bundle was made for 'gray8-squash-nearest-v0'",
+    ),
+    ("channels", lambda raw: raw["input"].update(channels=3), r"input\.channels: .*1.*3"),
+    (
+        "value range",
+        lambda raw: raw["input"].update(value_range=[0.0, 1.0]),
+        r"input\.value_range: .*\(0\.0, 255\.0\).*\(0\.0, 1\.0\)",
+    ),
+    (
+        "normalisation placement",
+        lambda raw: raw["input"].update(normalization="in-preprocessing"),
+        r"input\.normalization: .*'inside-model'.*'in-preprocessing'",
+    ),
+    (
+        "input size",
+        lambda raw: raw["input"].update(size=96),
+        r"input\.size: manifest says 96x96x1 but the router model takes \(N, 64, 64, 1\)",
+    ),
+    (
+        "router classes",
+        lambda raw: raw["router"]["classes"].append("Wrist"),
+        r"router\.classes: manifest lists 4 classes .* but the router model outputs \(N, 3\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"), [c[1:] for c in CONTRACT_TAMPERING], ids=[c[0] for c in CONTRACT_TAMPERING]
+)
+def test_contract_field_tampering_is_refused(
+    untrained_bundle: Path, tmp_path: Path, edit, message: str
+) -> None:
+    bundle = _copy(untrained_bundle, tmp_path)
+    _edit_manifest(bundle, edit)
+    with pytest.raises(BundleError, match=message):
+        verify_bundle(bundle)
+    assert main(["verify", str(bundle)]) == 1
+
+
+def test_part_model_must_output_one_probability(untrained_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(untrained_bundle, tmp_path)
+    _swap_model_file(bundle, "hand.onnx", "router.onnx", keep_version=False)
+    verify_files(bundle)  # hashes and version are consistent: only the shapes can tell
+    with pytest.raises(BundleError, match=r"parts\.Hand: .*\(N, 1\).*outputs \(N, 3\)"):
+        verify_bundle(bundle)
+
+
+def test_version_is_recomputed_from_the_files(untrained_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy(untrained_bundle, tmp_path)
+    old = read_manifest(bundle).version
+    _swap_model_file(bundle, "elbow.onnx", "hand.onnx", keep_version=True)
+    with pytest.raises(BundleError, match=rf"version: manifest says '{old}' but its model files"):
+        verify_bundle(bundle)
+
+
+def test_verify_command_exit_codes(
+    untrained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", str(untrained_bundle)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    bundle = _copy(untrained_bundle, tmp_path)
+    _edit_manifest(bundle, lambda raw: raw["input"].update(channels=3))
+    assert main(["verify", str(bundle)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: input.channels")
+
+
+def test_service_refuses_a_bundle_that_breaks_the_contract(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.service_support import make_settings, running
+
+    models = tmp_path / "models"
+    bundle = _copy(untrained_bundle, models)
+    _swap_model_file(bundle, "shoulder.onnx", "router.onnx", keep_version=False)
+    settings = make_settings(bundle, tmp_path)
+    with running(settings) as (client, _app):
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert "parts.Shoulder" in ready.json()["detail"]
+        assert "outputs (N, 3)" in ready.json()["detail"]

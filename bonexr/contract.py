@@ -1,0 +1,114 @@
+"""The bundle contract: what a bundle must promise for this code to feed and read its models.
+
+A bundle's files can be intact (every sha256 matches) and still be wrong for the running
+code: made by another preprocessing recipe, for another input size, with a router whose
+output does not match its class list. :func:`check_input_contract` compares the manifest's
+``input`` block with what :mod:`bonexr.imaging` produces; :func:`check_model_io` compares
+the ONNX models' real input and output shapes with the manifest. Every refusal names the
+field, what this code expects and what the bundle has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bonexr.errors import BundleError
+from bonexr.imaging import (
+    INPUT_CHANNELS,
+    INPUT_DTYPE,
+    INPUT_NORMALIZATION,
+    INPUT_VALUE_RANGE,
+    PREPROCESSING_ID,
+)
+
+if TYPE_CHECKING:
+    from bonexr.bundle import Manifest
+
+ROUTER = "router"
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """A model's first input and first output shape; ``None`` for a dynamic dimension."""
+
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) else None for d in shape)
+
+
+def session_io(session: Any) -> ModelIO:
+    """The :class:`ModelIO` of an open ``onnxruntime.InferenceSession``."""
+    return ModelIO(_dims(session.get_inputs()[0].shape), _dims(session.get_outputs()[0].shape))
+
+
+def onnx_file_io(path: Path) -> ModelIO:
+    """Open an ONNX file in ONNX Runtime (CPU) just to read its input and output shapes."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - both extras install it
+        raise BundleError("checking a bundle's models needs ONNX Runtime installed") from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise BundleError(f"ONNX Runtime cannot open {Path(path).name}: {exc}") from exc
+    return session_io(session)
+
+
+def check_input_contract(manifest: Manifest) -> None:
+    """The manifest's ``input`` block describes the pixels this code prepares."""
+    spec = manifest.input
+    expected: dict[str, tuple[object, object]] = {
+        "input.preprocessing": (PREPROCESSING_ID, spec.preprocessing),
+        "input.channels": (INPUT_CHANNELS, spec.channels),
+        "input.dtype": (INPUT_DTYPE, spec.dtype),
+        "input.value_range": (tuple(INPUT_VALUE_RANGE), tuple(spec.value_range)),
+        "input.normalization": (INPUT_NORMALIZATION, spec.normalization),
+    }
+    for field, (wanted, found) in expected.items():
+        if wanted != found:
+            raise BundleError(
+                f"{field}: this code prepares {wanted!r} but the bundle was made for {found!r}"
+            )
+
+
+def check_model_io(manifest: Manifest, io: Mapping[str, ModelIO]) -> None:
+    """Each model takes ``(N, size, size, channels)``; the router gives one score per class,
+    each part model one probability."""
+    size, channels = manifest.input.size, manifest.input.channels
+    for name, model in io.items():
+        found = model.input_shape
+        if len(found) != 4 or found[1:] != (size, size, channels):
+            raise BundleError(
+                f"input.size: manifest says {size}x{size}x{channels} but the {name} model "
+                f"takes {_shape(found)}"
+            )
+    router = io.get(ROUTER)
+    if router is not None:
+        classes = manifest.router.classes
+        width = router.output_shape[-1] if router.output_shape else None
+        if len(router.output_shape) != 2 or width != len(classes):
+            raise BundleError(
+                f"router.classes: manifest lists {len(classes)} classes ({', '.join(classes)}) "
+                f"but the router model outputs {_shape(router.output_shape)}"
+            )
+    for part in manifest.parts:
+        model = io.get(part)
+        if model is not None and (len(model.output_shape) != 2 or model.output_shape[1] != 1):
+            raise BundleError(
+                f"parts.{part}: a part model must output one probability per image (N, 1) "
+                f"but it outputs {_shape(model.output_shape)}"
+            )
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"

@@ -60,6 +60,15 @@ def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
     ):
         assert rel in manifest.files, rel
     split = pd.read_csv(bundle / "split.csv")
+    predictions = pd.read_csv(bundle / "test_predictions.csv")
+    root = str(trained_demo["root"].resolve())
+    for shared in (split, predictions):  # a shareable artifact: no training-machine paths
+        assert "path" not in shared.columns
+        assert not shared.astype(str).apply(lambda c: c.str.contains(root, regex=False)).any().any()
+    assert manifest.data["source"] == "MURA-v1.1"
+    # the export's ONNX check ran on noise plus validation images of every part
+    assert manifest.training["onnx_parity_images"] == 4 + 3 * len(manifest.parts)
+    assert "CPUExecutionProvider" in manifest.training["onnx_parity_by_provider"]
     owners = split.groupby("patient_id")["split"].nunique()
     assert (owners == 1).all(), "a patient appears in two splits"
     assert manifest.data["split_seed"] == 0
@@ -81,7 +90,10 @@ def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:
     )
     assert len(predictions) >= 10  # hand views and views routed to the hand model
     batch = np.concatenate(
-        [model_input(preprocess_file(p, manifest.input.size)) for p in predictions["path"]]
+        [
+            model_input(preprocess_file(trained_demo["root"] / rel, manifest.input.size))
+            for rel in predictions["rel_path"]
+        ]
     )
     router = keras.models.load_model(bundle / manifest.router.keras)
     router_probs = np.asarray(router(batch, training=False))
@@ -261,3 +273,46 @@ def test_resnet50_path_builds_trains_exports_reloads(synthetic_small: Path, tmp_
         np.testing.assert_allclose(
             reloaded(batch, training=False), model(batch, training=False), atol=1e-6
         )
+
+
+def _small_config(**overrides: object) -> TrainConfig:
+    values: dict = dict(
+        name="repro",
+        input_size=48,
+        router_backbone="tiny",
+        part_backbone="tiny",
+        weights="none",
+        epochs=2,
+        batch_size=32,
+        seed=5,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) -> None:
+    """The same seeded run twice on the CPU: identical history, identical weights."""
+    runs = []
+    for attempt in ("a", "b"):
+        run_training(
+            synthetic_small,
+            _small_config(),
+            out=tmp_path / attempt / "bundle",
+            run_dir=tmp_path / attempt / "run",
+            only=["elbow"],
+        )
+        runs.append(tmp_path / attempt / "run" / "elbow")
+    first, second = (pd.read_csv(run / "history.csv") for run in runs)
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    weights = [keras.models.load_model(run / "best.keras").get_weights() for run in runs]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = tmp_path / "c"
+    run_training(
+        synthetic_small,
+        _small_config(seed=6),
+        out=other / "bundle",
+        run_dir=other / "run",
+        only=["elbow"],
+    )
+    assert not pd.read_csv(other / "run" / "elbow" / "history.csv").equals(first)

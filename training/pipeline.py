@@ -51,19 +51,97 @@ def _loader(size: int, bad_images: BadImageLog):
     return load
 
 
-def augmenter(seed: int):
-    """Horizontal flip, rotation up to 30 degrees, contrast and brightness jitter."""
-    import keras
+#: Contrast factor range and brightness shift (as a fraction of 255) of the jitter.
+CONTRAST_RANGE = (0.8, 1.2)
+BRIGHTNESS_DELTA = 0.1
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(ROTATION_DEGREES / 360.0, fill_mode="constant", seed=seed),
-            keras.layers.RandomContrast(0.2, seed=seed),
-            keras.layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed),
-        ],
-        name="augment",
+
+def augmentation_params(seed: tf.Tensor, n: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Per-image random draws for one batch, each from its own stream.
+
+    ``seed`` is a stateless seed pair; it is split into one independent seed per
+    transform, so a flipped image is not thereby also rotated or darkened a certain way
+    (the four Keras layers used before shared one seed and so one draw).
+    """
+    flip_seed, angle_seed, contrast_seed, brightness_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
     )
+    limit = ROTATION_DEGREES * np.pi / 180.0
+    return {
+        "flip": tf.random.stateless_uniform([n], flip_seed) < 0.5,
+        "angle": tf.random.stateless_uniform([n], angle_seed, minval=-limit, maxval=limit),
+        "contrast": tf.random.stateless_uniform([n], contrast_seed, *CONTRAST_RANGE),
+        "brightness": tf.random.stateless_uniform(
+            [n], brightness_seed, -BRIGHTNESS_DELTA * 255.0, BRIGHTNESS_DELTA * 255.0
+        ),
+    }
+
+
+def letterbox_mask(images: tf.Tensor) -> tf.Tensor:
+    """1 inside the image, 0 on the letterbox bars (edge rows/columns with no content).
+
+    Letterboxing pads with whole rows or columns of exact zeros at the edges; everything
+    between the first and the last row (column) holding a non-zero pixel is image.
+    """
+    content = images > 0  # (N, H, W, 1)
+    rows = tf.reduce_any(content, axis=[2, 3])  # (N, H)
+    cols = tf.reduce_any(content, axis=[1, 3])  # (N, W)
+
+    def between_first_and_last(flags: tf.Tensor) -> tf.Tensor:
+        flags = tf.cast(flags, tf.int32)
+        from_start = tf.cumsum(flags, axis=1) > 0
+        from_end = tf.cumsum(flags, axis=1, reverse=True) > 0
+        return tf.logical_and(from_start, from_end)
+
+    inside = tf.logical_and(
+        between_first_and_last(rows)[:, :, None], between_first_and_last(cols)[:, None, :]
+    )
+    return tf.cast(inside, tf.float32)[..., None]
+
+
+def _rotate(images: tf.Tensor, angles: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Rotate each image about its centre, filling with 0 (black, like the letterbox)."""
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
+    y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
+    zeros = tf.zeros_like(angles)
+    transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="CONSTANT",
+    )
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Flip, rotate (up to 30 degrees), then jitter contrast and brightness of the image only.
+
+    Stateless and seeded per batch, so a seeded run sees the same augmentation every time
+    whatever the thread scheduling. The jitter is applied inside the letterbox only: the
+    bars stay exactly 0, as the service will see them.
+    """
+    return apply_augmentation(images, augmentation_params(seed, tf.shape(images)[0]))
+
+
+def apply_augmentation(images: tf.Tensor, draw: dict[str, tf.Tensor]) -> tf.Tensor:
+    """:func:`augment_batch` with given draws (see :func:`augmentation_params`)."""
+    mask = letterbox_mask(images)
+    flip = draw["flip"][:, None, None, None]
+    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+    mask = tf.where(flip, tf.reverse(mask, axis=[2]), mask)
+    images = _rotate(images, draw["angle"], "BILINEAR")
+    mask = _rotate(mask, draw["angle"], "NEAREST")
+    area = tf.maximum(tf.reduce_sum(mask, axis=[1, 2, 3], keepdims=True), 1.0)
+    mean = tf.reduce_sum(images * mask, axis=[1, 2, 3], keepdims=True) / area
+    contrast = draw["contrast"][:, None, None, None]
+    brightness = draw["brightness"][:, None, None, None]
+    jittered = (images - mean) * contrast + mean + brightness
+    return tf.clip_by_value(jittered, 0.0, 255.0) * mask
 
 
 def router_targets(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
@@ -123,15 +201,20 @@ def make_dataset(
         if training:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    aug = augmenter(seed) if (training and augment) else None
 
     def to_float(pixels: tf.Tensor, *rest: tf.Tensor):
-        image = tf.cast(pixels, tf.float32)[..., None]
-        if aug is not None:
-            image = tf.clip_by_value(aug(image, training=True), 0.0, 255.0)
-        return (image, *rest)
+        return (tf.cast(pixels, tf.float32)[..., None], *rest)
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augment:
+        # one stateless seed pair per batch: deterministic for a seed, new every epoch
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, pair: (augment_batch(to_float(*batch)[0], pair), *batch[1:]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

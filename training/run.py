@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bonexr.bundle import Manifest, sha256_file, write_json_atomic
-from bonexr.errors import BundleError, ConfigError, DataError
+from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
 from training.config import (
     DEMO_DATA,
@@ -202,6 +202,29 @@ def write_report(
         plot_training_curves(histories, out / "plots" / "training_curves.png")
 
 
+#: Validation images per body part that the export's ONNX parity check runs on.
+PARITY_IMAGES_PER_PART = 3
+
+
+def parity_images(validation: pd.DataFrame, config: TrainConfig) -> np.ndarray:
+    """Prepared validation images of every body part (unreadable ones skipped) for the
+    export's Keras-vs-ONNX check: real radiograph statistics of each part, not one part's."""
+    batches = []
+    for _part, rows in validation.groupby("body_part", sort=True):
+        taken = 0
+        for path in rows["path"]:
+            try:
+                batches.append(model_input(preprocess_file(path, config.input_size)))
+            except (ImageError, OSError):
+                continue
+            taken += 1
+            if taken == PARITY_IMAGES_PER_PART:
+                break
+    if not batches:
+        return np.zeros((0, config.input_size, config.input_size, 1), np.float32)
+    return np.concatenate(batches)
+
+
 def run_training(
     root: Path,
     config: TrainConfig,
@@ -226,14 +249,12 @@ def run_training(
     if missing:
         print(f"models still to train before a bundle can be exported: {', '.join(missing)}")
         return None
-    report, models, test = evaluate_run(split, config, paths, bad_images)
+    report, models, _test = evaluate_run(split, config, paths, bad_images)
     write_text_atomic(
         paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
     )
     print(f"== exporting bundle to {out}")
-    parity = np.concatenate(
-        [model_input(preprocess_file(p, config.input_size)) for p in test["path"][:8]]
-    )
+    parity = parity_images(split[split["split"] == "validation"], config)
     extra = {
         "split.csv": paths.split,
         "report.json": paths.report_dir / "report.json",

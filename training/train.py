@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +70,18 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic: a seeded run on the
+    CPU then repeats exactly (initial weights, input order, augmentation, gradients)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit_verbosity(progress: bool) -> int:
+    """Keras progress bars on a terminal only; one line per epoch in logs and pipes."""
+    return 1 if progress and sys.stdout.isatty() else 2
+
+
 def _monitor(model_name: str) -> tuple[str, str]:
     return ("val_accuracy", "max") if model_name == ROUTER else ("val_auc", "max")
 
@@ -83,7 +97,35 @@ def _best_so_far(history: Path, monitor: str) -> float | None:
     return float(logged[monitor].max()) if monitor in logged and len(logged) else None
 
 
-def _compile(model: keras.Model, model_name: str, learning_rate: float) -> None:
+def learning_rate_schedule(
+    learning_rate: float, *, epochs: int, steps_per_epoch: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """One warm-up epoch to ``learning_rate``, then cosine decay to 1% over the budget.
+
+    Replaces plateau-based decay: on a small, noisy validation split "plateau" fires at
+    random epochs, so two seeds of the same recipe ended with very different step sizes.
+    """
+    warmup = max(1, steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate / 10.0,
+        decay_steps=max(1, epochs * steps_per_epoch - warmup),
+        alpha=0.1,  # ends at 1% of the peak (alpha is relative to the warm-up target)
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def early_stopping_patience(patience: int, epochs: int) -> int:
+    """At least ``patience``, and at least 40% of the epoch budget: with a decaying
+    learning rate the best epochs come late, so a fixed small patience stops too early."""
+    return max(patience, math.ceil(0.4 * epochs))
+
+
+def _compile(
+    model: keras.Model,
+    model_name: str,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+) -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
     if model_name == ROUTER:
         model.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
@@ -124,6 +166,7 @@ def train_model(
         w_train = train["label"].map(weights).to_numpy()
         w_val = val["label"].map(weights).to_numpy()
 
+    make_deterministic(config.seed)
     common = dict(size=config.input_size, batch_size=config.batch_size, bad_images=bad_images)
     train_ds = make_dataset(
         train,
@@ -139,7 +182,6 @@ def train_model(
         val, targets=y_val, sample_weights=w_val, training=False, cache=config.cache, **common
     )
 
-    keras.utils.set_random_seed(config.seed)
     strategy = distribution_strategy(config.strategy)
     with strategy.scope():
         model = build_model(
@@ -165,7 +207,13 @@ def train_model(
             continue
         with strategy.scope():
             backbone_of(model).trainable = train_backbone
-            _compile(model, model_name, learning_rate)
+            epochs_in_phase = last_epoch - (first_epoch if phase == "finetune" else 0)
+            schedule = learning_rate_schedule(
+                learning_rate,
+                epochs=max(1, epochs_in_phase),
+                steps_per_epoch=math.ceil(len(train) / config.batch_size),
+            )
+            _compile(model, model_name, schedule)
         if phase == "finetune" and (model_dir / "head.weights.h5").is_file():
             model.load_weights(model_dir / "head.weights.h5")
         callbacks = [
@@ -177,10 +225,11 @@ def train_model(
                 save_best_only=True,
                 initial_value_threshold=_best_so_far(model_dir / HISTORY, monitor),
             ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.1, patience=max(2, config.patience // 2), min_lr=1e-6
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode=mode,
+                patience=early_stopping_patience(config.patience, epochs_in_phase),
             ),
-            keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience),
             keras.callbacks.CSVLogger(str(model_dir / HISTORY), append=True),
         ]
         if config.tensorboard:
@@ -196,7 +245,8 @@ def train_model(
                 epochs=last_epoch,
                 initial_epoch=first_epoch if phase == "finetune" else 0,
                 callbacks=callbacks,
-                verbose=1 if config.progress else 2,
+                verbose=fit_verbosity(config.progress),
+                shuffle=False,  # the dataset shuffles itself, seeded
             )
         if phase == "head":
             model.save_weights(model_dir / "head.weights.h5")

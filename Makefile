@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint format bench demo clean-venv
+.PHONY: run test test-fast lint fmt bench demo clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +16,22 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/bonexr run
 
-## test: lint, format check and the whole pytest suite
-test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
+test: lint
 	$(PY) -m pytest
 
+## test-fast: lint and every test that does not train a model (the edit loop)
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
+
+## lint: checks only, changes nothing
 lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+## fmt: fix what ruff can fix, then format
+fmt: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 

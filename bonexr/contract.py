@@ -102,11 +102,11 @@ def check_model_io(manifest: Manifest, io: Mapping[str, ModelIO]) -> None:
                 f"but the router model outputs {_shape(router.output_shape)}"
             )
     for part in manifest.parts:
-        model = io.get(part)
-        if model is not None and (len(model.output_shape) != 2 or model.output_shape[1] != 1):
+        part_io = io.get(part)
+        if part_io is not None and (len(part_io.output_shape) != 2 or part_io.output_shape[1] != 1):
             raise BundleError(
                 f"parts.{part}: a part model must output one probability per image (N, 1) "
-                f"but it outputs {_shape(model.output_shape)}"
+                f"but it outputs {_shape(part_io.output_shape)}"
             )
 
 

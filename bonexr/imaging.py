@@ -87,7 +87,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt.name])
+            image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt.name])
             _check_size(image.size, max_pixels)
             image.load()
     except (ImageTooLargeError, UndecodableImageError):

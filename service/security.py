@@ -64,5 +64,5 @@ class ApiKeyMiddleware:
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", []):
         if key == name:
-            return value
+            return bytes(value)
     return None

@@ -5,6 +5,7 @@ Plain functions, called by the ``bonexr serve`` and ``bonexr run`` commands.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,6 +14,8 @@ from pydantic import ValidationError
 from bonexr.bundle import find_bundle
 from bonexr.errors import BundleError, ConfigError
 from service.settings import Settings
+
+log = logging.getLogger("bonexr.service")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -43,10 +46,11 @@ def serve(settings: Settings) -> int:
     from service.http_limits import limited_http_protocol
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app = create_app(settings)  # configures the bonexr loggers
     base = f"http://{settings.host}:{settings.port}"
-    print(f"bonexr: serving on {base}  (API docs: {base}/docs)", flush=True)
+    log.info("serving on %s  (API docs: %s/docs)", base, base)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -28,9 +28,12 @@ PARTS_HELP = "comma-separated body parts; any of " + ", ".join(p.lower() for p i
 def quiet_tensorflow() -> None:
     import os
 
+    from training.io import show_run_messages
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    show_run_messages()
 
 
 def _parts_default(parts: tuple[str, ...]) -> str:
@@ -159,7 +162,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the data and training subcommands to the ``bonexr`` parser."""
     defaults = TrainConfig()
 

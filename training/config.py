@@ -175,7 +175,7 @@ def demo_config(**overrides: Any) -> TrainConfig:
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    from bonexr.bundle import write_json_atomic
+    from bonexr.atomic import write_json_atomic
 
     write_json_atomic(path, config.to_dict())
 

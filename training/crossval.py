@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bonexr.bundle import write_json_atomic
+from bonexr.atomic import write_json_atomic
 from bonexr.errors import ConfigError
 from bonexr.labels import display_name
 from training.config import TrainConfig
 from training.dataset import index_dataset
-from training.io import write_text_atomic
+from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
 from training.run import evaluate_run, prepare_run, train_all
 from training.split import assign_folds, write_split
@@ -65,7 +65,7 @@ def cross_validate(
 
     run_dir = Path(run_dir)
     index, report = index_dataset(root, body_parts=config.body_parts)
-    print(report.describe())
+    say(report.describe())
     assignment = assign_folds(index, k=folds, seed=config.seed)
     results = []
     for fold in range(folds):
@@ -73,7 +73,7 @@ def cross_validate(
         split = fold_split(index, assignment, fold, folds)
         if not paths.split.is_file():
             write_split(split, paths.split)
-        print(f"=== fold {fold + 1}/{folds}")
+        say(f"=== fold {fold + 1}/{folds}")
         bad_images = BadImageLog()
         train_all(split, config, paths, only=None, bad_images=bad_images)
         fold_report, _, _ = evaluate_run(split, config, paths, bad_images)

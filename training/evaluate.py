@@ -48,7 +48,9 @@ def predict_split(
     """
     parts = list(config.body_parts)
     out = frame.reset_index(drop=True).copy()
-    common = dict(size=config.input_size, batch_size=config.batch_size, bad_images=bad_images)
+    common: dict[str, Any] = dict(
+        size=config.input_size, batch_size=config.batch_size, bad_images=bad_images
+    )
     router_probs = predict_frame(models["router"], out, **common)
     for i, part in enumerate(parts):
         out[f"router_{part}"] = router_probs[:, i]
@@ -82,7 +84,9 @@ def predict_true_part(
     """Each view scored by its own part's model only (``prob_true_part``): for thresholds."""
     out = frame.reset_index(drop=True).copy()
     out["prob_true_part"] = np.nan
-    common = dict(size=config.input_size, batch_size=config.batch_size, bad_images=bad_images)
+    common: dict[str, Any] = dict(
+        size=config.input_size, batch_size=config.batch_size, bad_images=bad_images
+    )
     for part in config.body_parts:
         rows = (out["body_part"] == part).to_numpy()
         if rows.any():

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 #: How the per-part decision threshold is chosen (stored in the manifest).
@@ -35,7 +36,7 @@ def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
     ).reset_index()
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+def choose_threshold(labels: ArrayLike, probs: ArrayLike) -> float:
     """Youden's J: the threshold maximising sensitivity + specificity - 1.
 
     Chosen on the validation split, never the test split. Falls back to 0.5 when the
@@ -50,7 +51,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(min(max(threshold, 0.0), 1.0))
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+def binary_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float) -> dict[str, Any]:
     """AUROC, kappa, sensitivity, specificity, accuracy and the confusion matrix at a threshold."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)

@@ -33,8 +33,8 @@ class Backbone:
     """A feature extractor and the input normalisation its weights expect."""
 
     build: Callable[..., keras.Model]
-    scale: tuple[float, float, float]
-    offset: tuple[float, float, float]
+    scale: tuple[float, ...]  # per RGB channel
+    offset: tuple[float, ...]
     imagenet: bool  # whether ImageNet weights exist for it
 
 

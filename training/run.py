@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bonexr.bundle import Manifest, sha256_file, write_json_atomic
+from bonexr.atomic import write_json_atomic
+from bonexr.bundle import Manifest, sha256_file
 from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
 from training.config import (
@@ -37,7 +38,7 @@ from training.evaluate import (
     predict_true_part,
 )
 from training.export import export_bundle
-from training.io import write_csv_atomic, write_text_atomic
+from training.io import say, write_csv_atomic, write_text_atomic
 from training.metrics import THRESHOLD_RULE
 from training.model_card import render_model_card
 from training.pipeline import BadImageLog
@@ -98,7 +99,7 @@ def load_or_make_split(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The run's split: reuse the saved one, take ``--split``, or make a new one."""
     index, index_report = index_dataset(root, body_parts=config.body_parts)
-    print(index_report.describe())
+    say(index_report.describe())
     if paths.split.is_file():
         split = read_split(paths.split, root)
     elif split_csv is not None:
@@ -111,7 +112,7 @@ def load_or_make_split(
     missing = set(config.body_parts) - set(split["body_part"])
     if missing:
         raise DataError(f"the split has no images of {', '.join(sorted(missing))}")
-    print(split_summary(split).to_string())
+    say(split_summary(split).to_string())
     provenance = {
         # the dataset folder's name only: a bundle carries no paths of the training machine
         "source": Path(root).resolve().name,
@@ -127,7 +128,7 @@ def load_or_make_split(
 def split_counts(split: pd.DataFrame) -> dict[str, dict[str, int]]:
     grouped = split.groupby("split")
     return {
-        name: {
+        str(name): {
             "images": len(frame),
             "studies": int(frame["study_id"].nunique()),
             "patients": int(frame["patient_id"].nunique()),
@@ -153,7 +154,7 @@ def train_all(
     for name in names:
         if only and name not in only:
             continue
-        print(f"== training {name} ({config.backbone_for(name)}, {config.input_size}px)")
+        say(f"== training {name} ({config.backbone_for(name)}, {config.input_size}px)")
         train_model(
             name, split, config, paths.root, bad_images=bad_images, extra_callbacks=callbacks
         )
@@ -165,7 +166,7 @@ def evaluate_run(
     """Load the best models, choose thresholds on validation, evaluate on test, write the report."""
     models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
     parts = list(config.body_parts)
-    print("== evaluating on the validation (thresholds) and test splits")
+    say("== evaluating on the validation (thresholds) and test splits")
     validation = predict_true_part(
         models, split[split["split"] == "validation"], config, bad_images
     )
@@ -247,13 +248,13 @@ def run_training(
     train_all(split, config, paths, only=only, bad_images=bad_images, callbacks=callbacks)
     missing = [n for n in config.model_names() if not paths.model(n).is_file()]
     if missing:
-        print(f"models still to train before a bundle can be exported: {', '.join(missing)}")
+        say(f"models still to train before a bundle can be exported: {', '.join(missing)}")
         return None
     report, models, _test = evaluate_run(split, config, paths, bad_images)
     write_text_atomic(
         paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
     )
-    print(f"== exporting bundle to {out}")
+    say(f"== exporting bundle to {out}")
     parity = parity_images(split[split["split"] == "validation"], config)
     extra = {
         "split.csv": paths.split,
@@ -280,8 +281,8 @@ def run_training(
         parity_images=parity,
         force=force,
     )
-    print((paths.report_dir / "report.md").read_text())
-    print(f"bundle {manifest.name} version {manifest.version} written to {out}")
+    say((paths.report_dir / "report.md").read_text())
+    say(f"bundle {manifest.name} version {manifest.version} written to {out}")
     return manifest
 
 
@@ -300,11 +301,11 @@ def run_demo(
 
     data = Path(data)
     if not (data / "train_image_paths.csv").is_file():
-        print(f"== generating synthetic MURA data in {data}")
+        say(f"== generating synthetic MURA data in {data}")
         summary = generate_synthetic_mura(
             data, patients_per_part=patients_per_part, seed=config.seed
         )
-        print(summary.describe())
+        say(summary.describe())
     return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)
 
 

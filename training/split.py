@@ -279,7 +279,7 @@ def _check_strata(
     patients = patients.reindex(sorted(strata or patients.index), fill_value=0)
     for stratum, n in patients.items():
         if n < minimum:
-            part, label = _label_name(stratum)
+            part, label = _label_name(str(stratum))
             raise DataError(
                 f"body part {part} has only {n} patient(s) with {label} studies in {where}; "
                 f"at least {minimum} are needed to put one in each of {', '.join(into)}"
@@ -395,7 +395,7 @@ def _repair_coverage(
                 continue
             mover = _mover(frame, split, stratum, target, movable, sizes)
             if mover is None:
-                part, label = _label_name(stratum)
+                part, label = _label_name(str(stratum))
                 n = len(set(patients[strata == stratum]))
                 raise DataError(
                     f"cannot give the {target} split a patient with {label} {part} studies: "

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -79,6 +80,8 @@ _IMAGE_STREAM = 3
 _CAST_STREAM = 4
 
 Array = np.ndarray
+#: A 2-D point as the drawing code accepts it (an array or an (x, y) pair).
+Point = Array | tuple[float, float]
 
 
 # --------------------------------------------------------------------------------------
@@ -390,7 +393,7 @@ def _unit(degrees: float) -> Array:
     return np.array([math.sin(a), math.cos(a)])
 
 
-def _ellipse(center: Array, rx: float, ry: float, angle: float = 0.0, n: int = 28) -> Array:
+def _ellipse(center: Point, rx: float, ry: float, angle: float = 0.0, n: int = 28) -> Array:
     phi = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
     pts = np.stack([rx * np.cos(phi), ry * np.sin(phi)], axis=1) @ _rot(angle).T
     return pts + np.asarray(center, dtype=float)
@@ -415,8 +418,9 @@ class _LongBone:
     be cut anywhere along its axis, which is how fractures are drawn.
     """
 
-    start: Array
-    end: Array
+    # any (x, y) point; an ndarray after __post_init__ (Any: the drawing code passes both)
+    start: Any
+    end: Any
     width: float  # shaft half-width
     flare0: float = 0.4  # relative extra half-width at the start
     flare1: float = 0.4
@@ -519,11 +523,11 @@ class _Scene:
 
 def _ray(
     scene: _Scene,
-    base: Array,
+    base: Point,
     angle: float,
     lengths: Sequence[float],
     widths: Sequence[float],
-    bends: Sequence[float],
+    bends: Sequence[float] | Array,
     gap: float,
     targets: Sequence[tuple[float, float] | None],
 ) -> Array:
@@ -1138,24 +1142,3 @@ def _render_view(
         return image.convert("RGB")
     return image
 
-
-def render_example(
-    part: str,
-    defect: str = "",
-    *,
-    seed: int = 0,
-    view: int = 0,
-    min_size: int = 128,
-    max_size: int = 320,
-) -> Image.Image:
-    """One image outside any dataset, for docs, contact sheets and quick looks.
-
-    ``defect`` is ``""`` (normal), ``"fracture"`` or ``"hardware"``.
-    """
-    if defect not in ("", "fracture", "hardware"):
-        raise ConfigError(f"defect must be '', 'fracture' or 'hardware', got {defect!r}")
-    label = LABEL_ABNORMAL if defect else LABEL_NORMAL
-    study = _Study(
-        "train", normalize_body_parts([part])[0], 1, 1, label, defect, view + 1, int(seed), 0
-    )
-    return _render_view(study, view, int(seed), min_size, max_size)

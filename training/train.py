@@ -18,13 +18,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from bonexr.bundle import write_json_atomic
+from bonexr.atomic import write_json_atomic
 from bonexr.errors import ConfigError, DataError
 from training.config import STRATEGIES, TrainConfig, check_choice
 from training.models import ROUTER, backbone_of, build_model
@@ -167,7 +168,9 @@ def train_model(
         w_val = val["label"].map(weights).to_numpy()
 
     make_deterministic(config.seed)
-    common = dict(size=config.input_size, batch_size=config.batch_size, bad_images=bad_images)
+    common: dict[str, Any] = dict(
+        size=config.input_size, batch_size=config.batch_size, bad_images=bad_images
+    )
     train_ds = make_dataset(
         train,
         targets=y_train,

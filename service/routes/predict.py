@@ -65,7 +65,7 @@ async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResp
     return PredictionResponse(
         filename=body.filename,
         bone_type=prediction.bone_type,
-        result=prediction.result,  # type: ignore[arg-type]
+        result=prediction.result,
         bone_type_probabilities=prediction.bone_type_probabilities,
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,

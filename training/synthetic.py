@@ -1141,4 +1141,3 @@ def _render_view(
     if mode_roll < RGBA_RATE + RGB_RATE:
         return image.convert("RGB")
     return image
-

@@ -1,8 +1,13 @@
 """The label schema: body parts and abnormality labels, in MURA's terms and the API's.
 
-MURA names study types ``XR_ELBOW``; its folders and CSVs use that form. The peer layout
-and the API use ``Elbow``. Internally a body part is always the upper-case short form
-(``ELBOW``), so every conversion goes through :func:`normalize_body_part`.
+One spelling inside, converted only at the edges. Internally a body part is always the
+upper-case short form (``ELBOW``); everything read from outside (MURA's ``XR_ELBOW``, the
+peer layout's ``Elbow``, a flag's ``elbow``) goes through :func:`normalize_body_part`, and
+everything written out uses one of the three edge forms below:
+
+* :func:`display_name` -> ``Elbow``: the API's ``bone_type``, manifests, reports;
+* :func:`model_key` -> ``elbow``: model and file names (``elbow.onnx``), CLI values;
+* :func:`study_type` -> ``XR_ELBOW``: MURA's folder names.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ RESULT_ABNORMAL = "fractured"
 RESULT_NORMAL = "normal"
 
 STUDY_SUFFIX_TO_LABEL = {"positive": LABEL_ABNORMAL, "negative": LABEL_NORMAL}
+
+#: How tables and reports name the two labels.
+LABEL_NAMES: dict[int, str] = {LABEL_NORMAL: "normal", LABEL_ABNORMAL: "abnormal"}
 
 
 def normalize_body_part(name: str) -> str:
@@ -68,6 +76,11 @@ def normalize_body_parts(names: Iterable[str] | str) -> tuple[str, ...]:
 def study_type(part: str) -> str:
     """``ELBOW`` -> ``XR_ELBOW`` (MURA's folder name)."""
     return f"XR_{normalize_body_part(part)}"
+
+
+def model_key(part: str) -> str:
+    """``ELBOW`` -> ``elbow`` (model and file names, CLI values)."""
+    return normalize_body_part(part).lower()
 
 
 def display_name(part: str) -> str:

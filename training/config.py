@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from bonexr.errors import ConfigError
-from bonexr.labels import DEFAULT_BODY_PARTS, normalize_body_parts
+from bonexr.labels import DEFAULT_BODY_PARTS, model_key, normalize_body_parts
 
 # The choices of the enumerated options. The CLI's ``choices``, the validation below, the
 # splitter and the strategy factory all read these, so a new value is added in one place.
@@ -97,7 +97,7 @@ class TrainConfig:
 
     def model_names(self) -> list[str]:
         """``router`` plus one lower-case name per body part (``elbow``, ``hand``, ...)."""
-        return ["router", *(p.lower() for p in self.body_parts)]
+        return ["router", *(model_key(p) for p in self.body_parts)]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from training.config import TrainConfig
 from training.dataset import index_dataset
 from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
+from training.report import format_metric
 from training.run import evaluate_run, prepare_run, train_all
 from training.split import assign_folds, write_split
 
@@ -87,7 +88,8 @@ def cross_validate(
         "|---|---|---|---|",
     ]
     for key, stats in summary.items():
-        lines.append(f"| {key} | {stats['mean']:.3f} | {stats['std']:.3f} | {stats['n']} |")
+        mean, std = format_metric(stats["mean"]), format_metric(stats["std"])
+        lines.append(f"| {key} | {mean} | {std} | {stats['n']} |")
     parts = ", ".join(display_name(p) for p in config.body_parts)
     lines += ["", f"Body parts: {parts}. Per-fold reports: `fold*/report/report.md`.", ""]
     markdown = "\n".join(lines)

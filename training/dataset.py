@@ -34,6 +34,7 @@ import pandas as pd
 from bonexr.errors import ConfigError, DataError
 from bonexr.labels import (
     DEFAULT_BODY_PARTS,
+    LABEL_NAMES,
     STUDY_SUFFIX_TO_LABEL,
     normalize_body_part,
     normalize_body_parts,
@@ -69,7 +70,6 @@ _LAYOUT_TITLES = {
     LAYOUT_PEER: "peer (no CSVs; labels from the study folder suffix)",
 }
 
-LABEL_NAMES = {0: "normal", 1: "abnormal"}
 
 #: Problems that mean the CSVs and the files disagree (``bonexr index --strict`` fails on
 #: them), with the one-line message each is reported with.
@@ -395,16 +395,24 @@ def _parse_rows(path: Path, source: str, pattern: re.Pattern, example: str) -> p
     return parsed
 
 
-def _parse_parts(path: Path, parsed: pd.DataFrame) -> pd.Series:
-    """Normalise the part folder of every row (done per distinct value: there are seven)."""
+def normalize_part_column(path: Path, parts: pd.Series, lines: pd.Series) -> pd.Series:
+    """Body parts read from a file, normalised (per distinct value: there are seven).
+
+    An unknown part is a :class:`DataError` naming ``path`` and the line (from ``lines``,
+    aligned with ``parts``) where it first appears.
+    """
     mapping: dict[str, str] = {}
-    for name in parsed["part_dir"].unique():
+    for name in parts.unique():
         try:
             mapping[name] = normalize_body_part(name)
         except ConfigError as exc:
-            line = parsed.loc[parsed["part_dir"] == name, "line"].iloc[0]
+            line = lines[parts == name].iloc[0]
             raise DataError(f"{path}, line {line}: {exc}") from exc
-    return parsed["part_dir"].map(mapping)
+    return parts.map(mapping)
+
+
+def _parse_parts(path: Path, parsed: pd.DataFrame) -> pd.Series:
+    return normalize_part_column(path, parsed["part_dir"], parsed["line"])
 
 
 def _read_mura_csvs(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from bonexr.labels import display_name
+from bonexr.labels import display_name, model_key
 from training.config import TrainConfig
 from training.metrics import (
     THRESHOLD_RULE,
@@ -64,7 +64,7 @@ def predict_split(
         needed = (out["body_part"] == part).to_numpy() | (routed == part)
         probs = np.full(len(out), np.nan, dtype=np.float32)
         if needed.any():
-            probs[needed] = predict_frame(models[part.lower()], out[needed], **common)[:, 0]
+            probs[needed] = predict_frame(models[model_key(part)], out[needed], **common)[:, 0]
         out[f"prob_{part}"] = probs
     prob_matrix = out[[f"prob_{p}" for p in parts]].to_numpy()
     lookup = {p: i for i, p in enumerate(parts)}
@@ -90,7 +90,7 @@ def predict_true_part(
     for part in config.body_parts:
         rows = (out["body_part"] == part).to_numpy()
         if rows.any():
-            probs = predict_frame(models[part.lower()], out[rows], **common)[:, 0]
+            probs = predict_frame(models[model_key(part)], out[rows], **common)[:, 0]
             out.loc[rows, "prob_true_part"] = probs
     return out
 

@@ -28,7 +28,7 @@ from bonexr.bundle import (
     staging_dir,
 )
 from bonexr.errors import BundleError
-from bonexr.labels import display_name
+from bonexr.labels import display_name, model_key
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def export_bundle(
             ),
             parts={
                 display_name(p): PartSpec(
-                    **specs[p.lower()].model_dump(),
+                    **specs[model_key(p)].model_dump(),
                     threshold=thresholds[p],
                     threshold_rule=threshold_rule,
                 )
@@ -211,7 +211,9 @@ def export_random_init_bundle(
         )
     }
     for part in body_parts:
-        models[part.lower()] = build_model("abnormality", backbone=backbone, input_size=input_size)
+        models[model_key(part)] = build_model(
+            "abnormality", backbone=backbone, input_size=input_size
+        )
     return export_bundle(
         destination,
         models=models,

@@ -11,6 +11,7 @@ from typing import Any
 from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
 from bonexr.labels import display_name
 from training.config import TrainConfig
+from training.report import format_metric as _f
 
 KNOWN_FAILURE_MODES = [
     "Body parts outside the configured set (e.g. wrist, knee, chest) are still routed to one "
@@ -24,10 +25,6 @@ KNOWN_FAILURE_MODES = [
     "MURA labels come from radiology reports and carry label noise; the MURA paper's "
     "radiologists themselves reached only moderate agreement on some parts.",
 ]
-
-
-def _f(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "n/a"
 
 
 def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ from bonexr.labels import display_name
 from training.metrics import study_level
 
 
-def _fmt(value: Any) -> str:
+def format_metric(value: Any) -> str:
+    """How every table shows a figure: 3 decimals for a float, ``n/a`` when missing."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "n/a"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -32,7 +33,7 @@ def _row(label: str, m: dict[str, Any], *extra: str) -> str:
     cells = [
         label,
         str(m["n"]),
-        *(_fmt(m[k]) for k in ("auroc", "kappa", "sensitivity", "specificity")),
+        *(format_metric(m[k]) for k in ("auroc", "kappa", "sensitivity", "specificity")),
         *extra,
     ]
     return "| " + " | ".join(cells) + " |"
@@ -58,9 +59,9 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     lines += [
         "## Body-part router (test split)",
         "",
-        f"Image-level accuracy **{_fmt(router['image']['accuracy'])}** "
+        f"Image-level accuracy **{format_metric(router['image']['accuracy'])}** "
         f"(n={router['image']['n']}); study-level accuracy "
-        f"{_fmt(router['study']['accuracy'])}.",
+        f"{format_metric(router['study']['accuracy'])}.",
         "",
         "Confusion matrix (rows true, columns predicted):",
         "",
@@ -78,7 +79,7 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     ]
     for part in parts:
         m = report["parts"][part]["study"]
-        lines.append(_row(display_name(part), m, _fmt(m["threshold"])))
+        lines.append(_row(display_name(part), m, format_metric(m["threshold"])))
     o = report["overall"]["study"]
     lines.append(_row("**overall**", o, "per part"))
     lines += [
@@ -111,9 +112,9 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "|---" * (2 + len(report["reference"]["kappa"])) + "|",
     ]
     for part in parts:
-        refs = [_fmt(ref.get(part)) for ref in report["reference"]["kappa"].values()]
+        refs = [format_metric(ref.get(part)) for ref in report["reference"]["kappa"].values()]
         lines.append(
-            f"| {display_name(part)} | {_fmt(report['parts'][part]['study']['kappa'])} | "
+            f"| {display_name(part)} | {format_metric(report['parts'][part]['study']['kappa'])} | "
             + " | ".join(refs)
             + " |"
         )

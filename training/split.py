@@ -26,8 +26,9 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bonexr.errors import ConfigError, DataError
-from bonexr.labels import normalize_body_part
+from bonexr.labels import LABEL_NAMES
 from training.config import SPLIT_MODES, check_choice
+from training.dataset import normalize_part_column
 from training.io import write_csv_atomic
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -43,7 +44,6 @@ SPLIT_COLUMNS: tuple[str, ...] = (
     "label",
     "split",
 )
-LABEL_NAMES = {0: "normal", 1: "abnormal"}
 #: What a split file holds: no absolute ``path``, so it travels with a bundle and works
 #: on any machine; :func:`read_split` rebuilds ``path`` from the dataset root.
 SPLIT_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in SPLIT_COLUMNS if c != "path")
@@ -442,11 +442,5 @@ def _check_values(path: Path, frame: pd.DataFrame, column: str, ok: pd.Series, w
 
 
 def _read_parts(path: Path, parts: pd.Series) -> pd.Series:
-    mapping: dict[str, str] = {}
-    for name in parts.unique():
-        try:
-            mapping[name] = normalize_body_part(name)
-        except ConfigError as exc:
-            line = int((parts == name).to_numpy().nonzero()[0][0]) + 2
-            raise DataError(f"{path}, line {line}: {exc}") from exc
-    return parts.map(mapping)
+    lines = pd.Series(range(2, len(parts) + 2), index=parts.index)  # after the header line
+    return normalize_part_column(path, parts, lines)

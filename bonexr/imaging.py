@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from bonexr import jpeg
+from bonexr.dicom import check_budget
 from bonexr.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
+from bonexr.pixels import to_uint8
 
 #: Pillow plugins we ever let parse untrusted bytes (explicit allowlist).
 PILLOW_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
@@ -40,6 +43,8 @@ INPUT_VALUE_RANGE: tuple[float, float] = (0.0, 255.0)
 INPUT_NORMALIZATION = "inside-model"
 
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Decoded-memory budget per image (bytes), estimated from the header before decoding.
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
 MIN_SIDE = 8
 
 
@@ -64,15 +69,33 @@ def sniff_format(data: bytes) -> SniffedFormat | None:
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload decoded to 8-bit grayscale, with what the caller should know about it."""
+
+    image: Image.Image
+    format: str  # "PNG", "JPEG", "WEBP" or "DICOM"
+    body_part: str | None = None  # DICOM BodyPartExamined, when the file names one
+    warnings: tuple[str, ...] = ()
+
+
+def decode_upload(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> DecodedImage:
     """Decode untrusted bytes into an 8-bit grayscale (mode ``L``) image.
 
-    The pixel limit is checked from the header, before any pixel data is decoded, so a
-    small file claiming 100000x100000 pixels is refused cheaply.
+    Both limits are checked from the header, before any pixel data is decoded: the pixel
+    count, and the memory the decoded pixels would take (width x height x channels x
+    bytes per sample x frames), so a small file claiming a huge or deep image is refused
+    cheaply.
 
     Raises:
-        UnsupportedFormatError: not PNG/JPEG/WebP/DICOM by magic bytes.
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        UnsupportedFormatError: not PNG/JPEG/WebP/DICOM by magic bytes, or an undecodable
+            DICOM transfer syntax.
+        ImageTooLargeError: over ``max_pixels`` pixels or ``max_decoded_bytes`` decoded.
         UndecodableImageError: truncated, corrupt, degenerate (< 8 px a side) or empty.
     """
     if not data:
@@ -83,21 +106,70 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             "unsupported image format: expected PNG, JPEG, WebP or DICOM (checked by content)"
         )
     if fmt.name == "DICOM":
-        return _decode_dicom(data, max_pixels=max_pixels)
+        from bonexr.dicom import decode_dicom
+
+        dicom = decode_dicom(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
+        _check_size(dicom.image.size, max_pixels)
+        return DecodedImage(dicom.image, fmt.name, dicom.body_part, dicom.warnings)
+    if fmt.name == "JPEG" and (reason := jpeg.incomplete_reason(data)):
+        raise UndecodableImageError(f"cannot decode JPEG image: {reason}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt.name])
             _check_size(image.size, max_pixels)
+            check_budget(
+                decoded_bytes(image, data, fmt.name),
+                max_decoded_bytes,
+                what=f"a {image.width}x{image.height} {fmt.name} image",
+            )
             image.load()
     except (ImageTooLargeError, UndecodableImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image has too many pixels (limit {max_pixels:,})") from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
-        raise UndecodableImageError(f"cannot decode {fmt.name} image: {exc}") from exc
+        raise UndecodableImageError(f"cannot decode {fmt.name} image: {_reason(exc)}") from exc
     image = ImageOps.exif_transpose(image) if fmt.name == "JPEG" else image
-    return to_grayscale(image)
+    return DecodedImage(to_grayscale(image), fmt.name)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> Image.Image:
+    """:func:`decode_upload`, image only (training and evaluation need nothing else)."""
+    return decode_upload(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes).image
+
+
+def _reason(exc: Exception) -> str:
+    """A safe description of a decoder failure: never the library's own text, which can
+    carry object reprs, paths or versions."""
+    text = str(exc).lower()
+    if "truncated" in text or isinstance(exc, EOFError):
+        return "the file is truncated"
+    return "the data is corrupt or not a complete image"
+
+
+#: Bytes per sample Pillow's modes hold (the decoded image's own storage).
+_MODE_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+def decoded_bytes(image: Image.Image, data: bytes, fmt: str) -> int:
+    """Memory the decoded pixels take, from the header: width x height x channels x bytes
+    per sample (x frames). For PNG the bit depth comes from IHDR: Pillow shows 16-bit
+    colour as an 8-bit mode, but its decoder still works through the 16-bit rows."""
+    width, height = image.size
+    channels = len(image.getbands())
+    sample = _MODE_SAMPLE_BYTES.get(image.mode, 1)
+    if fmt == "PNG" and len(data) >= 29 and data[12:16] == b"IHDR":
+        bit_depth, color_type = data[24], data[25]
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color_type, channels)
+        sample = max(1, bit_depth // 8)
+    frames = max(1, int(getattr(image, "n_frames", 1) or 1))
+    return width * height * channels * sample * frames
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -112,42 +184,6 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode a DICOM file's first frame, applying its VOI LUT / window when present."""
-    try:
-        import pydicom
-        from pydicom.pixels import apply_voi_lut
-    except ImportError as exc:  # pragma: no cover - pydicom is a service dependency
-        raise UnsupportedFormatError("DICOM support needs the 'pydicom' package") from exc
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        rows, cols = int(dataset.Rows), int(dataset.Columns)
-    except Exception as exc:
-        raise UndecodableImageError(f"cannot read DICOM header: {exc}") from exc
-    _check_size((cols, rows), max_pixels)
-    try:
-        pixels = dataset.pixel_array
-        if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
-            pixels = pixels[0]  # multi-frame: first frame
-        pixels = apply_voi_lut(pixels, dataset)
-    except Exception as exc:
-        raise UndecodableImageError(f"cannot decode DICOM pixel data: {exc}") from exc
-    gray = _scale_to_uint8(np.asarray(pixels, dtype=np.float64))
-    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
-        gray = 255 - gray  # MONOCHROME1 stores bone dark; radiographs show bone bright
-    if gray.ndim == 3:
-        gray = gray.mean(axis=-1).astype(np.uint8)
-    return Image.fromarray(gray)
-
-
-def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Linearly stretch a >8-bit array to 0..255 using its own range."""
-    lo, hi = float(np.min(pixels)), float(np.max(pixels))
-    if hi <= lo:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    return np.round((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit grayscale the same way everywhere.
 
@@ -159,7 +195,7 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     if mode == "L":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_scale_to_uint8(np.asarray(image, dtype=np.float64)))
+        return Image.fromarray(to_uint8(np.asarray(image)), mode="L")
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         mode = image.mode

@@ -32,6 +32,7 @@ from service.deps import Services
 from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, install_error_handlers
 from service.limits import BodySizeLimitMiddleware
+from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
 from service.pixel_cache import PixelCache
 from service.routes import api_router
@@ -90,7 +91,10 @@ async def _retention_loop(services: Services) -> None:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
-    await asyncio.to_thread(services.store.ensure)
+    try:
+        await asyncio.to_thread(services.store.ensure)
+    except OSError as exc:  # read-only or unmounted volume: serve, and say so in /ready
+        log.error("upload store cannot be created (%s): /ready reports it", type(exc).__name__)
     services.engine.start()
     sweeper = asyncio.create_task(_retention_loop(services), name="bonexr-retention")
     try:
@@ -106,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app for ``settings`` (default: ``BONEXR_*`` environment)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    tune_malloc()
     metrics = ServiceMetrics()
     store = UploadStore(settings.upload_dir)
     metrics.count_stored_with(store.count)

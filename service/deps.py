@@ -7,13 +7,17 @@ dependencies the same way, in ``api/deps.py``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from bonexr.imaging import DecodedImage, decode_upload
 from service.engine import InferenceEngine
+from service.memory import release_free_memory
 from service.metrics import ServiceMetrics
 from service.pixel_cache import PixelCache
 from service.settings import Settings
@@ -30,6 +34,25 @@ class Services:
     metrics: ServiceMetrics
     decode_slots: threading.BoundedSemaphore
     pixels: PixelCache
+
+    @contextlib.contextmanager
+    def decode_slot(self) -> Iterator[None]:
+        """Hold one of the ``decode_slots`` (bounding how many images are in memory at
+        once); on leaving, freed decode buffers go back to the OS (:mod:`service.memory`)."""
+        with self.decode_slots:
+            try:
+                yield
+            finally:
+                release_free_memory()
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode untrusted bytes under the configured pixel and decoded-memory limits.
+        Call inside :meth:`decode_slot`, from the threadpool."""
+        return decode_upload(
+            data,
+            max_pixels=self.settings.max_pixels,
+            max_decoded_bytes=self.settings.max_decoded_bytes,
+        )
 
 
 def get_services(request: Request) -> Services:

@@ -12,8 +12,11 @@ Status policy (also in the OpenAPI description of each route):
 * 404 unknown upload or route.
 * 413 too large: bytes (while streaming) or pixels (from the image header).
 * 415 not PNG/JPEG/WebP/DICOM by magic bytes.
+* 414 / 431 request line / headers too large (refused by the server, before the app).
 * 422 well-formed request with an invalid value: bad filename, undecodable image.
-* 503 model bundle not loaded (loading, failed verification, or shutting down).
+* 503 model bundle not loaded (loading, failed verification, or shutting down), or the
+  upload store is missing or read-only.
+* 507 the upload store is full.
 """
 
 from __future__ import annotations
@@ -66,6 +69,22 @@ class NotReadyError(ServiceError):
     status_code = 503
 
 
+class DuplicateFieldError(ServiceError):
+    status_code = 400
+
+
+class StoreUnavailableError(ServiceError):
+    """The upload store is missing, read-only or not permitted: the server's fault, for now."""
+
+    status_code = 503
+
+
+class StoreFullError(ServiceError):
+    """No space left in the upload store (507 Insufficient Storage)."""
+
+    status_code = 507
+
+
 class InferenceFailedError(ServiceError):
     """The models raised on a valid input: a server fault, reported as a JSON 500."""
 
@@ -77,10 +96,12 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request: the body is not what this endpoint takes.",
     401: "Missing or wrong X-API-Key (only when API keys are configured).",
     404: "No upload with that filename.",
-    413: "Too large: bytes (checked while streaming) or pixels (from the header).",
+    413: "Too large: bytes (while streaming), pixels or decoded memory (from the header).",
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
     422: "Invalid value: bad filename, or an image that cannot be decoded.",
-    503: "Model bundle not loaded (loading, failed verification, or shutting down).",
+    503: "Not ready: model bundle not loaded (loading, refused, shutting down) or the upload "
+    "store is not writable.",
+    507: "The upload store is full.",
 }
 
 

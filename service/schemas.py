@@ -45,6 +45,16 @@ class UploadResponse(BaseModel):
     )
     bytes: int = Field(description="Size of the uploaded file in bytes.")
     stored_bytes: int = Field(description="Size of the stored grayscale PNG in bytes.")
+    body_part_examined: str | None = Field(
+        None,
+        description="DICOM BodyPartExamined when the file names one (reported, never stored); "
+        "the body part used for prediction always comes from the router.",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What a reader must know about the decoding (e.g. only the first frame "
+        "of a multi-frame DICOM was used).",
+    )
 
 
 class PredictRequest(BaseModel):

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
 
+    @property
+    def max_decoded_bytes(self) -> int:
+        """The decoded-memory budget in bytes (``max_decoded_mb`` MiB)."""
+        return self.max_decoded_mb * 2**20
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:

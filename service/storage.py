@@ -16,21 +16,40 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import InvalidFilenameError, UploadNotFoundError
+from service.errors import (
+    InvalidFilenameError,
+    StoreFullError,
+    StoreUnavailableError,
+    UploadNotFoundError,
+)
 
 NAME_RE = re.compile(r"[0-9a-f]{64}\.png")
+#: Errors that mean "no space": answered 507.
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+#: The store is reported full (in /ready) when less than this is free.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
 TEMP_PREFIX = ".tmp-"
 #: Temp files older than this are leftovers of a crash and are removed by :meth:`sweep`.
 STALE_TEMP_SECONDS = 3600.0
+
+
+def store_error(exc: OSError) -> StoreFullError | StoreUnavailableError:
+    """A client-safe error for a failed store operation (no paths, no errno text)."""
+    if exc.errno in _FULL:
+        return StoreFullError("the upload store is full: no upload can be stored now")
+    return StoreUnavailableError("the upload store is not writable; try again later")
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,34 @@ class UploadStore:
     def path_for(self, filename: str) -> Path:
         return self.directory / self.validate_name(filename)
 
+    def problem(self) -> str | None:
+        """Why uploads would fail now (for ``/ready``), or None when the store is usable.
+
+        Probes by creating (and removing) a temp file: permission bits say nothing about a
+        read-only mount, a full disk or a process running as root.
+        """
+        if not self.directory.is_dir():
+            return "upload store: the folder does not exist or cannot be created"
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX + "probe-")
+            os.close(fd)
+            os.unlink(probe)
+            free = shutil.disk_usage(self.directory).free
+        except OSError as exc:
+            return f"upload store: {store_error(exc)}"
+        if free < MIN_FREE_BYTES:
+            return f"upload store: nearly full ({free // 2**20} MB free)"
+        return None
+
     def save(self, png: bytes) -> StoredUpload:
+        """Store ``png`` under its sha256 (see :meth:`_save`); a failed write leaves no file
+        and raises 507 (no space) or 503 (read-only, missing or not permitted)."""
+        try:
+            return self._save(png)
+        except OSError as exc:
+            raise store_error(exc) from exc
+
+    def _save(self, png: bytes) -> StoredUpload:
         """Store ``png`` under its sha256 unless it is already there.
 
         A re-upload of stored bytes refreshes the file's mtime (its retention clock). If the
@@ -126,6 +172,8 @@ class UploadStore:
             return path.read_bytes()
         except FileNotFoundError:
             raise UploadNotFoundError("no upload with that filename") from None
+        except OSError as exc:
+            raise store_error(exc) from exc
 
     def exists(self, filename: str) -> bool:
         return self.path_for(filename).is_file()
@@ -137,6 +185,8 @@ class UploadStore:
             return True
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise store_error(exc) from exc
 
     def names(self) -> Iterator[str]:
         """Stored upload names (temp files and anything else in the folder are ignored)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import struct
 import time
 import zlib
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -35,11 +37,43 @@ def make_settings(untrained_bundle: Path, tmp_path: Path, **overrides: Any) -> S
     return Settings(**values)
 
 
+#: What must never appear in an error a client sees: object reprs, tracebacks, server
+#: paths, and the names of the libraries (and so versions) behind the decoders and models.
+LEAK_RE = re.compile(
+    r"object at 0x|Traceback|site-packages|\.py\b"
+    r"|(?:^|[\s'\"(=])/(?:tmp|home|root|work|usr|opt|var)/"
+    r"|\b(?:pydicom|pylibjpeg|openjpeg|libjpeg|gdcm|PIL|Pillow|numpy|onnxruntime|uvicorn|"
+    r"starlette|tensorflow|keras)\b",
+    re.IGNORECASE,
+)
+#: Every error response the running apps answered (the hygiene test checks it saw some).
+ERRORS_SEEN: list[tuple[int, str]] = []
+
+
+def error_leaks(text: str) -> list[str]:
+    """The internals an error body gives away (empty when clean)."""
+    return [match.group(0) for match in LEAK_RE.finditer(text)]
+
+
+def check_error_hygiene(response: httpx.Response) -> None:
+    """httpx response hook: every 4xx/5xx body must be free of internals."""
+    if response.status_code < 400:
+        return
+    response.read()
+    ERRORS_SEEN.append((response.status_code, response.text))
+    leaks = error_leaks(response.text)
+    assert not leaks, f"{response.status_code} error leaks {leaks}: {response.text[:300]}"
+
+
 @contextlib.contextmanager
 def running(settings: Settings, *, wait: bool = True) -> Iterator[tuple[TestClient, FastAPI]]:
-    """The app with its lifespan running; by default waits until the bundle settled."""
+    """The app with its lifespan running; by default waits until the bundle settled.
+
+    Every error the client receives is checked by :func:`check_error_hygiene`.
+    """
     app = create_app(settings)
     with TestClient(app) as client:
+        client.event_hooks["response"].append(check_error_hygiene)
         if wait:
             assert app.state.services.engine.wait_until_settled(60), "engine did not settle"
         yield client, app

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from bonexr.imaging import decode_image, encode_png
 from service.app import create_app
-from tests.service_support import make_settings, png_bytes
+from tests.service_support import error_leaks, make_settings, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -99,5 +99,6 @@ def test_no_server_errors(
         case.validate_response(response, checks=[not_a_server_error])
         if response.status_code >= 400:
             assert isinstance(response.json().get("detail"), str)
+            assert not error_leaks(response.text), response.text[:300]
 
     fuzz()

@@ -32,10 +32,14 @@ async def health() -> HealthResponse:
     responses=error_responses(503),
 )
 async def ready(services: ServicesDep) -> ReadyResponse | JSONResponse:
-    """200 once the bundle is loaded, verified and warmed; 503 with the reason otherwise."""
+    """200 once the bundle is loaded, verified and warmed and the upload store is writable;
+    503 with the reason otherwise."""
     engine = services.engine
     if not engine.ready:
         return JSONResponse(error_body(engine.not_ready_reason()), status_code=503)
+    store_problem = await run_in_threadpool(services.store.problem)
+    if store_problem:
+        return JSONResponse(error_body(store_problem), status_code=503)
     return ReadyResponse(
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         providers=engine.providers,

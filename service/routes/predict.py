@@ -6,7 +6,7 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from bonexr.imaging import decode_image, prepare_pixels
+from bonexr.imaging import prepare_pixels
 from service.deps import Services, ServicesDep
 from service.engine import Prediction
 from service.errors import NotReadyError, error_responses
@@ -21,9 +21,8 @@ def load_pixels(services: Services, filename: str, size: int) -> np.ndarray:
     if cached is not None and services.store.exists(filename):
         return cached
     data = services.store.read(filename)
-    with services.decode_slots:
-        image = decode_image(data, max_pixels=services.settings.max_pixels)
-        pixels = prepare_pixels(image, size)
+    with services.decode_slot():
+        pixels = prepare_pixels(services.decode(data).image, size)
     services.pixels.put(filename, size, pixels)
     return pixels
 

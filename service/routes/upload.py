@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, Response, UploadFile
+from fastapi import APIRouter, File, Path, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from bonexr.imaging import decode_image, encode_png, prepare_pixels, sniff_format
+from bonexr.imaging import encode_png, prepare_pixels
 from service.deps import Services, ServicesDep
-from service.errors import PayloadTooLargeError, UploadNotFoundError, error_responses
+from service.errors import (
+    DuplicateFieldError,
+    PayloadTooLargeError,
+    UploadNotFoundError,
+    error_responses,
+)
 from service.schemas import FILENAME_PATTERN, UploadResponse
 
 router = APIRouter(tags=["upload"])
@@ -21,10 +26,10 @@ router = APIRouter(tags=["upload"])
 
 def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     """Decode (limits enforced), re-encode pixel-only PNG, store; runs in the threadpool."""
-    fmt = sniff_format(data)
     engine = services.engine
-    with services.decode_slots:
-        image = decode_image(data, max_pixels=services.settings.max_pixels)
+    with services.decode_slot():
+        decoded = services.decode(data)
+        image = decoded.image
         png = encode_png(image)
         size = engine.input_size if engine.ready else None
         pixels = prepare_pixels(image, size) if size else None
@@ -36,9 +41,11 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
         filename=stored.filename,
         width=image.width,
         height=image.height,
-        format=fmt.name if fmt else "PNG",
+        format=decoded.format,
         bytes=len(data),
         stored_bytes=stored.size,
+        body_part_examined=decoded.body_part,
+        warnings=list(decoded.warnings),
     )
     return response, stored.created
 
@@ -51,19 +58,23 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     responses={
         201: {"description": "Stored now."},
         200: {"model": UploadResponse, "description": "Identical image already stored."},
-        **error_responses(400, 413, 415, 422),
+        **error_responses(400, 413, 415, 422, 503, 507),
     },
 )
 async def upload(
     services: ServicesDep,
+    request: Request,
     response: Response,
     file: Annotated[UploadFile, File(description="PNG, JPEG, WebP or DICOM; detected by content.")],
 ) -> UploadResponse:
     """Store a radiograph as a pixel-only grayscale PNG named by its sha256.
 
     201 when the image was stored now, 200 when identical pixels were already stored
-    (same name). The client's file name and all metadata (EXIF, text chunks) are dropped.
+    (same name). The client's file name and all metadata (EXIF, text chunks) are dropped;
+    of a DICOM header only ``BodyPartExamined`` is reported (not stored).
     """
+    if len((await request.form()).getlist("file")) > 1:  # the form FastAPI already parsed
+        raise DuplicateFieldError("send exactly one 'file' field per upload")
     limit = services.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:

@@ -65,8 +65,27 @@ class RouterSpec(ModelFiles):
 
 
 class PartSpec(ModelFiles):
-    threshold: float = Field(ge=0.0, le=1.0, description="Decision threshold on P(abnormal).")
+    """A body part's abnormality model and its two operating points, both chosen on the
+    validation split: one for single images (``/predict``), one for the mean over a study's
+    views (``/predict/study``, MURA's unit)."""
+
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="Study operating point: threshold on the views' mean."
+    )
     threshold_rule: str = "youden-j-on-validation-study-level"
+    image_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Image operating point; None in bundles written before it existed "
+        "(the study threshold is then used, with a warning).",
+    )
+    image_threshold_rule: str | None = None
+
+    @property
+    def single_image_threshold(self) -> float:
+        """The threshold for one image: its own when the bundle has one."""
+        return self.threshold if self.image_threshold is None else self.image_threshold
 
 
 class Manifest(BaseModel):

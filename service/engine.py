@@ -61,13 +61,19 @@ class EngineState(StrEnum):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's two-stage result (model identity is the engine's ``model_name/version``)."""
+    """One image's two-stage result (model identity is the engine's ``model_name/version``).
+
+    ``scored_by`` is the part whose model gave ``abnormality_probability``: the routed part,
+    unless the caller named one (a study scores every view with the study's part).
+    ``threshold`` is that part's image operating point.
+    """
 
     bone_type: str
     bone_type_probabilities: dict[str, float]
     abnormality_probability: float
     threshold: float
     abnormal: bool
+    scored_by: str = ""
 
     @property
     def result(self) -> str:
@@ -83,6 +89,7 @@ class _Request:
     pixels: np.ndarray
     future: asyncio.Future[Prediction]
     loop: asyncio.AbstractEventLoop
+    part: str | None = None  # score with this part's model instead of the routed one
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -265,11 +272,30 @@ class InferenceEngine:
             self.metrics.inference.labels(name).observe(time.perf_counter() - start)
         return np.asarray(out, dtype=np.float64)
 
-    def predict_batch(self, pixels_batch: np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
+    @property
+    def threshold_warnings(self) -> list[str]:
+        """Why single-image decisions may not be what the model card advertises."""
+        if self.manifest is None:
+            return []
+        legacy = [p for p, spec in self.manifest.parts.items() if spec.image_threshold is None]
+        if not legacy:
+            return []
+        return [
+            f"bundle '{self.manifest.name}' has no image operating point for "
+            f"{', '.join(legacy)} (written before it existed): single images are decided at "
+            "the study threshold"
+        ]
+
+    def predict_batch(
+        self,
+        pixels_batch: np.ndarray | Sequence[np.ndarray],
+        parts: Sequence[str | None] | None = None,
+    ) -> list[Prediction]:
         """Classify prepared uint8 pixels ``(N, S, S)`` (or a list of ``(S, S)``) synchronously.
 
         The two-stage path the queue uses, callable directly (benchmarks, tests): the router
-        runs once on the batch, then each body part's model once on the images routed to it.
+        runs once on the batch, then each body part's model once on the images routed to it
+        (or, where ``parts`` names a part for an image, to that part).
         """
         if self.manifest is None or not self._sessions:
             raise NotReadyError(self.not_ready_reason())
@@ -289,15 +315,18 @@ class InferenceEngine:
         classes = self.manifest.router.classes
         router = self._run_model(ROUTER, x)
         chosen = np.argmax(router, axis=1)
+        routed = [classes[int(i)] for i in chosen]
+        scored_by = [
+            forced or part
+            for forced, part in zip(parts or [None] * len(pixels), routed, strict=True)
+        ]
         abnormal = np.zeros(len(pixels), dtype=np.float64)
-        for index, part in enumerate(classes):
-            members = np.flatnonzero(chosen == index)
-            if members.size:
-                abnormal[members] = self._run_model(part, x[members])[:, 0]
+        for part in dict.fromkeys(scored_by):
+            members = np.flatnonzero(np.asarray(scored_by) == part)
+            abnormal[members] = self._run_model(part, x[members])[:, 0]
         results = []
-        for row, part_index, prob in zip(router, chosen, abnormal, strict=True):
-            part = classes[int(part_index)]
-            threshold = float(self.manifest.parts[part].threshold)
+        for row, part, scorer, prob in zip(router, routed, scored_by, abnormal, strict=True):
+            threshold = float(self.manifest.parts[scorer].single_image_threshold)
             results.append(
                 Prediction(
                     bone_type=part,
@@ -307,6 +336,7 @@ class InferenceEngine:
                     abnormality_probability=float(prob),
                     threshold=threshold,
                     abnormal=bool(prob >= threshold),
+                    scored_by=scorer,
                 )
             )
         return results
@@ -327,8 +357,9 @@ class InferenceEngine:
             with self._lock:
                 self._incoming -= 1
 
-    async def predict(self, pixels: np.ndarray) -> Prediction:
-        """Queue one prepared ``(S, S)`` uint8 image for the batching worker and await it."""
+    async def predict(self, pixels: np.ndarray, part: str | None = None) -> Prediction:
+        """Queue one prepared ``(S, S)`` uint8 image for the batching worker and await it;
+        with ``part``, that part's model scores it whatever the router says."""
         size = self.input_size
         if pixels.shape != (size, size):
             raise ValueError(f"expected prepared pixels ({size}, {size}), got {pixels.shape}")
@@ -337,7 +368,9 @@ class InferenceEngine:
         with self._lock:  # after stop() flips the state nothing more can be queued
             if not self.ready:
                 raise NotReadyError(self.not_ready_reason())
-            self._queue.put(_Request(pixels, future, loop))
+            if part is not None and self.manifest is not None and part not in self.manifest.parts:
+                raise ValueError(f"no abnormality model for {part}")
+            self._queue.put(_Request(pixels, future, loop, part))
         try:
             return await asyncio.wait_for(future, PREDICT_TIMEOUT_S)
         except TimeoutError:
@@ -389,7 +422,7 @@ class InferenceEngine:
             for request in live:
                 self.metrics.queue_wait.observe(started - request.enqueued)
         try:
-            results = self.predict_batch(np.stack([r.pixels for r in live]))
+            results = self.predict_batch(np.stack([r.pixels for r in live]), [r.part for r in live])
         except Exception as exc:
             log.error("inference failed on a batch of %d: %s", len(live), type(exc).__name__)
             error = InferenceFailedError("inference failed")

@@ -69,6 +69,12 @@ class NotReadyError(ServiceError):
     status_code = 503
 
 
+class InvalidStudyError(ServiceError):
+    """A well-formed study request that cannot be answered as asked (422)."""
+
+    status_code = 422
+
+
 class DuplicateFieldError(ServiceError):
     status_code = 400
 

@@ -6,7 +6,7 @@ Every field carries a description because the OpenAPI schema *is* the client doc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,25 @@ class PredictRequest(BaseModel):
     )
 
 
+class StudyRequest(BaseModel):
+    """The views of one study (MURA's unit: one body part, one patient, one visit)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"filenames": ["0" * 64 + ".png", "1" * 64 + ".png"]}]}
+    )
+
+    filenames: list[Annotated[str, Field(pattern=FILENAME_PATTERN)]] = Field(
+        min_length=1,
+        description="Filenames returned by POST /upload (at most BONEXR_MAX_STUDY_VIEWS; "
+        "a name given twice counts once).",
+    )
+    bone_type: str | None = Field(
+        None,
+        description="Score every view with this body part's model (e.g. 'Elbow') instead "
+        "of routing the study; the answer says so.",
+    )
+
+
 class ModelRef(BaseModel):
     """Which model bundle produced a result."""
 
@@ -92,11 +111,51 @@ class PredictionResponse(BaseModel):
     abnormality_probability: float = Field(
         ge=0.0, le=1.0, description="P(abnormal) from the chosen body part's model."
     )
-    threshold: float = Field(ge=0.0, le=1.0, description="Decision threshold of that body part.")
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="Image operating point of that body part (see /model)."
+    )
     model: ModelRef
     warnings: list[str] = Field(
         description="Reasons to distrust this result (unsure router, demo model, ...)."
     )
+
+
+class StudyView(BaseModel):
+    """One view of a study: scored by the study's body-part model."""
+
+    filename: str
+    bone_type: str = Field(description="This view's own top router part.")
+    bone_type_probabilities: dict[str, float]
+    abnormality_probability: float = Field(
+        ge=0.0, le=1.0, description="P(abnormal) from the study part's model."
+    )
+    threshold: float = Field(ge=0.0, le=1.0, description="Image operating point of that part.")
+    result: Literal["fractured", "normal"] = Field(
+        description="This view alone at the image operating point."
+    )
+
+
+class StudyResponse(BaseModel):
+    """One answer for the study: MURA's rule (mean of the part model over the views)."""
+
+    bone_type: str = Field(description="The study's body part.")
+    bone_type_source: Literal["router", "client"] = Field(
+        description="'router': summed router probabilities over the views; 'client': the "
+        "request's bone_type."
+    )
+    bone_type_probabilities: dict[str, float] = Field(
+        description="Router probabilities averaged over the views."
+    )
+    abnormality_probability: float = Field(
+        ge=0.0, le=1.0, description="Mean P(abnormal) of the study part's model over the views."
+    )
+    threshold: float = Field(ge=0.0, le=1.0, description="Study operating point of that part.")
+    result: Literal["fractured", "normal"] = Field(
+        description="'fractured' when abnormality_probability >= threshold (MURA 'abnormal')."
+    )
+    views: list[StudyView]
+    model: ModelRef
+    warnings: list[str] = Field(description="Reasons to distrust this result.")
 
 
 class HealthResponse(BaseModel):
@@ -111,6 +170,18 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelRef
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
+    warnings: list[str] = Field(
+        default_factory=list, description="What a user of this bundle must know."
+    )
+
+
+class OperatingPoints(BaseModel):
+    """A part's two decision thresholds on P(abnormal), both chosen on validation data."""
+
+    image: float = Field(description="Applied by POST /predict to one image.")
+    image_rule: str = Field(description="How the image threshold was chosen.")
+    study: float = Field(description="Applied by POST /predict/study to the views' mean.")
+    study_rule: str = Field(description="How the study threshold was chosen.")
 
 
 class ModelInfo(BaseModel):
@@ -121,14 +192,18 @@ class ModelInfo(BaseModel):
     created_at: str
     synthetic: bool = Field(description="True for a demo bundle trained on synthetic images.")
     body_parts: list[str]
-    thresholds: dict[str, float] = Field(description="Decision threshold per body part.")
-    threshold_rules: dict[str, str] = Field(description="How each threshold was chosen.")
+    thresholds: dict[str, OperatingPoints] = Field(
+        description="Both operating points per body part."
+    )
     input_size: int = Field(description="Square side in pixels the models take.")
     preprocessing: str = Field(description="Preprocessing recipe id (bonexr.imaging).")
     backbones: dict[str, str] = Field(description="Backbone per model (router and parts).")
     metrics: dict[str, Any] = Field(description="Evaluation metrics recorded in the bundle.")
     intended_use: str
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
+    warnings: list[str] = Field(
+        default_factory=list, description="What a user of this bundle must know."
+    )
 
 
 class Rules(BaseModel):

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         "", description="Comma-separated API keys for X-API-Key; empty disables auth."
     )
+    max_study_views: int = Field(
+        8, ge=1, le=64, description="Most views one POST /predict/study may name (422 above)."
+    )
     max_batch_size: int = Field(8, ge=1, le=256, description="Micro-batch size limit.")
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
     router_confidence_floor: float = Field(

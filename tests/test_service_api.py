@@ -166,7 +166,14 @@ def test_model_summary(client: TestClient) -> None:
     assert m["name"] == "tiny" and m["version"]
     assert m["synthetic"] is True
     assert m["body_parts"] == ["Elbow", "Hand", "Shoulder"]
-    assert m["thresholds"] == {"Elbow": 0.5, "Hand": 0.5, "Shoulder": 0.5}
+    point = {
+        "image": 0.5,
+        "image_rule": "fixed-0.5-untrained",
+        "study": 0.5,
+        "study_rule": "fixed-0.5-untrained",
+    }
+    assert m["thresholds"] == {"Elbow": point, "Hand": point, "Shoulder": point}
+    assert m["warnings"] == []
     assert m["input_size"] == 64
     assert isinstance(m["metrics"], dict)
     assert "synthetic" in m["intended_use"]

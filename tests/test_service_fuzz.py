@@ -54,6 +54,7 @@ def api_schema(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 OPERATIONS = [
     ("/upload", "POST"),
     ("/predict", "POST"),
+    ("/predict/study", "POST"),
     ("/uploads/{filename}", "DELETE"),
     ("/rules", "GET"),
     ("/model", "GET"),
@@ -72,7 +73,12 @@ def test_all_operations_are_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
 # removed private attribute), so the operations are driven through their Hypothesis
 # strategies directly: same generators, same check.
 #: Operations with inputs get invalid (negative) requests too; the others take none.
-WITH_INPUTS = {("/upload", "POST"), ("/predict", "POST"), ("/uploads/{filename}", "DELETE")}
+WITH_INPUTS = {
+    ("/upload", "POST"),
+    ("/predict", "POST"),
+    ("/predict/study", "POST"),
+    ("/uploads/{filename}", "DELETE"),
+}
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
     (path, method, GenerationMode.NEGATIVE)
     for path, method in OPERATIONS

@@ -135,6 +135,7 @@ EXPECTED_OPERATIONS = {
     ("/upload", "post", "upload"),
     ("/uploads/{filename}", "delete", "upload"),
     ("/predict", "post", "predict"),
+    ("/predict/study", "post", "predict"),
     ("/model", "get", "model"),
     ("/rules", "get", "model"),
     ("/health", "get", "operations"),

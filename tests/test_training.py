@@ -36,7 +36,10 @@ def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
     assert router_accuracy >= 0.9
     for part, auroc in aurocs.items():
         assert auroc >= 0.85, f"{part} study-level AUROC {auroc:.3f} < 0.85"
-    assert report["two_stage"]["overall"]["study"]["n"] == report["overall"]["study"]["n"]
+    assert (
+        report["two_stage"]["overall"]["pooled"]["study"]["n"]
+        == report["overall"]["pooled"]["study"]["n"]
+    )
 
 
 def test_corrupt_image_is_reported_and_skipped(trained_demo: dict) -> None:
@@ -72,8 +75,13 @@ def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
     owners = split.groupby("patient_id")["split"].nunique()
     assert (owners == 1).all(), "a patient appears in two splits"
     assert manifest.data["split_seed"] == 0
-    thresholds = {p: s.threshold for p, s in manifest.parts.items()}
-    assert all(0.0 < t < 1.0 for t in thresholds.values())
+    # two operating points per part, both from validation; they differ where the data do
+    for spec in manifest.parts.values():
+        assert spec.image_threshold is not None and 0.0 < spec.image_threshold < 1.0
+        assert 0.0 < spec.threshold < 1.0
+        assert spec.image_threshold_rule == "youden-j-on-validation-image-level"
+    assert any(s.image_threshold != s.threshold for s in manifest.parts.values())
+    assert "image" in manifest.metrics["operating_points"]["Elbow"]
     assert manifest.metrics["router_accuracy"] >= 0.9
     table = _rows((bundle / "report.md").read_text())
     assert "MURA paper" in table and "| Hand |" in table
@@ -254,8 +262,9 @@ def test_resnet50_path_builds_trains_exports_reloads(synthetic_small: Path, tmp_
         body_parts=parts,
         input_size=32,
         backbones=backbones,
-        thresholds=dict.fromkeys(parts, 0.5),
-        threshold_rule="fixed",
+        thresholds={
+            p: {k: {"value": 0.5, "rule": "fixed"} for k in ("image", "study")} for p in parts
+        },
         metrics={},
         data={},
         training={},

@@ -1,11 +1,13 @@
 """Evaluation the way the MURA paper does it, plus the two-stage result users actually get.
 
-* thresholds: per body part, Youden's J on the *validation* split at study level;
+* two operating points per body part, both Youden's J on the *validation* split: one on
+  single images (what ``/predict`` applies), one on study means (``/predict/study``);
 * router: image- and study-level accuracy and confusion matrix on the test split;
-* each part model given the true part: image- and study-level AUROC, kappa, sensitivity,
-  specificity, confusion matrix;
-* two-stage: the router picks a part per view, that part's model scores the view, the
-  study probability is the mean over views -- exactly what the service does.
+* each part model given the true part: image metrics at the image operating point, study
+  metrics at the study operating point (AUROC, kappa, sensitivity, specificity);
+* two-stage, exactly as the service answers: per image, the router picks the part and that
+  part's model scores the view; per study, :mod:`bonexr.study` routes the study once
+  (summed router probabilities) and averages that part's model over every view.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from bonexr.labels import display_name, model_key
+from bonexr.study import route_study
 from training.config import TrainConfig
 from training.metrics import (
-    THRESHOLD_RULE,
+    IMAGE_THRESHOLD_RULE,
+    STUDY_THRESHOLD_RULE,
     binary_metrics,
     choose_threshold,
     router_metrics,
@@ -27,12 +31,22 @@ from training.metrics import (
 )
 from training.pipeline import BadImageLog, predict_frame
 
-#: Published anchors (design.md section 7) printed beside our figures.
+#: Published anchors printed beside our figures, labelled for what they are: the paper's
+#: figures are on MURA's hidden test set with an ensemble, not comparable with one model
+#: on a split of the public data.
 REFERENCE_KAPPA = {
-    "MURA paper (DenseNet169 ensemble, test)": {"ELBOW": 0.710, "HAND": 0.851, "SHOULDER": 0.729},
-    "open-source single ResNet50 (MURA valid)": {"ELBOW": 0.63, "HAND": 0.47, "SHOULDER": 0.47},
+    "MURA paper: DenseNet169 ensemble, hidden test set, study level": {
+        "ELBOW": 0.710,
+        "HAND": 0.851,
+        "SHOULDER": 0.729,
+    },
+    "open-source single ResNet50: MURA public validation set, study level": {
+        "ELBOW": 0.63,
+        "HAND": 0.47,
+        "SHOULDER": 0.47,
+    },
 }
-REFERENCE_AUROC_OVERALL = {"MURA paper (DenseNet169 ensemble, test)": 0.929}
+REFERENCE_AUROC_OVERALL = {"MURA paper: DenseNet169 ensemble, hidden test set, study level": 0.929}
 
 
 def predict_split(
@@ -58,10 +72,12 @@ def predict_split(
     routed = np.full(len(out), None, dtype=object)
     routed[decoded] = np.asarray(parts, dtype=object)[np.argmax(router_probs[decoded], axis=1)]
     out["routed_part"] = routed
+    out["study_part"] = study_routes(out, parts)
+    study_routed = out["study_part"].to_numpy()
     for part in parts:
         # each part model scores only the views it is asked about: its own part's (for the
-        # per-part metrics) and those the router sends it (for the two-stage result)
-        needed = (out["body_part"] == part).to_numpy() | (routed == part)
+        # per-part metrics) and those the router sends it, per view or per study (two-stage)
+        needed = (out["body_part"] == part).to_numpy() | (routed == part) | (study_routed == part)
         probs = np.full(len(out), np.nan, dtype=np.float32)
         if needed.any():
             probs[needed] = predict_frame(models[model_key(part)], out[needed], **common)[:, 0]
@@ -70,9 +86,26 @@ def predict_split(
     lookup = {p: i for i, p in enumerate(parts)}
     true_idx = out["body_part"].map(lookup).to_numpy()
     out["prob_true_part"] = prob_matrix[np.arange(len(out)), true_idx]
+    rows = np.arange(len(out))
     routed_idx = np.array([lookup.get(p, 0) for p in routed])
-    out["prob_routed"] = np.where(decoded, prob_matrix[np.arange(len(out)), routed_idx], np.nan)
+    out["prob_routed"] = np.where(decoded, prob_matrix[rows, routed_idx], np.nan)
+    study_idx = np.array([lookup.get(p, 0) for p in study_routed])
+    out["prob_study_routed"] = np.where(decoded, prob_matrix[rows, study_idx], np.nan)
     return out
+
+
+def study_routes(predictions: pd.DataFrame, parts: list[str]) -> pd.Series:
+    """Each view's study part by the service's rule (:func:`bonexr.study.route_study` over
+    the study's decodable views); None where a study has none."""
+    columns = [f"router_{p}" for p in parts]
+    usable = predictions.dropna(subset=columns)
+    by_study = {
+        study: route_study(
+            [dict(zip(parts, row, strict=True)) for row in group[columns].to_numpy()]
+        )
+        for study, group in usable.groupby("study_id", sort=False)
+    }
+    return predictions["study_id"].map(by_study).astype(object)
 
 
 def predict_true_part(
@@ -95,55 +128,99 @@ def predict_true_part(
     return out
 
 
-def choose_thresholds(predictions: pd.DataFrame, parts: list[str]) -> dict[str, float]:
-    """Per-part thresholds from validation predictions (study level, Youden's J)."""
+def choose_thresholds(predictions: pd.DataFrame, parts: list[str]) -> dict[str, dict[str, float]]:
+    """Both operating points per part from validation predictions (``prob_true_part``):
+    ``{"image": t, "study": t}``, each maximising Youden's J at its own level."""
     thresholds = {}
     for part in parts:
-        studies = study_level(predictions[predictions["body_part"] == part], "prob_true_part")
-        thresholds[part] = choose_threshold(studies["label"], studies["prob"])
+        rows = predictions[predictions["body_part"] == part].dropna(subset=["prob_true_part"])
+        studies = study_level(rows, "prob_true_part")
+        thresholds[part] = {
+            "image": choose_threshold(rows["label"], rows["prob_true_part"]),
+            "study": choose_threshold(studies["label"], studies["prob"]),
+        }
     return thresholds
 
 
-def _binary_report(frame: pd.DataFrame, prob_column: str, threshold: float) -> dict[str, Any]:
+def _binary_report(
+    frame: pd.DataFrame, prob_column: str, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Image metrics at the image operating point, study metrics at the study one."""
     usable = frame.dropna(subset=[prob_column])
     studies = study_level(frame, prob_column)
     return {
-        "image": binary_metrics(usable["label"], usable[prob_column], threshold),
-        "study": binary_metrics(studies["label"], studies["prob"], threshold),
+        "image": binary_metrics(usable["label"], usable[prob_column], thresholds["image"]),
+        "study": binary_metrics(studies["label"], studies["prob"], thresholds["study"]),
     }
 
 
-def _thresholded(
-    frame: pd.DataFrame, prob_column: str, thresholds: dict[str, float], part_column: str
-):
-    """Pooled metrics across parts, each part with its own threshold (as decisions are made)."""
-    usable = frame.dropna(subset=[prob_column, part_column])
-    studies = study_level(usable.assign(body_part=usable[part_column]), prob_column)
-    image_decisions = usable[prob_column] >= usable[part_column].map(thresholds)
-    study_decisions = studies["prob"] >= studies["body_part"].map(thresholds)
+def _decided(labels: pd.Series, probs: pd.Series, decisions: pd.Series) -> dict[str, Any]:
+    """Pooled metrics of decisions each made at its own part's threshold: no single
+    threshold exists, so none is reported."""
+    metrics = binary_metrics(labels, decisions.astype(float), 0.5)
+    metrics.pop("threshold")
+    metrics["auroc"] = binary_metrics(labels, probs, 0.5)["auroc"]
+    return metrics
+
+
+def _two_stage(
+    frame: pd.DataFrame,
+    prob_column: str,
+    part_column: str,
+    study_part_column: str,
+    study_prob_column: str,
+    thresholds: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Decisions as they are made: each image at its part's image threshold, each study
+    (one part, mean over views) at that part's study threshold."""
+    images = frame.dropna(subset=[prob_column, part_column])
+    image_cut = images[part_column].map({p: t["image"] for p, t in thresholds.items()})
+    usable = frame.dropna(subset=[study_prob_column, study_part_column])
+    studies = study_level(usable.assign(body_part=usable[study_part_column]), study_prob_column)
+    study_cut = studies["body_part"].map({p: t["study"] for p, t in thresholds.items()})
     return {
-        "image": binary_metrics(usable["label"], image_decisions.astype(float), 0.5)
-        | {"auroc": binary_metrics(usable["label"], usable[prob_column], 0.5)["auroc"]},
-        "study": binary_metrics(studies["label"], study_decisions.astype(float), 0.5)
-        | {"auroc": binary_metrics(studies["label"], studies["prob"], 0.5)["auroc"]},
+        "image": _decided(images["label"], images[prob_column], images[prob_column] >= image_cut),
+        "study": _decided(studies["label"], studies["prob"], studies["prob"] >= study_cut),
     }
+
+
+def _mean_of_parts(per_part: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The unweighted mean of the per-part figures (each part counts once)."""
+    out: dict[str, Any] = {}
+    for level in ("image", "study"):
+        keys = ("auroc", "kappa", "sensitivity", "specificity")
+        out[level] = {
+            key: (
+                float(np.mean(values))
+                if (
+                    values := [
+                        m[level][key] for m in per_part.values() if m[level][key] is not None
+                    ]
+                )
+                else None
+            )
+            for key in keys
+        }
+    return out
 
 
 def evaluate_predictions(
-    test: pd.DataFrame, thresholds: dict[str, float], parts: list[str]
+    test: pd.DataFrame, thresholds: dict[str, dict[str, float]], parts: list[str]
 ) -> dict[str, Any]:
     """The full metrics report from per-image test predictions (see :func:`predict_split`)."""
     usable = test.dropna(subset=["routed_part"])
-    router_cols = [f"router_{p}" for p in parts]
-    study_router = usable.groupby("study_id")[[*router_cols, "body_part"]].agg(
-        {**{c: "mean" for c in router_cols}, "body_part": "first"}
-    )
-    study_routed = np.asarray(parts)[np.argmax(study_router[router_cols].to_numpy(), axis=1)]
+    study_router = usable.groupby("study_id")[["study_part", "body_part"]].first()
     report: dict[str, Any] = {
-        "thresholds": {p: {"value": thresholds[p], "rule": THRESHOLD_RULE} for p in parts},
+        "thresholds": {
+            p: {
+                "image": {"value": thresholds[p]["image"], "rule": IMAGE_THRESHOLD_RULE},
+                "study": {"value": thresholds[p]["study"], "rule": STUDY_THRESHOLD_RULE},
+            }
+            for p in parts
+        },
         "router": {
             "image": router_metrics(usable["body_part"], usable["routed_part"], parts),
-            "study": router_metrics(study_router["body_part"], pd.Series(study_routed), parts),
+            "study": router_metrics(study_router["body_part"], study_router["study_part"], parts),
         },
         "parts": {},
         "two_stage": {"parts": {}},
@@ -151,13 +228,22 @@ def evaluate_predictions(
     for part in parts:
         rows = test[test["body_part"] == part]
         report["parts"][part] = _binary_report(rows, "prob_true_part", thresholds[part])
-        report["two_stage"]["parts"][part] = _thresholded(
-            rows, "prob_routed", thresholds, "routed_part"
+        report["two_stage"]["parts"][part] = _two_stage(
+            rows, "prob_routed", "routed_part", "study_part", "prob_study_routed", thresholds
         )
-    report["overall"] = _thresholded(
-        test.assign(_part=test["body_part"]), "prob_true_part", thresholds, "_part"
-    )
-    report["two_stage"]["overall"] = _thresholded(test, "prob_routed", thresholds, "routed_part")
+    true_part = test.assign(_part=test["body_part"])
+    report["overall"] = {
+        "pooled": _two_stage(
+            true_part, "prob_true_part", "_part", "_part", "prob_true_part", thresholds
+        ),
+        "mean_of_parts": _mean_of_parts(report["parts"]),
+    }
+    report["two_stage"]["overall"] = {
+        "pooled": _two_stage(
+            test, "prob_routed", "routed_part", "study_part", "prob_study_routed", thresholds
+        ),
+        "mean_of_parts": _mean_of_parts(report["two_stage"]["parts"]),
+    }
     report["reference"] = {"kappa": REFERENCE_KAPPA, "auroc_overall": REFERENCE_AUROC_OVERALL}
     return report
 
@@ -169,7 +255,19 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "router_accuracy": report["router"]["image"]["accuracy"],
         "study_auroc": {display_name(p): m["study"]["auroc"] for p, m in parts.items()},
         "study_kappa": {display_name(p): m["study"]["kappa"] for p, m in parts.items()},
-        "overall_study_auroc": report["overall"]["study"]["auroc"],
-        "overall_study_kappa": report["overall"]["study"]["kappa"],
-        "two_stage_study_kappa": report["two_stage"]["overall"]["study"]["kappa"],
+        "image_auroc": {display_name(p): m["image"]["auroc"] for p, m in parts.items()},
+        "image_kappa": {display_name(p): m["image"]["kappa"] for p, m in parts.items()},
+        "overall_study_auroc": report["overall"]["pooled"]["study"]["auroc"],
+        "overall_study_kappa": report["overall"]["pooled"]["study"]["kappa"],
+        "two_stage_study_kappa": report["two_stage"]["overall"]["pooled"]["study"]["kappa"],
+        "operating_points": {
+            display_name(p): {
+                level: {
+                    key: m[level][key]
+                    for key in ("threshold", "sensitivity", "specificity", "kappa", "auroc")
+                }
+                for level in ("image", "study")
+            }
+            for p, m in parts.items()
+        },
     }

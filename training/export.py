@@ -13,6 +13,7 @@ import logging
 import platform
 import shutil
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -106,8 +107,7 @@ def export_bundle(
     body_parts: list[str],
     input_size: int,
     backbones: dict[str, str],
-    thresholds: dict[str, float],
-    threshold_rule: str,
+    thresholds: dict[str, dict[str, dict[str, Any]]],
     metrics: dict,
     data: dict,
     training: dict,
@@ -165,8 +165,10 @@ def export_bundle(
             parts={
                 display_name(p): PartSpec(
                     **specs[model_key(p)].model_dump(),
-                    threshold=thresholds[p],
-                    threshold_rule=threshold_rule,
+                    threshold=thresholds[p]["study"]["value"],
+                    threshold_rule=thresholds[p]["study"]["rule"],
+                    image_threshold=thresholds[p]["image"]["value"],
+                    image_threshold_rule=thresholds[p]["image"]["rule"],
                 )
                 for p in body_parts
             },
@@ -221,8 +223,10 @@ def export_random_init_bundle(
         body_parts=list(body_parts),
         input_size=input_size,
         backbones=dict.fromkeys(models, backbone),
-        thresholds=dict.fromkeys(body_parts, 0.5),
-        threshold_rule="fixed-0.5-untrained",
+        thresholds={
+            p: {key: {"value": 0.5, "rule": "fixed-0.5-untrained"} for key in ("image", "study")}
+            for p in body_parts
+        },
         metrics={},
         data={"source": "none: random-init weights (benchmark/contract bundle)"},
         training={"untrained": True, "seed": seed},

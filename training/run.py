@@ -39,7 +39,6 @@ from training.evaluate import (
 )
 from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
-from training.metrics import THRESHOLD_RULE
 from training.model_card import render_model_card
 from training.pipeline import BadImageLog
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
@@ -271,8 +270,7 @@ def run_training(
         body_parts=list(config.body_parts),
         input_size=config.input_size,
         backbones={n: config.backbone_for(n) for n in config.model_names()},
-        thresholds={p: report["thresholds"][p]["value"] for p in config.body_parts},
-        threshold_rule=THRESHOLD_RULE,
+        thresholds={p: report["thresholds"][p] for p in config.body_parts},
         metrics=headline(report),
         data=provenance,
         training=config.to_dict(),

@@ -1,6 +1,7 @@
 """The HTTP API, one router per area, assembled the way FastAPI's full-stack template does.
 
 ``upload`` (POST /upload, DELETE /uploads/{filename}), ``predict`` (POST /predict),
+``study`` (POST /predict/study),
 ``model`` (GET /model, GET /rules) and ``operations`` (/health, /ready, /metrics). Routes
 stay thin: validate, hand work to storage / imaging / engine, shape the response.
 
@@ -15,10 +16,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 
 from service.errors import error_responses
-from service.routes import model, operations, predict, upload
+from service.routes import model, operations, predict, study, upload
 from service.security import api_key_scheme
 
-PROTECTED = (upload.router, predict.router, model.router)
+PROTECTED = (upload.router, predict.router, study.router, model.router)
 
 
 def api_router(*, auth_enabled: bool) -> APIRouter:

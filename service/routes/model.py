@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from service.deps import ServicesDep
 from service.errors import NotReadyError, error_responses
 from service.rules import build_rules, render_rules_png
-from service.schemas import ModelInfo, Rules
+from service.schemas import ModelInfo, OperatingPoints, Rules
 
 router = APIRouter(tags=["model"])
 
@@ -73,8 +73,15 @@ async def model(services: ServicesDep) -> ModelInfo:
         created_at=manifest.created_at,
         synthetic=manifest.synthetic,
         body_parts=list(manifest.body_parts),
-        thresholds={part: spec.threshold for part, spec in manifest.parts.items()},
-        threshold_rules={part: spec.threshold_rule for part, spec in manifest.parts.items()},
+        thresholds={
+            part: OperatingPoints(
+                image=spec.single_image_threshold,
+                image_rule=spec.image_threshold_rule or f"none in bundle: {spec.threshold_rule}",
+                study=spec.threshold,
+                study_rule=spec.threshold_rule,
+            )
+            for part, spec in manifest.parts.items()
+        },
         input_size=manifest.input.size,
         preprocessing=manifest.input.preprocessing,
         backbones={
@@ -84,4 +91,5 @@ async def model(services: ServicesDep) -> ModelInfo:
         metrics=manifest.metrics,
         intended_use=manifest.intended_use,
         providers=engine.providers,
+        warnings=engine.threshold_warnings,
     )

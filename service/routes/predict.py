@@ -39,6 +39,7 @@ def prediction_warnings(services: Services, prediction: Prediction) -> list[str]
             f"{prediction.bone_type} is below the confidence floor {floor:.2f}. Check that the "
             f"image is a radiograph of one of: {parts}."
         )
+    found.extend(engine.threshold_warnings)
     if engine.manifest is not None and engine.manifest.synthetic:
         found.append(
             f"model '{engine.model_name}' is a demo trained on synthetic images: "

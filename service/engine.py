@@ -73,7 +73,11 @@ class Prediction:
     abnormality_probability: float
     threshold: float
     abnormal: bool
-    scored_by: str = ""
+    scored_by: str = ""  # "" when the bundle has no model for bone_type: no verdict
+
+    @property
+    def has_verdict(self) -> bool:
+        return bool(self.scored_by)
 
     @property
     def result(self) -> str:
@@ -222,9 +226,9 @@ class InferenceEngine:
         import onnxruntime as ort
 
         specs = {ROUTER: manifest.router, **manifest.parts}
-        missing_parts = [c for c in manifest.router.classes if c not in manifest.parts]
-        if missing_parts:
-            raise BundleError(f"router classes without a body-part model: {missing_parts}")
+        unroutable = [p for p in manifest.parts if p not in manifest.router.classes]
+        if unroutable:  # router parts without a model are fine: they are answered 422
+            raise BundleError(f"body-part models the router cannot choose: {unroutable}")
         missing_onnx = [name for name, spec in specs.items() if not spec.onnx]
         if missing_onnx:
             raise BundleError(
@@ -316,17 +320,21 @@ class InferenceEngine:
         router = self._run_model(ROUTER, x)
         chosen = np.argmax(router, axis=1)
         routed = [classes[int(i)] for i in chosen]
+        models = self.manifest.parts
         scored_by = [
-            forced or part
-            for forced, part in zip(parts or [None] * len(pixels), routed, strict=True)
+            scorer if scorer in models else ""
+            for scorer in (
+                forced or part
+                for forced, part in zip(parts or [None] * len(pixels), routed, strict=True)
+            )
         ]
         abnormal = np.zeros(len(pixels), dtype=np.float64)
-        for part in dict.fromkeys(scored_by):
+        for part in dict.fromkeys(p for p in scored_by if p):
             members = np.flatnonzero(np.asarray(scored_by) == part)
             abnormal[members] = self._run_model(part, x[members])[:, 0]
         results = []
         for row, part, scorer, prob in zip(router, routed, scored_by, abnormal, strict=True):
-            threshold = float(self.manifest.parts[scorer].single_image_threshold)
+            threshold = float(models[scorer].single_image_threshold) if scorer else 1.0
             results.append(
                 Prediction(
                     bone_type=part,

@@ -75,6 +75,20 @@ class InvalidStudyError(ServiceError):
     status_code = 422
 
 
+class NoPartModelError(ServiceError):
+    """The router recognised a body part this bundle has no abnormality model for (422).
+
+    The body carries ``bone_type`` beside ``detail``: the router's answer is still useful
+    (it is not another part's verdict).
+    """
+
+    status_code = 422
+
+    def __init__(self, detail: str, bone_type: str) -> None:
+        super().__init__(detail)
+        self.bone_type = bone_type
+
+
 class DuplicateFieldError(ServiceError):
     status_code = 400
 
@@ -104,7 +118,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     404: "No upload with that filename.",
     413: "Too large: bytes (while streaming), pixels or decoded memory (from the header).",
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
-    422: "Invalid value: bad filename, or an image that cannot be decoded.",
+    422: "Invalid value: bad filename, an image that cannot be decoded, or a body part this "
+    "bundle has no abnormality model for (then `bone_type` names it).",
     503: "Not ready: model bundle not loaded (loading, refused, shutting down) or the upload "
     "store is not writable.",
     507: "The upload store is full.",
@@ -191,7 +206,10 @@ async def _validation_exception(_: Request, exc: Exception) -> JSONResponse:
 
 async def _known_exception(_: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
-    return JSONResponse(error_body(detail), status_code=status_for(exc))
+    body = error_body(detail)
+    if isinstance(exc, NoPartModelError):
+        body["bone_type"] = exc.bone_type
+    return JSONResponse(body, status_code=status_for(exc))
 
 
 class LastResortMiddleware:

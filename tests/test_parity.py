@@ -123,3 +123,21 @@ def test_views_of_different_parts_are_422_unless_bone_type_given(
         assert body["bone_type"] == "Hand" and body["bone_type_source"] == "client"
         assert len(body["views"]) == 2
         assert any("scored by the Hand model" in w for w in body["warnings"])
+
+
+def test_part_without_a_model_gets_422_with_its_name(trained_demo: dict, tmp_path: Path) -> None:
+    """A synthetic wrist: the demo's router knows wrists, the bundle has no wrist model."""
+    bundle: Path = trained_demo["bundle"]
+    evaluated = pd.read_csv(bundle / "test_predictions.csv")
+    wrists = evaluated[(evaluated.body_part == "WRIST") & (evaluated.routed_part == "WRIST")]
+    assert len(wrists) >= 3, "the router should recognise most test wrists"
+    settings = Settings(models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up")
+    with running(settings) as (client, _app):
+        names = _upload_all(client, trained_demo["root"], wrists.head(3))
+        for name in names.values():
+            answer = client.post("/predict", json={"filename": name})
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["bone_type"] == "Wrist"
+            assert "no abnormality model for Wrist" in answer.json()["detail"]
+        study = client.post("/predict/study", json={"filenames": list(names.values())})
+        assert study.status_code == 422 and study.json()["bone_type"] == "Wrist"

@@ -145,3 +145,44 @@ def test_bundle_without_image_thresholds_still_loads_with_a_warning(
         assert any("no image operating point" in w for w in answer["warnings"])
         thresholds = client.get("/model").json()["thresholds"]["Elbow"]
         assert thresholds["image"] == thresholds["study"] == 0.4
+
+
+# -------------------------------------------------------- parts without a model
+
+
+@pytest.fixture(scope="module")
+def wrist_first_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router that knows Wrist (listed first) without a wrist model. A black image gets
+    exactly equal router probabilities from the random-init router, so the argmax is the
+    first class: Wrist."""
+    from tests.bundles import make_untrained_bundle
+
+    folder = tmp_path_factory.mktemp("wrist") / "wrist"
+    return make_untrained_bundle(
+        folder, input_size=64, router_parts=("WRIST", "ELBOW", "HAND", "SHOULDER")
+    )
+
+
+def black_png() -> bytes:
+    from PIL import Image
+
+    from tests.service_support import encode
+
+    return encode(Image.new("L", (80, 64), 0))
+
+
+def test_part_without_model_is_422_with_bone_type(wrist_first_bundle: Path, tmp_path: Path) -> None:
+    settings = make_settings(wrist_first_bundle, tmp_path)
+    with running(settings) as (client, app):
+        assert app.state.services.engine.manifest.router.classes[0] == "Wrist"
+        up = client.post("/upload", files={"file": ("x.png", black_png(), "image/png")})
+        name = up.json()["filename"]
+        answer = client.post("/predict", json={"filename": name})
+        body = assert_error(answer, 422)
+        assert body["bone_type"] == "Wrist"
+        assert "no abnormality model for Wrist in bundle 'wrist'" in body["detail"]
+        assert "below the floor" in body["detail"]  # the unsure-router warning stays
+        study_answer = assert_error(client.post("/predict/study", json={"filenames": [name]}), 422)
+        assert study_answer["bone_type"] == "Wrist"
+        forced = study(client, [name], bone_type="Elbow")
+        assert forced["bone_type"] == "Elbow"

@@ -70,7 +70,14 @@ def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
         assert not shared.astype(str).apply(lambda c: c.str.contains(root, regex=False)).any().any()
     assert manifest.data["source"] == "MURA-v1.1"
     # the export's ONNX check ran on noise plus validation images of every part
-    assert manifest.training["onnx_parity_images"] == 4 + 3 * len(manifest.parts)
+    assert manifest.training["onnx_parity_images"] == 4 + 3 * len(manifest.router.classes)
+    # the router knows all seven synthetic parts; abnormality models exist for three
+    assert manifest.router.classes == [
+        "Elbow", "Finger", "Forearm", "Hand", "Humerus", "Shoulder", "Wrist"
+    ]  # fmt: skip
+    assert sorted(manifest.parts) == ["Elbow", "Hand", "Shoulder"]
+    report = json.loads((bundle / "report.json").read_text())
+    assert len(report["router"]["image"]["confusion_matrix"]) == 7
     assert "CPUExecutionProvider" in manifest.training["onnx_parity_by_provider"]
     owners = split.groupby("patient_id")["split"].nunique()
     assert (owners == 1).all(), "a patient appears in two splits"

@@ -58,6 +58,8 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: TrainConfig)
         kwargs: dict[str, Any] = {"dest": option.field, "help": option.help}
         if option.field == "body_parts":
             kwargs.update(default=_parts_default(default), help=PARTS_HELP)
+        elif option.field == "router_parts":
+            kwargs.update(default="", help=option.help + "; empty: every part in the data")
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         else:
@@ -173,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_parts_option(p, defaults.body_parts)
+    add_parts_option(p, ALL_BODY_PARTS)  # all seven, like MURA: the router learns them all
     p.set_defaults(handler=_cmd_synth)
 
     p = sub.add_parser("index", help="index a MURA-v1.1 (or peer-layout) folder and check it")

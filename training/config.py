@@ -47,6 +47,10 @@ class TrainConfig:
 
     name: str = "bonexr"
     body_parts: tuple[str, ...] = DEFAULT_BODY_PARTS
+    #: What the router learns; empty = every body part present in the data. A superset of
+    #: ``body_parts``: the router must recognise a wrist even without a wrist model, or it
+    #: silently sends it to the hand or elbow model.
+    router_parts: tuple[str, ...] = ()
     input_size: int = 224
     router_backbone: Backbone = "resnet50"
     part_backbone: Backbone = "resnet50"
@@ -68,6 +72,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.body_parts = normalize_body_parts(self.body_parts)
+        self.router_parts = normalize_body_parts(self.router_parts) if self.router_parts else ()
+        missing = [p for p in self.body_parts if self.router_parts and p not in self.router_parts]
+        if missing:
+            raise ConfigError(
+                f"--router-parts must include every --parts entry; missing {', '.join(missing)}"
+            )
         check_backbone(self.router_backbone)
         check_backbone(self.part_backbone)
         if self.input_size < 32:
@@ -82,6 +92,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["body_parts"] = list(self.body_parts)
+        data["router_parts"] = list(self.router_parts)
         return data
 
     @classmethod
@@ -119,6 +130,10 @@ class CliOption:
 #: per-command.
 CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("body_parts", "comma-separated body parts", ("--parts",)),
+    CliOption(
+        "router_parts",
+        "comma-separated body parts the router learns (a superset of --parts)",
+    ),
     CliOption("input_size", "input side in px (MURA paper: 320)", ("--size",)),
     CliOption(
         "part_backbone", "backbone of the abnormality models", ("--backbone",), BACKBONE_NAMES

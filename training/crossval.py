@@ -16,13 +16,13 @@ import pandas as pd
 
 from bonexr.atomic import write_json_atomic
 from bonexr.errors import ConfigError
-from bonexr.labels import display_name
+from bonexr.labels import ALL_BODY_PARTS, display_name
 from training.config import TrainConfig
 from training.dataset import index_dataset
 from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
 from training.report import format_metric
-from training.run import evaluate_run, prepare_run, train_all
+from training.run import evaluate_run, prepare_run, train_all, with_router_parts
 from training.split import assign_folds, write_split
 
 
@@ -38,14 +38,16 @@ def fold_split(index: pd.DataFrame, folds: pd.Series, fold: int, k: int) -> pd.D
 def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation over folds of every numeric headline metric."""
     flat: dict[str, list[float]] = {}
+
+    def collect(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                collect(f"{prefix}.{sub}" if prefix else str(sub), v)
+        elif value is not None:
+            flat.setdefault(prefix, []).append(float(value))
+
     for fold in per_fold:
-        for key, value in fold.items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    if v is not None:
-                        flat.setdefault(f"{key}.{sub}", []).append(float(v))
-            elif value is not None:
-                flat.setdefault(key, []).append(float(value))
+        collect("", fold)
     return {
         key: {
             "mean": float(np.mean(v)),
@@ -65,8 +67,9 @@ def cross_validate(
     from training.evaluate import headline
 
     run_dir = Path(run_dir)
-    index, report = index_dataset(root, body_parts=config.body_parts)
+    index, report = index_dataset(root, body_parts=config.router_parts or ALL_BODY_PARTS)
     say(report.describe())
+    config = with_router_parts(config, index)
     assignment = assign_folds(index, k=folds, seed=config.seed)
     results = []
     for fold in range(folds):

@@ -57,22 +57,26 @@ def predict_split(
 ) -> pd.DataFrame:
     """Per-image predictions of every model: router probabilities and each part's P(abnormal).
 
-    Adds ``router_<PART>`` columns, ``routed_part``, ``prob_<PART>`` for every part model,
-    ``prob_true_part`` (the true part's model) and ``prob_routed`` (the routed part's model).
+    Adds ``router_<PART>`` columns (every router part), ``routed_part`` and ``study_part``
+    (the study's part by :func:`bonexr.study.route_study`), ``prob_<PART>`` for every part
+    model, ``prob_true_part`` (the true part's model), ``prob_routed`` (the routed part's
+    model) and ``prob_study_routed`` (the study part's model). A probability is NaN where
+    the part in question has no abnormality model: the service answers 422 there.
     """
     parts = list(config.body_parts)
+    classes = list(config.router_parts or parts)
     out = frame.reset_index(drop=True).copy()
     common: dict[str, Any] = dict(
         size=config.input_size, batch_size=config.batch_size, bad_images=bad_images
     )
     router_probs = predict_frame(models["router"], out, **common)
-    for i, part in enumerate(parts):
+    for i, part in enumerate(classes):
         out[f"router_{part}"] = router_probs[:, i]
     decoded = ~np.isnan(router_probs).any(axis=1)
     routed = np.full(len(out), None, dtype=object)
-    routed[decoded] = np.asarray(parts, dtype=object)[np.argmax(router_probs[decoded], axis=1)]
+    routed[decoded] = np.asarray(classes, dtype=object)[np.argmax(router_probs[decoded], axis=1)]
     out["routed_part"] = routed
-    out["study_part"] = study_routes(out, parts)
+    out["study_part"] = study_routes(out, classes)
     study_routed = out["study_part"].to_numpy()
     for part in parts:
         # each part model scores only the views it is asked about: its own part's (for the
@@ -82,16 +86,19 @@ def predict_split(
         if needed.any():
             probs[needed] = predict_frame(models[model_key(part)], out[needed], **common)[:, 0]
         out[f"prob_{part}"] = probs
-    prob_matrix = out[[f"prob_{p}" for p in parts]].to_numpy()
-    lookup = {p: i for i, p in enumerate(parts)}
-    true_idx = out["body_part"].map(lookup).to_numpy()
-    out["prob_true_part"] = prob_matrix[np.arange(len(out)), true_idx]
-    rows = np.arange(len(out))
-    routed_idx = np.array([lookup.get(p, 0) for p in routed])
-    out["prob_routed"] = np.where(decoded, prob_matrix[rows, routed_idx], np.nan)
-    study_idx = np.array([lookup.get(p, 0) for p in study_routed])
-    out["prob_study_routed"] = np.where(decoded, prob_matrix[rows, study_idx], np.nan)
+    out["prob_true_part"] = _prob_of(out, out["body_part"], parts)
+    out["prob_routed"] = _prob_of(out, out["routed_part"], parts)
+    out["prob_study_routed"] = _prob_of(out, out["study_part"], parts)
     return out
+
+
+def _prob_of(predictions: pd.DataFrame, which: pd.Series, parts: list[str]) -> np.ndarray:
+    """Per row, ``prob_<which>``; NaN where ``which`` has no model (or is missing)."""
+    prob_matrix = predictions[[f"prob_{p}" for p in parts]].to_numpy()
+    lookup = {p: i for i, p in enumerate(parts)}
+    index = np.array([lookup.get(p, -1) for p in which])
+    picked = prob_matrix[np.arange(len(predictions)), np.maximum(index, 0)]
+    return np.asarray(np.where(index >= 0, picked, np.nan))
 
 
 def study_routes(predictions: pd.DataFrame, parts: list[str]) -> pd.Series:
@@ -205,9 +212,18 @@ def _mean_of_parts(per_part: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_predictions(
-    test: pd.DataFrame, thresholds: dict[str, dict[str, float]], parts: list[str]
+    test: pd.DataFrame,
+    thresholds: dict[str, dict[str, float]],
+    parts: list[str],
+    router_classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The full metrics report from per-image test predictions (see :func:`predict_split`)."""
+    """The full metrics report from per-image test predictions (see :func:`predict_split`).
+
+    The router is judged over all its parts; abnormality over ``parts`` (those with a
+    model). Two-stage figures cover images of those parts; an image the router sends to a
+    part without a model gets no verdict (422 in the service) and is counted as unanswered.
+    """
+    classes = router_classes or parts
     usable = test.dropna(subset=["routed_part"])
     study_router = usable.groupby("study_id")[["study_part", "body_part"]].first()
     report: dict[str, Any] = {
@@ -219,8 +235,8 @@ def evaluate_predictions(
             for p in parts
         },
         "router": {
-            "image": router_metrics(usable["body_part"], usable["routed_part"], parts),
-            "study": router_metrics(study_router["body_part"], study_router["study_part"], parts),
+            "image": router_metrics(usable["body_part"], usable["routed_part"], classes),
+            "study": router_metrics(study_router["body_part"], study_router["study_part"], classes),
         },
         "parts": {},
         "two_stage": {"parts": {}},
@@ -238,9 +254,14 @@ def evaluate_predictions(
         ),
         "mean_of_parts": _mean_of_parts(report["parts"]),
     }
+    modelled = usable[usable["body_part"].isin(parts)]
+    report["two_stage"]["unanswered"] = {
+        "images": int((~modelled["routed_part"].isin(parts)).sum()),
+        "studies": int((~modelled.groupby("study_id")["study_part"].first().isin(parts)).sum()),
+    }
     report["two_stage"]["overall"] = {
         "pooled": _two_stage(
-            test, "prob_routed", "routed_part", "study_part", "prob_study_routed", thresholds
+            modelled, "prob_routed", "routed_part", "study_part", "prob_study_routed", thresholds
         ),
         "mean_of_parts": _mean_of_parts(report["two_stage"]["parts"]),
     }

@@ -108,6 +108,7 @@ def export_bundle(
     input_size: int,
     backbones: dict[str, str],
     thresholds: dict[str, dict[str, dict[str, Any]]],
+    router_parts: list[str] | None = None,
     metrics: dict,
     data: dict,
     training: dict,
@@ -160,7 +161,8 @@ def export_bundle(
             body_parts=[display_name(p) for p in body_parts],
             input=InputSpec(size=input_size),
             router=RouterSpec(
-                **specs["router"].model_dump(), classes=[display_name(p) for p in body_parts]
+                **specs["router"].model_dump(),
+                classes=[display_name(p) for p in (router_parts or body_parts)],
             ),
             parts={
                 display_name(p): PartSpec(
@@ -196,6 +198,7 @@ def export_random_init_bundle(
     input_size: int = 224,
     backbone: str = "resnet50",
     body_parts: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER"),
+    router_parts: tuple[str, ...] | None = None,
     seed: int = 0,
     force: bool = False,
 ) -> Manifest:
@@ -207,10 +210,9 @@ def export_random_init_bundle(
     from training.models import build_model
 
     keras.utils.set_random_seed(seed)
+    classes = list(router_parts or body_parts)
     models = {
-        "router": build_model(
-            "router", classes=list(body_parts), backbone=backbone, input_size=input_size
-        )
+        "router": build_model("router", classes=classes, backbone=backbone, input_size=input_size)
     }
     for part in body_parts:
         models[model_key(part)] = build_model(
@@ -221,6 +223,7 @@ def export_random_init_bundle(
         models=models,
         name=Path(destination).name,
         body_parts=list(body_parts),
+        router_parts=classes,
         input_size=input_size,
         backbones=dict.fromkeys(models, backbone),
         thresholds={

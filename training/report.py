@@ -56,6 +56,8 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
             lines.append(f"| {split} | {c['images']} | {c['studies']} | {c['patients']} |")
         lines.append("")
     router = report["router"]
+    classes = router["image"]["classes"]
+    without_model = [display_name(p) for p in classes if p not in report["parts"]]
     lines += [
         "## Body-part router (test split)",
         "",
@@ -63,12 +65,19 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         f"(n={router['image']['n']}); study-level accuracy "
         f"{format_metric(router['study']['accuracy'])}.",
         "",
-        "Confusion matrix (rows true, columns predicted):",
+        "The router knows every part below; "
+        + (
+            f"{', '.join(without_model)} have no abnormality model (the service answers 422 "
+            "for them rather than another part's verdict). "
+            if without_model
+            else ""
+        )
+        + "Confusion matrix (rows true, columns predicted):",
         "",
-        "| true \\ predicted | " + " | ".join(display_name(p) for p in parts) + " |",
-        "|---" * (len(parts) + 1) + "|",
+        "| true \\ predicted | " + " | ".join(display_name(p) for p in classes) + " |",
+        "|---" * (len(classes) + 1) + "|",
     ]
-    for part, row in zip(parts, router["image"]["confusion_matrix"], strict=True):
+    for part, row in zip(classes, router["image"]["confusion_matrix"], strict=True):
         lines.append(f"| {display_name(part)} | " + " | ".join(str(v) for v in row) + " |")
     lines += [
         "",
@@ -97,6 +106,10 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "Images: routed one by one, decided at the image threshold. Studies: routed once "
         "(summed router probabilities), every view scored by that part's model, the mean "
         "decided at the study threshold.",
+        "",
+        f"Unanswered (routed to a part without a model): "
+        f"{report['two_stage'].get('unanswered', {}).get('images', 0)} images, "
+        f"{report['two_stage'].get('unanswered', {}).get('studies', 0)} studies.",
         "",
         "| true body part | level | n | AUROC | kappa | sensitivity | specificity |",
         "|---|---|---|---|---|---|---|",
@@ -172,11 +185,12 @@ def plot_roc(test: pd.DataFrame, parts: list[str], path: Path) -> None:
 def plot_confusions(report: dict[str, Any], path: Path) -> None:
     """Router confusion matrix plus each part's study-level confusion matrix."""
     parts = list(report["parts"])
-    fig, axes = plt.subplots(1, 1 + len(parts), figsize=(3.2 * (1 + len(parts)), 3.2))
+    classes = report["router"]["image"]["classes"]
+    fig, axes = plt.subplots(1, 1 + len(parts), figsize=(3.2 * (1 + len(parts)) + 1, 3.4))
     _matrix(
         axes[0],
         report["router"]["image"]["confusion_matrix"],
-        [display_name(p) for p in parts],
+        [display_name(p) for p in classes],
         "Router (images)",
     )
     for ax, part in zip(axes[1:], parts, strict=True):

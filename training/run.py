@@ -8,6 +8,7 @@ up where an interrupted run stopped; finished models are not retrained. The bund
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from bonexr.atomic import write_json_atomic
 from bonexr.bundle import Manifest, sha256_file
 from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
+from bonexr.labels import ALL_BODY_PARTS
 from training.config import (
     DEMO_DATA,
     DEMO_PATIENTS_PER_PART,
@@ -93,12 +95,33 @@ def prepare_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> RunPaths
     return paths
 
 
+def with_router_parts(config: TrainConfig, index: pd.DataFrame) -> TrainConfig:
+    """``config`` with ``router_parts`` filled in: as given, or every MURA body part in
+    ``index`` (canonical order); every part with an abnormality model must be there."""
+    present = set(index["body_part"])
+    absent = [p for p in (*config.body_parts, *config.router_parts) if p not in present]
+    if absent:
+        raise DataError(f"the dataset has no images of {', '.join(dict.fromkeys(absent))}")
+    if config.router_parts:
+        return config
+    return dataclasses.replace(
+        config, router_parts=tuple(p for p in ALL_BODY_PARTS if p in present)
+    )
+
+
 def load_or_make_split(
     paths: RunPaths, root: Path, config: TrainConfig, split_csv: Path | None
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The run's split: reuse the saved one, take ``--split``, or make a new one."""
-    index, index_report = index_dataset(root, body_parts=config.body_parts)
+) -> tuple[pd.DataFrame, dict[str, Any], TrainConfig]:
+    """The run's split: reuse the saved one, take ``--split``, or make a new one.
+
+    It covers the router's parts, not only those with an abnormality model. Returns
+    ``config`` with ``router_parts`` filled in: as given, or every MURA body part found in
+    the data (canonical order). The saved ``config.json`` keeps what the user asked for, so
+    a resume compares like with like.
+    """
+    index, index_report = index_dataset(root, body_parts=config.router_parts or ALL_BODY_PARTS)
     say(index_report.describe())
+    config = with_router_parts(config, index)
     if paths.split.is_file():
         split = read_split(paths.split, root)
     elif split_csv is not None:
@@ -107,8 +130,8 @@ def load_or_make_split(
     else:
         split = split_by_patient(index, mode=config.split_mode, seed=config.seed)
         write_split(split, paths.split)
-    split = split[split["body_part"].isin(config.body_parts)].reset_index(drop=True)
-    missing = set(config.body_parts) - set(split["body_part"])
+    split = split[split["body_part"].isin(config.router_parts)].reset_index(drop=True)
+    missing = set(config.router_parts) - set(split["body_part"])
     if missing:
         raise DataError(f"the split has no images of {', '.join(sorted(missing))}")
     say(split_summary(split).to_string())
@@ -121,7 +144,7 @@ def load_or_make_split(
         "index_warnings": index_report.counts,
         "counts": split_counts(split),
     }
-    return split, provenance
+    return split, provenance, config
 
 
 def split_counts(split: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -171,7 +194,7 @@ def evaluate_run(
     )
     thresholds = choose_thresholds(validation, parts)
     test = predict_split(models, split[split["split"] == "test"], config, bad_images)
-    report = evaluate_predictions(test, thresholds, parts)
+    report = evaluate_predictions(test, thresholds, parts, list(config.router_parts or parts))
     report["counts"] = split_counts(split)
     report["bad_images"] = dict(bad_images.failures)
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
@@ -242,7 +265,7 @@ def run_training(
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
     paths = prepare_run(run_dir, config, resume=resume)
-    split, provenance = load_or_make_split(paths, root, config, split_csv)
+    split, provenance, config = load_or_make_split(paths, root, config, split_csv)
     bad_images = BadImageLog()
     train_all(split, config, paths, only=only, bad_images=bad_images, callbacks=callbacks)
     missing = [n for n in config.model_names() if not paths.model(n).is_file()]
@@ -268,6 +291,7 @@ def run_training(
         models=models,
         name=config.name,
         body_parts=list(config.body_parts),
+        router_parts=list(config.router_parts),
         input_size=config.input_size,
         backbones={n: config.backbone_for(n) for n in config.model_names()},
         thresholds={p: report["thresholds"][p] for p in config.body_parts},
@@ -300,8 +324,10 @@ def run_demo(
     data = Path(data)
     if not (data / "train_image_paths.csv").is_file():
         say(f"== generating synthetic MURA data in {data}")
+        # every MURA part, as in MURA: the router learns all seven (a wrist must not be
+        # taken for a hand), abnormality models are trained for config.body_parts only
         summary = generate_synthetic_mura(
-            data, patients_per_part=patients_per_part, seed=config.seed
+            data, patients_per_part=patients_per_part, seed=config.seed, body_parts=ALL_BODY_PARTS
         )
         say(summary.describe())
     return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)

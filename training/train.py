@@ -157,7 +157,7 @@ def train_model(
         return best_path
 
     train, val = model_frames(split, model_name)
-    classes = list(config.body_parts)
+    classes = list(config.router_parts or config.body_parts)
     if model_name == ROUTER:
         y_train, y_val = router_targets(train, classes), router_targets(val, classes)
         w_train = w_val = None

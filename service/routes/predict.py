@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from bonexr.imaging import prepare_pixels
 from service.deps import Services, ServicesDep
 from service.engine import Prediction
-from service.errors import NotReadyError, error_responses
+from service.errors import NoPartModelError, NotReadyError, error_responses
 from service.schemas import ModelRef, PredictionResponse, PredictRequest
 
 router = APIRouter(tags=["predict"])
@@ -25,6 +25,21 @@ def load_pixels(services: Services, filename: str, size: int) -> np.ndarray:
         pixels = prepare_pixels(services.decode(data).image, size)
     services.pixels.put(filename, size, pixels)
     return pixels
+
+
+def no_model_error(services: Services, part: str, confidence: float) -> NoPartModelError:
+    """422 for a body part the router knows but the bundle has no abnormality model for:
+    the router's answer, never another part's verdict."""
+    floor = services.settings.router_confidence_floor
+    unsure = (
+        f" (router confidence {confidence:.2f} is below the floor {floor:.2f}: check the image)"
+        if confidence < floor
+        else ""
+    )
+    return NoPartModelError(
+        f"no abnormality model for {part} in bundle '{services.engine.model_name}'{unsure}",
+        bone_type=part,
+    )
 
 
 def prediction_warnings(services: Services, prediction: Prediction) -> list[str]:
@@ -62,6 +77,8 @@ async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResp
     with engine.incoming():  # lets the batcher wait for this request while it decodes
         pixels = await run_in_threadpool(load_pixels, services, body.filename, engine.input_size)
     prediction = await engine.predict(pixels)
+    if not prediction.has_verdict:
+        raise no_model_error(services, prediction.bone_type, prediction.router_confidence)
     return PredictionResponse(
         filename=body.filename,
         bone_type=prediction.bone_type,

@@ -24,7 +24,7 @@ from service.errors import (
     UploadNotFoundError,
     error_responses,
 )
-from service.routes.predict import load_pixels, prediction_warnings
+from service.routes.predict import load_pixels, no_model_error, prediction_warnings
 from service.schemas import ModelRef, StudyRequest, StudyResponse, StudyView
 
 router = APIRouter(tags=["predict"])
@@ -98,6 +98,9 @@ async def predict_study(body: StudyRequest, services: ServicesDep) -> StudyRespo
         pixels = await _load_all(services, names, engine.input_size)
     first = await asyncio.gather(*(engine.predict(p, forced) for p in pixels))
     study_part = forced or route_study([p.bone_type_probabilities for p in first])
+    if study_part not in engine.manifest.parts:
+        mean_confidence = float(np.mean([p.bone_type_probabilities[study_part] for p in first]))
+        raise no_model_error(services, study_part, mean_confidence)
     if forced is None:
         mixed = _mixed_parts(names, first, study_part, settings.router_confidence_floor)
         if mixed:

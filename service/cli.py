@@ -37,8 +37,53 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(load_settings(**settings_overrides(args)))
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from service.batch import predict_files
+    from service.server import load_settings
+
+    settings = load_settings(models_dir=args.models_dir, bundle=args.bundle)
+    summary = predict_files(
+        args.inputs,
+        args.out,
+        settings,
+        study_by=args.study_by,
+        resume=args.resume,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    print(summary.describe())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``serve`` to the ``bonexr`` parser."""
+    """Add ``serve`` and ``predict`` to the ``bonexr`` parser."""
     p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
     add_server_options(p)
     p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser(
+        "predict",
+        help="score files, folders or a MURA tree with a bundle, no server (images.csv, "
+        "studies.csv, errors.csv)",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or a MURA root")
+    p.add_argument("--out", type=Path, required=True, help="folder for the CSV results")
+    p.add_argument(
+        "--models-dir", type=Path, help="bundle folder root (env BONEXR_MODELS_DIR, default models)"
+    )
+    p.add_argument(
+        "--bundle", help="bundle name or path (env BONEXR_BUNDLE, default: newest in models dir)"
+    )
+    p.add_argument(
+        "--study-by",
+        choices=("auto", "parent", "none"),
+        default="auto",
+        help="group images into studies by their folder (auto: when an input is a MURA "
+        "tree) (default: %(default)s)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue results already in --out")
+    p.add_argument(
+        "--chunk-size", type=int, default=64, help="images per write (default: %(default)s)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_predict)

@@ -40,6 +40,9 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 #: The store is reported full (in /ready) when less than this is free.
 MIN_FREE_BYTES = 64 * 1024 * 1024
 
+#: Beside ``<name>``: the DICOM BodyPartExamined of that upload, when its file named one
+#: (a defined term, not identifying). Removed with the upload.
+BODY_PART_SUFFIX = ".bodypart"
 TEMP_PREFIX = ".tmp-"
 #: Temp files older than this are leftovers of a crash and are removed by :meth:`sweep`.
 STALE_TEMP_SECONDS = 3600.0
@@ -97,13 +100,35 @@ class UploadStore:
             return f"upload store: nearly full ({free // 2**20} MB free)"
         return None
 
-    def save(self, png: bytes) -> StoredUpload:
-        """Store ``png`` under its sha256 (see :meth:`_save`); a failed write leaves no file
-        and raises 507 (no space) or 503 (read-only, missing or not permitted)."""
+    def save(self, png: bytes, *, body_part: str | None = None) -> StoredUpload:
+        """Store ``png`` under its sha256 (see :meth:`_save`), with the DICOM body part
+        when given; a failed write leaves no file and raises 507 (no space) or 503
+        (read-only, missing or not permitted)."""
         try:
-            return self._save(png)
+            stored = self._save(png)
+            if body_part:
+                self._write_small(stored.filename + BODY_PART_SUFFIX, body_part.encode())
+            return stored
         except OSError as exc:
             raise store_error(exc) from exc
+
+    def body_part(self, filename: str) -> str | None:
+        """The BodyPartExamined recorded with an upload, if its DICOM named one."""
+        path = self.directory / (self.validate_name(filename) + BODY_PART_SUFFIX)
+        try:
+            return path.read_text()[:32] or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def _write_small(self, name: str, data: bytes) -> None:
+        """Write a small file atomically (temp file in the folder, then rename)."""
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, self.directory / name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _save(self, png: bytes) -> StoredUpload:
         """Store ``png`` under its sha256 unless it is already there.
@@ -180,8 +205,11 @@ class UploadStore:
 
     def delete(self, filename: str) -> bool:
         """Remove an upload; False when it did not exist (already deleted or never stored)."""
+        path = self.path_for(filename)
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + BODY_PART_SUFFIX).unlink()
         try:
-            self.path_for(filename).unlink()
+            path.unlink()
             return True
         except FileNotFoundError:
             return False
@@ -224,4 +252,10 @@ class UploadStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += int(is_upload)
+        for entry in entries:  # body parts whose upload is gone
+            if entry.name.endswith(BODY_PART_SUFFIX):
+                upload = entry.name[: -len(BODY_PART_SUFFIX)]
+                if not os.path.exists(os.path.join(self.directory, upload)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
         return removed

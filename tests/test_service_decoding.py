@@ -212,3 +212,29 @@ def test_errors_provoked_here_were_scanned(client: TestClient) -> None:
     assert_error(upload(client, b"\x00" * 200, "x.bin"), 415)
     statuses = {status for status, _ in ERRORS_SEEN}
     assert {400, 413, 415, 422} <= statuses, statuses
+
+
+def test_dicom_body_part_disagreeing_with_the_router_is_a_warning(client: TestClient) -> None:
+    codes = ramp((64, 80))
+    hand = upload(client, dicom_file(codes, bits_stored=12, BodyPartExamined="HAND")).json()
+    answer = client.post("/predict", json={"filename": hand["filename"]}).json()
+    said = [w for w in answer["warnings"] if "BodyPartExamined" in w]
+    if answer["bone_type"] == "Hand":
+        assert said == []
+    else:
+        assert said == [
+            f"{hand['filename']}: the DICOM header says BodyPartExamined HAND; "
+            f"the router says {answer['bone_type']}"
+        ]
+    study = client.post("/predict/study", json={"filenames": [hand["filename"]]}).json()
+    assert [w for w in study["warnings"] if "BodyPartExamined" in w] == said
+    # the same pixels named as the routed part: no warning; the record goes with the upload
+    agreeing = dicom_file(codes, bits_stored=12, BodyPartExamined=answer["bone_type"].upper())
+    same = upload(client, agreeing).json()
+    assert same["filename"] == hand["filename"]
+    answer = client.post("/predict", json={"filename": same["filename"]}).json()
+    assert not [w for w in answer["warnings"] if "BodyPartExamined" in w]
+    folder = client.app.state.services.settings.upload_dir  # type: ignore[attr-defined]
+    assert (folder / f"{same['filename']}.bodypart").is_file()
+    assert client.delete(f"/uploads/{same['filename']}").status_code == 204
+    assert not (folder / f"{same['filename']}.bodypart").exists()

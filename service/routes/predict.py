@@ -6,7 +6,9 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
+from bonexr.errors import ConfigError
 from bonexr.imaging import prepare_pixels
+from bonexr.labels import display_name, normalize_body_part
 from service.deps import Services, ServicesDep
 from service.engine import Prediction
 from service.errors import NoPartModelError, NotReadyError, error_responses
@@ -40,6 +42,25 @@ def no_model_error(services: Services, part: str, confidence: float) -> NoPartMo
         f"no abnormality model for {part} in bundle '{services.engine.model_name}'{unsure}",
         bone_type=part,
     )
+
+
+def body_part_warnings(services: Services, filenames: list[str], bone_type: str) -> list[str]:
+    """A warning per view whose DICOM BodyPartExamined disagrees with the router."""
+    found = []
+    for filename in filenames:
+        examined = services.store.body_part(filename)
+        if not examined:
+            continue
+        try:
+            named = display_name(normalize_body_part(examined))
+        except ConfigError:
+            named = None
+        if named != bone_type:
+            found.append(
+                f"{filename}: the DICOM header says BodyPartExamined {examined}; "
+                f"the router says {bone_type}"
+            )
+    return found
 
 
 def prediction_warnings(services: Services, prediction: Prediction) -> list[str]:
@@ -87,5 +108,8 @@ async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResp
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,
         model=ModelRef(name=engine.model_name, version=engine.model_version),
-        warnings=prediction_warnings(services, prediction),
+        warnings=[
+            *prediction_warnings(services, prediction),
+            *body_part_warnings(services, [body.filename], prediction.bone_type),
+        ],
     )

@@ -24,7 +24,12 @@ from service.errors import (
     UploadNotFoundError,
     error_responses,
 )
-from service.routes.predict import load_pixels, no_model_error, prediction_warnings
+from service.routes.predict import (
+    body_part_warnings,
+    load_pixels,
+    no_model_error,
+    prediction_warnings,
+)
 from service.schemas import ModelRef, StudyRequest, StudyResponse, StudyView
 
 router = APIRouter(tags=["predict"])
@@ -177,4 +182,5 @@ def _study_warnings(
     for message in prediction_warnings(services, views[0]):
         if "router is unsure" not in message:  # per-view unsureness is reported above
             found.append(message)
+    found.extend(body_part_warnings(services, names, study_part))
     return found

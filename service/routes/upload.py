@@ -33,7 +33,7 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
         png = encode_png(image)
         size = engine.input_size if engine.ready else None
         pixels = prepare_pixels(image, size) if size else None
-    stored = services.store.save(png)
+    stored = services.store.save(png, body_part=decoded.body_part)
     if pixels is not None and size is not None:
         services.pixels.put(stored.filename, size, pixels)
     services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()

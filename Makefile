@@ -17,7 +17,9 @@ run: $(STAMP)
 	$(VENV)/bin/bonexr run
 
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
+## (the web-page test drives Debian's chromium, installed here if missing)
 test: lint
+	@./scripts/ensure-chromium
 	$(PY) -m pytest
 
 ## test-fast: lint and every test that does not train a model (the edit loop)

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -64,6 +64,16 @@ class RouterSpec(ModelFiles):
     classes: list[str] = Field(description="Body parts in output order.")
 
 
+class HeatmapSpec(BaseModel):
+    """A part model's heat map: a second ONNX output, computed in the same pass."""
+
+    method: Literal["cam"] = Field(
+        "cam", description="Class activation map of the global-pooling head."
+    )
+    output: int = Field(1, ge=1, description="Index of the ONNX output holding the map.")
+    grid: tuple[int, int] = Field(description="(rows, cols) of the map at the model input.")
+
+
 class PartSpec(ModelFiles):
     """A body part's abnormality model and its two operating points, both chosen on the
     validation split: one for single images (``/predict``), one for the mean over a study's
@@ -81,6 +91,9 @@ class PartSpec(ModelFiles):
         "(the study threshold is then used, with a warning).",
     )
     image_threshold_rule: str | None = None
+    heatmap: HeatmapSpec | None = Field(
+        None, description="Where the ONNX model outputs its heat map; None: no heat maps."
+    )
 
     @property
     def single_image_threshold(self) -> float:

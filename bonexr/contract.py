@@ -32,10 +32,12 @@ ROUTER = "router"
 
 @dataclass(frozen=True)
 class ModelIO:
-    """A model's first input and first output shape; ``None`` for a dynamic dimension."""
+    """A model's first input and first output shape; ``None`` for a dynamic dimension.
+    ``extra_outputs`` are the shapes of its further outputs (a part model's heat map)."""
 
     input_shape: tuple[int | None, ...]
     output_shape: tuple[int | None, ...]
+    extra_outputs: tuple[tuple[int | None, ...], ...] = ()
 
 
 def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
@@ -44,7 +46,8 @@ def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
 
 def session_io(session: Any) -> ModelIO:
     """The :class:`ModelIO` of an open ``onnxruntime.InferenceSession``."""
-    return ModelIO(_dims(session.get_inputs()[0].shape), _dims(session.get_outputs()[0].shape))
+    outputs = [_dims(o.shape) for o in session.get_outputs()]
+    return ModelIO(_dims(session.get_inputs()[0].shape), outputs[0], tuple(outputs[1:]))
 
 
 def onnx_file_io(path: Path) -> ModelIO:
@@ -108,6 +111,17 @@ def check_model_io(manifest: Manifest, io: Mapping[str, ModelIO]) -> None:
                 f"parts.{part}: a part model must output one probability per image (N, 1) "
                 f"but it outputs {_shape(part_io.output_shape)}"
             )
+        heatmap = manifest.parts[part].heatmap
+        if part_io is not None and heatmap is not None:
+            extra = part_io.extra_outputs
+            cam = extra[heatmap.output - 1] if len(extra) >= heatmap.output else None
+            if cam is None or cam[1:] != tuple(heatmap.grid):
+                rows, cols = heatmap.grid
+                raise BundleError(
+                    f"parts.{part}.heatmap: manifest promises a (N, {rows}, {cols}) map as "
+                    f"output {heatmap.output} but the model has "
+                    f"{_shape(cam) if cam else 'no such output'}"
+                )
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:

@@ -214,14 +214,22 @@ def prepare_pixels(image: Image.Image, size: int) -> np.ndarray:
     """
     if image.mode != "L":
         image = to_grayscale(image)
-    width, height = image.size
+    x0, y0, new_w, new_h = letterbox_geometry(image.width, image.height, size)
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(resized, (x0, y0))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` image lands in the ``size`` square: ``(x0, y0, w, h)``.
+
+    The one definition, used to prepare pixels and to map heat maps back onto the image.
+    """
     scale = size / max(width, height)
     new_w = max(1, round(width * scale))
     new_h = max(1, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    canvas = Image.new("L", (size, size), 0)
-    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
-    return np.asarray(canvas, dtype=np.uint8)
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
 
 
 def model_input(pixels: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
 from service.pixel_cache import PixelCache
 from service.routes import api_router
+from service.routes.page import static_files
 from service.security import ApiKeyMiddleware
 from service.settings import Settings, get_settings
 from service.storage import UploadStore
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     keys = settings.api_key_list()
     app.include_router(api_router(auth_enabled=bool(keys)))
+    app.mount("/static", static_files(), name="static")
     app.add_middleware(BodySizeLimitMiddleware, upload_limit=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
     # Concrete routes, for labelling responses sent before routing (401, 413).

@@ -74,6 +74,8 @@ class Prediction:
     threshold: float
     abnormal: bool
     scored_by: str = ""  # "" when the bundle has no model for bone_type: no verdict
+    #: the scoring model's raw class activation map (feature grid), when it has one
+    cam: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_verdict(self) -> bool:
@@ -270,11 +272,15 @@ class InferenceEngine:
     # ------------------------------------------------------------------ inference
 
     def _run_model(self, name: str, x: np.ndarray, *, record: bool = True) -> np.ndarray:
+        return self._run_outputs(name, x, record=record)[0]
+
+    def _run_outputs(self, name: str, x: np.ndarray, *, record: bool = True) -> list[np.ndarray]:
+        """Every output of a model (a part model's second is its heat map: same pass)."""
         start = time.perf_counter()
-        out = self._sessions[name].run(None, {self._input_names[name]: x})[0]
+        outs = self._sessions[name].run(None, {self._input_names[name]: x})
         if record and self.metrics is not None:
             self.metrics.inference.labels(name).observe(time.perf_counter() - start)
-        return np.asarray(out, dtype=np.float64)
+        return [np.asarray(out, dtype=np.float64) for out in outs]
 
     @property
     def threshold_warnings(self) -> list[str]:
@@ -329,11 +335,19 @@ class InferenceEngine:
             )
         ]
         abnormal = np.zeros(len(pixels), dtype=np.float64)
+        cams: list[np.ndarray | None] = [None] * len(pixels)
         for part in dict.fromkeys(p for p in scored_by if p):
             members = np.flatnonzero(np.asarray(scored_by) == part)
-            abnormal[members] = self._run_model(part, x[members])[:, 0]
+            outs = self._run_outputs(part, x[members])
+            abnormal[members] = outs[0][:, 0]
+            heatmap = models[part].heatmap
+            if heatmap is not None:
+                for member, cam in zip(members, outs[heatmap.output], strict=True):
+                    cams[int(member)] = cam
         results = []
-        for row, part, scorer, prob in zip(router, routed, scored_by, abnormal, strict=True):
+        for row, part, scorer, prob, cam in zip(
+            router, routed, scored_by, abnormal, cams, strict=True
+        ):
             threshold = float(models[scorer].single_image_threshold) if scorer else 1.0
             results.append(
                 Prediction(
@@ -345,6 +359,7 @@ class InferenceEngine:
                     threshold=threshold,
                     abnormal=bool(prob >= threshold),
                     scored_by=scorer,
+                    cam=cam,
                 )
             )
         return results

@@ -89,6 +89,12 @@ class NoPartModelError(ServiceError):
         self.bone_type = bone_type
 
 
+class HeatmapUnavailableError(ServiceError):
+    """The loaded bundle's models have no heat-map output (404: no such resource)."""
+
+    status_code = 404
+
+
 class DuplicateFieldError(ServiceError):
     status_code = 400
 
@@ -115,7 +121,7 @@ class InferenceFailedError(ServiceError):
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request: the body is not what this endpoint takes.",
     401: "Missing or wrong X-API-Key (only when API keys are configured).",
-    404: "No upload with that filename.",
+    404: "No upload with that filename (or no heat map in this bundle).",
     413: "Too large: bytes (while streaming), pixels or decoded memory (from the header).",
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
     422: "Invalid value: bad filename, an image that cannot be decoded, or a body part this "

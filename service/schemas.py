@@ -66,6 +66,10 @@ class PredictRequest(BaseModel):
         pattern=FILENAME_PATTERN,
         description="A filename returned by POST /upload.",
     )
+    heatmap: bool = Field(
+        False,
+        description="Also prepare the heat map (same model pass) and return its URL.",
+    )
 
 
 class StudyRequest(BaseModel):
@@ -115,6 +119,9 @@ class PredictionResponse(BaseModel):
         ge=0.0, le=1.0, description="Image operating point of that body part (see /model)."
     )
     model: ModelRef
+    heatmap_url: str | None = Field(
+        None, description="GET this for the heat map (when the request asked for it)."
+    )
     warnings: list[str] = Field(
         description="Reasons to distrust this result (unsure router, demo model, ...)."
     )

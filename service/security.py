@@ -18,10 +18,21 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 HEADER = "X-API-Key"
-#: Paths an orchestrator or scraper must reach without a key, plus the API docs.
+#: Paths an orchestrator or scraper must reach without a key, plus the API docs and the web
+#: page (it holds no data; it sends the key the reader types with every API call).
 PUBLIC_PATHS = frozenset(
-    {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/health",
+        "/ready",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/",
+    }
 )
+PUBLIC_PREFIXES = ("/static/",)
 
 #: Documentation-only: declares the scheme in OpenAPI; enforcement is the middleware.
 api_key_scheme = APIKeyHeader(name=HEADER, auto_error=False, description="API key (if enabled).")
@@ -49,6 +60,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or not self.keys
             or scope.get("path") in PUBLIC_PATHS
+            or str(scope.get("path", "")).startswith(PUBLIC_PREFIXES)
             or key_matches(_header(scope, b"x-api-key"), self.keys)
         ):
             await self.app(scope, receive, send)

@@ -40,9 +40,10 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 #: The store is reported full (in /ready) when less than this is free.
 MIN_FREE_BYTES = 64 * 1024 * 1024
 
-#: Beside ``<name>``: the DICOM BodyPartExamined of that upload, when its file named one
-#: (a defined term, not identifying). Removed with the upload.
-BODY_PART_SUFFIX = ".bodypart"
+#: Files beside an upload ``<name>``: ``<name>.<kind>`` (its DICOM BodyPartExamined, cached
+#: heat maps). Removed with the upload, and by the sweep once the upload is gone.
+SIDECAR_RE = re.compile(r"([0-9a-f]{64}\.png)\.([a-z0-9][a-z0-9.-]{0,63})")
+BODY_PART = "bodypart"
 TEMP_PREFIX = ".tmp-"
 #: Temp files older than this are leftovers of a crash and are removed by :meth:`sweep`.
 STALE_TEMP_SECONDS = 3600.0
@@ -107,28 +108,42 @@ class UploadStore:
         try:
             stored = self._save(png)
             if body_part:
-                self._write_small(stored.filename + BODY_PART_SUFFIX, body_part.encode())
+                self.write_sidecar(stored.filename, BODY_PART, body_part.encode())
             return stored
         except OSError as exc:
             raise store_error(exc) from exc
 
     def body_part(self, filename: str) -> str | None:
         """The BodyPartExamined recorded with an upload, if its DICOM named one."""
-        path = self.directory / (self.validate_name(filename) + BODY_PART_SUFFIX)
-        try:
-            return path.read_text()[:32] or None
-        except (FileNotFoundError, UnicodeDecodeError):
+        data = self.read_sidecar(filename, BODY_PART)
+        if not data:
             return None
+        return data.decode(errors="replace")[:32]
 
-    def _write_small(self, name: str, data: bytes) -> None:
-        """Write a small file atomically (temp file in the folder, then rename)."""
+    def _sidecar_path(self, filename: str, kind: str) -> Path:
+        name = f"{self.validate_name(filename)}.{kind}"
+        if not SIDECAR_RE.fullmatch(name):
+            raise ValueError(f"invalid sidecar kind {kind!r}")
+        return self.directory / name
+
+    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
+        """Write ``<filename>.<kind>`` atomically (temp file in the folder, then rename).
+        Raises OSError like any write; callers decide whether it matters."""
+        target = self._sidecar_path(filename, kind)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.replace(tmp, self.directory / name)
+            os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def read_sidecar(self, filename: str, kind: str) -> bytes | None:
+        """``<filename>.<kind>``, or None when there is none (or it cannot be read)."""
+        try:
+            return self._sidecar_path(filename, kind).read_bytes()
+        except OSError:
+            return None
 
     def _save(self, png: bytes) -> StoredUpload:
         """Store ``png`` under its sha256 unless it is already there.
@@ -206,8 +221,9 @@ class UploadStore:
     def delete(self, filename: str) -> bool:
         """Remove an upload; False when it did not exist (already deleted or never stored)."""
         path = self.path_for(filename)
-        with contextlib.suppress(OSError):
-            path.with_name(path.name + BODY_PART_SUFFIX).unlink()
+        for sidecar in self.directory.glob(f"{path.name}.*"):
+            with contextlib.suppress(OSError):
+                sidecar.unlink()
         try:
             path.unlink()
             return True
@@ -252,10 +268,9 @@ class UploadStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += int(is_upload)
-        for entry in entries:  # body parts whose upload is gone
-            if entry.name.endswith(BODY_PART_SUFFIX):
-                upload = entry.name[: -len(BODY_PART_SUFFIX)]
-                if not os.path.exists(os.path.join(self.directory, upload)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+        for entry in entries:  # sidecars whose upload is gone
+            sidecar = SIDECAR_RE.fullmatch(entry.name)
+            if sidecar and not os.path.exists(os.path.join(self.directory, sidecar.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
         return removed

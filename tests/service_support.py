@@ -193,3 +193,53 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> b
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# ------------------------------------------------------------------ a real server
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(models_dir: Path, upload_dir: Path, **env: str) -> Iterator[tuple[str, Any]]:
+    """``bonexr serve`` in a subprocess (a real uvicorn), ready; yields (url, process)."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "BONEXR_MODELS_DIR": str(models_dir),
+        "BONEXR_UPLOAD_DIR": str(upload_dir),
+        "BONEXR_PORT": str(port),
+        "BONEXR_LOG_LEVEL": "warning",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bonexr.cli", "serve"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_for(lambda: _ready(url), timeout=60, interval=0.2):
+            raise AssertionError("the server did not become ready")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

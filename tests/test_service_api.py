@@ -88,6 +88,7 @@ def test_predict_contract(api) -> None:
         "abnormality_probability",
         "threshold",
         "model",
+        "heatmap_url",
         "warnings",
     }
     probs = p["bone_type_probabilities"]

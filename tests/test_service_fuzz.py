@@ -55,6 +55,7 @@ OPERATIONS = [
     ("/upload", "POST"),
     ("/predict", "POST"),
     ("/predict/study", "POST"),
+    ("/heatmap/{filename}", "GET"),
     ("/uploads/{filename}", "DELETE"),
     ("/rules", "GET"),
     ("/model", "GET"),
@@ -77,6 +78,7 @@ WITH_INPUTS = {
     ("/upload", "POST"),
     ("/predict", "POST"),
     ("/predict/study", "POST"),
+    ("/heatmap/{filename}", "GET"),
     ("/uploads/{filename}", "DELETE"),
 }
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [

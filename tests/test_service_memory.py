@@ -9,11 +9,7 @@ server and pushes ~1 GB of decoded pixels through it.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -25,7 +21,7 @@ import psutil
 import pytest
 
 from tests.dicom_support import deflated_bomb
-from tests.service_support import png_chunk
+from tests.service_support import png_chunk, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +45,6 @@ def striped_png(width: int, height: int, *, color_type: int, bit_depth: int) -> 
         + png_chunk(b"IDAT", b"".join(chunks))
         + png_chunk(b"IEND", b"")
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RssSampler:
@@ -86,37 +76,10 @@ class RssSampler:
 
 @pytest.fixture(scope="module")
 def server(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "BONEXR_MODELS_DIR": str(untrained_bundle.parent),
-        "BONEXR_UPLOAD_DIR": str(tmp_path_factory.mktemp("mem-uploads")),
-        "BONEXR_PORT": str(port),
-        "BONEXR_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bonexr.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
+    uploads = tmp_path_factory.mktemp("mem-uploads")
+    with server_process(untrained_bundle.parent, uploads) as (url, process):
         yield url
         assert process.poll() is None, "the server died during the memory test"
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 def _pid(url: str) -> int:

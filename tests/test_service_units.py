@@ -136,6 +136,7 @@ EXPECTED_OPERATIONS = {
     ("/uploads/{filename}", "delete", "upload"),
     ("/predict", "post", "predict"),
     ("/predict/study", "post", "predict"),
+    ("/heatmap/{filename}", "get", "predict"),
     ("/model", "get", "model"),
     ("/rules", "get", "model"),
     ("/health", "get", "operations"),

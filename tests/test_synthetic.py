@@ -70,6 +70,7 @@ def test_top_level_layout(small_set: tuple[Path, SyntheticSummary]) -> None:
     root, summary = small_set
     assert summary.root == root
     assert sorted(p.name for p in root.iterdir()) == [
+        "defect_boxes.csv",  # ours, for scoring heat maps; MURA tools ignore it
         "train",
         "train_image_paths.csv",
         "train_labeled_studies.csv",
@@ -258,7 +259,7 @@ def test_images_do_not_depend_on_drawing_order(small_set: tuple[Path, SyntheticS
     plan = synthetic._plan_dataset(DEFAULT_BODY_PARTS, 10, 5, 0.2)
     picks = [(study, view) for study in plan[::7] for view in range(study.n_views)][::-1]
     for study, view in picks:
-        redrawn = synthetic._render_view(study, view, 5, 128, 320)
+        redrawn, _box = synthetic._render_view(study, view, 5, 128, 320)
         with Image.open(root / study.rel_dir / f"image{view + 1}.png") as saved:
             assert saved.mode == redrawn.mode
             np.testing.assert_array_equal(np.asarray(saved), np.asarray(redrawn))

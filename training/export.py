@@ -20,6 +20,7 @@ import numpy as np
 
 from bonexr.bundle import (
     SYNTHETIC_USE,
+    HeatmapSpec,
     InputSpec,
     Manifest,
     ModelFiles,
@@ -30,6 +31,7 @@ from bonexr.bundle import (
 )
 from bonexr.errors import BundleError
 from bonexr.labels import display_name, model_key
+from training.models import with_cam
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,15 @@ def onnx_parity(
 
     session = ort.InferenceSession(str(onnx_path), providers=[provider])
     input_name = session.get_inputs()[0].name
-    keras_out = np.asarray(model(samples, training=False))
-    onnx_out = session.run(None, {input_name: samples})[0]
-    return float(np.max(np.abs(keras_out - onnx_out)))
+    keras_out = model(samples, training=False)
+    keras_outs = keras_out if isinstance(keras_out, list | tuple) else [keras_out]
+    onnx_outs = session.run(None, {input_name: samples})
+    if len(onnx_outs) != len(keras_outs):
+        raise BundleError(f"ONNX model has {len(onnx_outs)} outputs, Keras {len(keras_outs)}")
+    return max(
+        float(np.max(np.abs(np.asarray(k) - np.asarray(o))))
+        for k, o in zip(keras_outs, onnx_outs, strict=True)
+    )
 
 
 def parity_samples(size: int, real: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
@@ -132,14 +140,17 @@ def export_bundle(
         samples = parity_samples(input_size, parity_images)
         providers = parity_providers()
         specs: dict[str, ModelFiles] = {}
+        grids: dict[str, tuple[int, ...]] = {}
         parity: dict[str, float] = {}
         per_provider: dict[str, dict[str, float]] = {p: {} for p in providers}
         for model_name, model in models.items():
             keras_file, onnx_file = f"{model_name}.keras", f"{model_name}.onnx"
             model.save(staging / keras_file)
-            export_onnx(model, staging / onnx_file)
+            # part models are served with their class activation map as a second output
+            served = model if model_name == "router" else with_cam(model)
+            export_onnx(served, staging / onnx_file)
             for provider in providers:
-                diff = onnx_parity(model, staging / onnx_file, samples, provider)
+                diff = onnx_parity(served, staging / onnx_file, samples, provider)
                 per_provider[provider][model_name] = diff
                 if diff > PARITY_TOLERANCE:
                     raise BundleError(
@@ -150,6 +161,8 @@ def export_bundle(
             specs[model_name] = ModelFiles(
                 keras=keras_file, onnx=onnx_file, backbone=backbones[model_name]
             )
+            if served is not model:
+                grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
             log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
         for rel, source in (extra_files or {}).items():
             target = staging / rel
@@ -171,6 +184,7 @@ def export_bundle(
                     threshold_rule=thresholds[p]["study"]["rule"],
                     image_threshold=thresholds[p]["image"]["value"],
                     image_threshold_rule=thresholds[p]["image"]["rule"],
+                    heatmap=HeatmapSpec(grid=grids[model_key(p)]),
                 )
                 for p in body_parts
             },

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from bonexr.errors import ConfigError
@@ -158,3 +159,47 @@ def build_model(
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer("backbone")
+
+
+#: Name of the class-activation-map output of an exported part model (its second output).
+CAM_OUTPUT = "cam"
+
+
+def with_cam(model: keras.Model) -> keras.Model:
+    """The abnormality ``model`` with a second output: its class activation map.
+
+    CAM (Zhou et al. 2016, the maps of the MURA paper): the head is a global pooling of the
+    backbone's last feature maps ``F`` followed by one dense unit, so
+    ``cam[y, x] = sum_k w_k F_k[y, x] + b`` shows where the evidence for "abnormal" lies;
+    for an average-pooled head its mean over the grid is exactly the logit. The tiny
+    backbone pools average *and* max of the same maps, so each channel's two weights are
+    added. Same weights, one backbone pass: the map costs a 1x1 convolution.
+
+    Outputs ``[probabilities (N, 1), cam (N, h, w)]`` at the feature grid (e.g. 7x7 for
+    ResNet50 at 224 px); :func:`bonexr.heatmap.to_image_grid` maps it onto the image.
+    """
+    backbone = backbone_of(model)
+    pools = [layer for layer in backbone.layers if isinstance(layer, layers.GlobalAveragePooling2D)]
+    if not pools:
+        raise ConfigError("the backbone has no global average pooling: no CAM possible")
+    features_and_pooled = keras.Model(
+        backbone.input, [pools[-1].input, backbone.output], name="features"
+    )
+    image = keras.Input(model.input_shape[1:], name="image")
+    x = model.get_layer("gray_to_rgb")([image, image, image])
+    x = model.get_layer("normalize")(x)
+    features, pooled = features_and_pooled(x)
+    head = model.get_layer("probabilities")
+    probabilities = head(model.get_layer("dropout")(pooled))
+    kernel, bias = (np.asarray(v) for v in head.get_weights())
+    channels = int(features.shape[-1])
+    weights = kernel[:, 0]
+    if len(weights) == 2 * channels:  # [average; max] pooled features of the same maps
+        weights = weights[:channels] + weights[channels:]
+    if len(weights) != channels:
+        raise ConfigError(f"head has {len(weights)} weights for {channels} feature maps")
+    conv = layers.Conv2D(1, 1, name="cam_weights")
+    cam = conv(features)
+    conv.set_weights([weights.reshape(1, 1, channels, 1).astype("float32"), bias.astype("float32")])
+    cam = layers.Reshape(tuple(int(d) for d in features.shape[1:3]), name=CAM_OUTPUT)(cam)
+    return keras.Model(image, [probabilities, cam], name=f"{model.name}_cam")

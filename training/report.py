@@ -123,6 +123,10 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         for level in ("image", "study"):
             m = {"n": "", **report["two_stage"]["overall"][key][level]}
             lines.append(_row(f"**{title}** | {level}", m))
+    if report.get("localisation"):
+        from training.localisation import markdown as localisation_markdown
+
+        lines += ["", *localisation_markdown(report["localisation"])]
     lines += [
         "",
         "## Compared with published MURA results (Cohen's kappa, study level)",

@@ -41,6 +41,7 @@ from training.evaluate import (
 )
 from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
+from training.localisation import plot_examples, pointing_game, read_boxes
 from training.model_card import render_model_card
 from training.pipeline import BadImageLog
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
@@ -183,9 +184,14 @@ def train_all(
 
 
 def evaluate_run(
-    split: pd.DataFrame, config: TrainConfig, paths: RunPaths, bad_images: BadImageLog
+    split: pd.DataFrame,
+    config: TrainConfig,
+    paths: RunPaths,
+    bad_images: BadImageLog,
+    root: Path,
 ) -> tuple[dict[str, Any], dict[str, keras.Model], pd.DataFrame]:
-    """Load the best models, choose thresholds on validation, evaluate on test, write the report."""
+    """Load the best models, choose thresholds on validation, evaluate on test (and the heat
+    maps where the dataset records defect boxes), write the report."""
     models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
     parts = list(config.body_parts)
     say("== evaluating on the validation (thresholds) and test splits")
@@ -198,6 +204,17 @@ def evaluate_run(
     report["counts"] = split_counts(split)
     report["bad_images"] = dict(bad_images.failures)
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
+    report["localisation"] = None
+    boxes = read_boxes(root)
+    if boxes is not None:
+        say("== scoring the heat maps against the drawn defect boxes (pointing game)")
+        report["localisation"], pointed = pointing_game(
+            models, test, boxes, Path(root), parts, config.input_size
+        )
+        plot_examples(
+            pointed, models, test, thresholds, Path(root), config.input_size,
+            paths.report_dir / "plots" / "heatmaps.png",
+        )  # fmt: skip
     write_report(report, test, config, paths)
     return report, models, test
 
@@ -272,7 +289,7 @@ def run_training(
     if missing:
         say(f"models still to train before a bundle can be exported: {', '.join(missing)}")
         return None
-    report, models, _test = evaluate_run(split, config, paths, bad_images)
+    report, models, _test = evaluate_run(split, config, paths, bad_images, root)
     write_text_atomic(
         paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
     )

@@ -25,6 +25,7 @@ Atomicity: everything is written into a hidden sibling folder that is renamed on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -50,6 +51,10 @@ from bonexr.labels import (
 
 #: Every path in MURA's CSVs starts with this, whatever the folder is called locally.
 CSV_PREFIX = "MURA-v1.1"
+#: Where each abnormal image's defect site was drawn (``rel_path,defect,x0,y0,x1,y1`` in
+#: pixels of that image): the ground truth the heat maps' localisation is scored against.
+#: Not part of MURA; the indexer ignores it.
+DEFECT_BOXES_CSV = "defect_boxes.csv"
 SPLITS: tuple[str, ...] = ("train", "valid")
 
 #: Share of positive (abnormal) studies; MURA-v1.1 has about 40%.
@@ -328,20 +333,26 @@ def _write_dataset(
     n_images = sum(s.n_views for s in plan)
     image_lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     study_lines: dict[str, list[str]] = {split: [] for split in SPLITS}
+    box_lines = ["rel_path,defect,x0,y0,x1,y1"]
     with tqdm(total=n_images, disable=not progress, unit="img", desc="synth") as bar:
         for study in plan:
             folder = staging / study.rel_dir
             folder.mkdir(parents=True)
             study_lines[study.split].append(f"{CSV_PREFIX}/{study.rel_dir}/,{study.label}")
             for view in range(study.n_views):
-                image = _render_view(study, view, seed, min_size, max_size)
+                image, box = _render_view(study, view, seed, min_size, max_size)
                 name = f"image{view + 1}.png"
                 image.save(folder / name, format="PNG", compress_level=6)
+                if box is not None:
+                    box_lines.append(
+                        f"{study.rel_dir}/{name},{study.defect}," + ",".join(map(str, box))
+                    )
                 image_lines[study.split].append(f"{CSV_PREFIX}/{study.rel_dir}/{name}")
                 bar.update(1)
     for split in SPLITS:
         _write_lines(staging / f"{split}_image_paths.csv", image_lines[split])
         _write_lines(staging / f"{split}_labeled_studies.csv", study_lines[split])
+    _write_lines(staging / DEFECT_BOXES_CSV, box_lines)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
@@ -408,6 +419,7 @@ class _Shape:
     thick: float = 0.05
     tissue: bool = True  # surrounded by soft tissue haze
     bone: bool = True  # False: only soft tissue (a swelling)
+    site: bool = False  # part of the abnormality's site (its box is recorded)
 
 
 @dataclass
@@ -837,7 +849,7 @@ def _fracture(scene: _Scene, rng: np.random.Generator) -> list[_Shape]:
     shapes = [
         _Shape(near, bone.density, bone.width),
         _Shape(far, bone.density, bone.width),
-        _Shape(swelling, 0.0, w, tissue=True, bone=False),
+        _Shape(swelling, 0.0, w, tissue=True, bone=False, site=True),
     ]
     if rng.random() < COMMINUTED_RATE:  # comminuted: loose fragments beside the break
         for _ in range(int(rng.integers(1, 4))):
@@ -850,7 +862,7 @@ def _fracture(scene: _Scene, rng: np.random.Generator) -> list[_Shape]:
                 rng.uniform(0, 180),
                 int(rng.integers(3, 6)),
             )
-            shapes.append(_Shape(chip, bone.density, 0.5 * w))
+            shapes.append(_Shape(chip, bone.density, 0.5 * w, site=True))
     if rng.random() < CALLUS_RATE:
         shapes.append(_callus(pivot, w, along, rng))
     if scene.castable and rng.random() < CAST_RATE_FRACTURE:
@@ -865,7 +877,7 @@ def _callus(centre: Array, w: float, along: float, rng: np.random.Generator) -> 
     radius = 1.0 + rng.uniform(-0.18, 0.18, n)
     rx, ry = rng.uniform(1.8, 2.6) * w, rng.uniform(1.3, 1.7) * w
     pts = np.stack([rx * radius * np.cos(phi), ry * radius * np.sin(phi)], axis=1)
-    return _Shape(pts @ _rot(along).T + centre, rng.uniform(0.3, 0.45), 0.2 * w)
+    return _Shape(pts @ _rot(along).T + centre, rng.uniform(0.3, 0.45), 0.2 * w, site=True)
 
 
 def _cast(bone: _LongBone, tc: float, tissue: float, rng: np.random.Generator) -> _Shape:
@@ -1113,10 +1125,22 @@ def _seeded(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def _site_box(shapes: list[_Shape], view: _View) -> tuple[int, int, int, int] | None:
+    """Pixel box ``(x0, y0, x1, y1)`` around the abnormality's site in this view: the
+    fracture's swelling, fragments and callus, or all the metal; None if out of view."""
+    points = [view(s.points) for s in shapes if s.site]
+    if not points:
+        return None
+    return _bbox(np.concatenate(points), view.width, view.height, 0)
+
+
 def _render_view(
     study: _Study, view_index: int, seed: int, min_size: int, max_size: int
-) -> Image.Image:
-    """Draw one view of a study: same anatomy and defect for every view, new pose."""
+) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    """Draw one view of a study: same anatomy and defect for every view, new pose.
+
+    Returns the image and the box of the abnormality's site (None for a normal study).
+    """
     anat = _seeded(seed, _ANATOMY_STREAM, study.index)
     defect_rng = _seeded(seed, _DEFECT_STREAM, study.index)
     rng = _seeded(seed, _IMAGE_STREAM, study.first_image + view_index)
@@ -1128,7 +1152,9 @@ def _render_view(
     if study.defect == "fracture":
         extra = _fracture(scene, defect_rng)
     elif study.defect == "hardware":
-        metal = _hardware(scene, defect_rng, study.part)
+        metal = [
+            dataclasses.replace(s, site=True) for s in _hardware(scene, defect_rng, study.part)
+        ]
     else:
         extra = _maybe_cast(scene, _seeded(seed, _CAST_STREAM, study.index))
     shapes = [b.shape() for b in scene.bones] + scene.blobs + extra
@@ -1136,8 +1162,9 @@ def _render_view(
     tissue = _rasterize_tissue(shapes, view, scene.tissue)
     pixels = _expose(bones, tissue, _rasterize_metal(metal, view), rng)
     image = _finish(pixels, rng)
+    box = _site_box(metal + extra, view) if study.defect else None
     if mode_roll < RGBA_RATE:
-        return image.convert("RGBA")
+        return image.convert("RGBA"), box
     if mode_roll < RGBA_RATE + RGB_RATE:
-        return image.convert("RGB")
-    return image
+        return image.convert("RGB"), box
+    return image, box

@@ -1,7 +1,7 @@
 """The HTTP API, one router per area, assembled the way FastAPI's full-stack template does.
 
 ``upload`` (POST /upload, DELETE /uploads/{filename}), ``predict`` (POST /predict),
-``study`` (POST /predict/study),
+``study`` (POST /predict/study), ``heatmap`` (GET /heatmap/{filename}),
 ``model`` (GET /model, GET /rules) and ``operations`` (/health, /ready, /metrics). Routes
 stay thin: validate, hand work to storage / imaging / engine, shape the response.
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 
 from service.errors import error_responses
-from service.routes import model, operations, predict, study, upload
+from service.routes import heatmap, model, operations, page, predict, study, upload
 from service.security import api_key_scheme
 
-PROTECTED = (upload.router, predict.router, study.router, model.router)
+PROTECTED = (upload.router, predict.router, study.router, heatmap.router, model.router)
 
 
 def api_router(*, auth_enabled: bool) -> APIRouter:
@@ -33,4 +33,5 @@ def api_router(*, auth_enabled: bool) -> APIRouter:
         else:
             api.include_router(router)
     api.include_router(operations.router)
+    api.include_router(page.router)
     return api

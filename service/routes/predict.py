@@ -12,6 +12,7 @@ from bonexr.labels import display_name, normalize_body_part
 from service.deps import Services, ServicesDep
 from service.engine import Prediction
 from service.errors import NoPartModelError, NotReadyError, error_responses
+from service.heatmaps import save_cam
 from service.schemas import ModelRef, PredictionResponse, PredictRequest
 
 router = APIRouter(tags=["predict"])
@@ -100,6 +101,15 @@ async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResp
     prediction = await engine.predict(pixels)
     if not prediction.has_verdict:
         raise no_model_error(services, prediction.bone_type, prediction.router_confidence)
+    heatmap_url = None
+    extra: list[str] = []
+    if body.heatmap and prediction.cam is not None:
+        await run_in_threadpool(
+            save_cam, services, body.filename, prediction.scored_by, prediction.cam
+        )
+        heatmap_url = f"/heatmap/{body.filename}"
+    elif body.heatmap:
+        extra.append(f"bundle '{engine.model_name}' has no heat maps")
     return PredictionResponse(
         filename=body.filename,
         bone_type=prediction.bone_type,
@@ -108,8 +118,10 @@ async def predict(body: PredictRequest, services: ServicesDep) -> PredictionResp
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,
         model=ModelRef(name=engine.model_name, version=engine.model_version),
+        heatmap_url=heatmap_url,
         warnings=[
             *prediction_warnings(services, prediction),
             *body_part_warnings(services, [body.filename], prediction.bone_type),
+            *extra,
         ],
     )

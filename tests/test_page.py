@@ -1,0 +1,152 @@
+"""The web page in a real browser: Debian's chromium, headless, driven by Playwright.
+
+Two views of one synthetic study go through the page; the verdicts it shows must be the
+API's, the overlay must toggle, a text file must produce a plain sentence beside its view,
+the layout must hold at desktop and tablet widths (screenshots are kept under
+``build/test-artifacts/``), and the browser console must stay free of errors.
+
+``make test`` installs chromium where it can (``scripts/ensure-chromium``); elsewhere the
+test skips with the reason, except under CI, where a missing browser fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service_support import server_process
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def find_chromium() -> str | None:
+    configured = os.environ.get("BONEXR_CHROMIUM")
+    if configured and Path(configured).is_file():
+        return configured
+    for name in CHROMIUM_NAMES:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium in CI: `make test` should have installed it")
+        pytest.skip("no chromium found (apt install chromium, or set BONEXR_CHROMIUM)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox"]
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def served(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    uploads = tmp_path_factory.mktemp("page-uploads")
+    with server_process(untrained_bundle.parent, uploads) as (url, _process):
+        yield url
+
+
+def two_views(synthetic_small: Path) -> list[Path]:
+    for study in sorted(synthetic_small.glob("train/XR_ELBOW/*/*")):
+        views = sorted(study.glob("*.png"))
+        if len(views) >= 2:
+            return views[:2]
+    raise AssertionError("no synthetic study with two views")
+
+
+def test_page_shows_the_apis_answers(
+    browser: object, served: str, synthetic_small: Path, tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: console_errors.append(f"page error: {e}"))
+
+    response = page.goto(served + "/")
+    assert response.status == 200
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_selector("#model:has-text('version')")
+    assert page.is_visible("#demo-banner")  # the untrained bundle is marked synthetic
+    assert page.locator("label[for=files]").count() == 1  # the picker has a label
+
+    views = two_views(synthetic_small)
+    page.set_input_files("#files", [str(v) for v in views])
+    page.wait_for_selector("#study .verdict", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.view .verdict').length == 2")
+
+    # the page's numbers are the API's numbers for the same uploads
+    with httpx.Client(base_url=served, timeout=30) as api:
+        cards = page.locator(".view")
+        filenames = []
+        for i in range(cards.count()):
+            card = cards.nth(i)
+            filename = card.get_attribute("data-filename")
+            filenames.append(filename)
+            answer = api.post("/predict", json={"filename": filename}).json()
+            assert card.get_attribute("data-bone-type") == answer["bone_type"]
+            shown = float(card.get_attribute("data-probability"))
+            assert shown == pytest.approx(answer["abnormality_probability"], abs=1e-9)
+            verdict = card.locator(".verdict").get_attribute("data-result")
+            assert verdict == answer["result"]
+        study = api.post("/predict/study", json={"filenames": filenames}).json()
+    shown = float(page.get_attribute("#study-body", "data-probability"))
+    assert shown == pytest.approx(study["abnormality_probability"], abs=1e-9)
+    assert page.locator("#study .verdict").get_attribute("data-result") == study["result"]
+
+    # the overlay follows the toggle and the slider
+    heat = page.locator(".frame img.heat").first
+    page.locator("#opacity").evaluate(
+        "el => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }"
+    )
+    assert heat.evaluate("el => el.style.opacity") == "0.3"
+    page.uncheck("#show-heat")
+    assert heat.evaluate("el => el.style.opacity") == "0"
+    page.check("#show-heat")
+    assert heat.evaluate("el => getComputedStyle(el).opacity") == "0.3"
+    page.screenshot(path=str(ARTIFACTS / "page-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 820, "height": 1180})
+    page.screenshot(path=str(ARTIFACTS / "page-tablet.png"), full_page=True)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 820, "horizontal scrolling at tablet width"
+
+    # bad input: a plain sentence beside the view, nothing broken
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image")
+    page.set_input_files("#files", [str(text_file)])
+    error = page.wait_for_selector(".view .error")
+    assert "Unsupported image format" in error.inner_text()
+    assert page.get_attribute(".view .error", "role") == "alert"
+
+    unexpected = [e for e in console_errors if "status of 415" not in e]
+    assert unexpected == [], unexpected
+    context.close()
+
+
+def test_page_asks_for_the_api_key(browser: object, untrained_bundle: Path, tmp_path: Path) -> None:
+    env = {"BONEXR_API_KEYS": "s3cret"}
+    with server_process(untrained_bundle.parent, tmp_path / "up", **env) as (url, _):
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(url + "/")
+        page.wait_for_selector("#key-section:not([hidden])")
+        assert "API key" in page.inner_text("#model")
+        page.fill("#api-key", "s3cret")
+        page.click("#key-form button")
+        page.wait_for_selector("#model:has-text('version')")
+        assert page.evaluate("sessionStorage.getItem('bonexr-api-key')") == "s3cret"
+        page.close()

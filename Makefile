@@ -43,6 +43,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.service_bench
 	$(PY) -m bench.pipeline_bench
+	$(PY) -m bench.heatmap_bench
 
 clean-venv:
 	rm -rf $(VENV)

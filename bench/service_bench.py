@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -169,6 +170,66 @@ def _drive(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> dict
     }
 
 
+def _overload(port: int, bodies: list[tuple[bytes, str]]) -> dict:
+    """Upload ``bodies``, then fire one predict per image at once (one thread each)."""
+    names = []
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for body, content_type in bodies:
+        connection.request("POST", "/upload", body, {"Content-Type": content_type})
+        names.append(json.loads(connection.getresponse().read())["filename"])
+    connection.close()
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def client(name: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.connect()
+        request = json.dumps({"filename": name}).encode()
+        go.wait()
+        start = time.perf_counter()
+        conn.request("POST", "/predict", request, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        with lock:
+            results.append((response.status, time.perf_counter() - start))
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in names]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # every connection open: a true burst
+    go.set()
+    for thread in threads:
+        thread.join()
+    refused = [t * 1000 for s, t in results if s == 429]
+    accepted = [t * 1000 for s, t in results if s == 200]
+    return {
+        "burst": len(names),
+        "answered_200": len(accepted),
+        "refused_429": len(refused),
+        "other": sorted({s for s, _ in results if s not in (200, 429)}),
+        "lost": len(names) - len(results),
+        "p99_429_ms": float(np.percentile(refused, 99)) if refused else None,
+        "max_429_ms": float(max(refused)) if refused else None,
+        "p99_200_ms": float(np.percentile(accepted, 99)) if accepted else None,
+    }
+
+
+def _serve(bundle: Path, work: Path, port: int, **env: str) -> subprocess.Popen:
+    variables = os.environ | {
+        "BONEXR_MODELS_DIR": str(bundle.parent),
+        "BONEXR_BUNDLE": bundle.name,
+        "BONEXR_UPLOAD_DIR": str(work / "uploads"),
+        "BONEXR_PORT": str(port),
+        "BONEXR_HOST": "127.0.0.1",
+        "BONEXR_LOG_LEVEL": "warning",
+        **env,
+    }
+    bonexr = Path(sys.executable).with_name("bonexr")
+    return subprocess.Popen([str(bonexr), "serve"], env=variables, stdout=subprocess.DEVNULL)
+
+
 def _wait_ready(base: str, process: subprocess.Popen, timeout: float = 180) -> None:
     import httpx
 
@@ -199,9 +260,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
+    parser.add_argument("--burst", type=int, default=64, help="overload run: concurrent predicts")
+    parser.add_argument("--burst-queue", type=int, default=8, help="overload run: BONEXR_MAX_QUEUE")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bonexr-bench-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # bundle, images and uploads: nothing left
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict:
     bundle = args.bundle
     if bundle is None:
         from training.export import export_random_init_bundle
@@ -221,25 +291,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = os.environ | {
-        "BONEXR_MODELS_DIR": str(bundle.parent),
-        "BONEXR_BUNDLE": bundle.name,
-        "BONEXR_UPLOAD_DIR": str(work / "uploads"),
-        "BONEXR_PORT": str(port),
-        "BONEXR_HOST": "127.0.0.1",
-        "BONEXR_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "BONEXR_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
-        "BONEXR_LOG_LEVEL": "warning",
-    }
-    bonexr = Path(sys.executable).with_name("bonexr")
-    process = subprocess.Popen([str(bonexr), "serve"], env=env, stdout=subprocess.DEVNULL)
+    process = _serve(
+        bundle,
+        work,
+        port,
+        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
+        BONEXR_MAX_BATCH_WAIT_MS=str(args.max_batch_wait_ms),
+    )
     sampler = RssSampler(process.pid)
     sampler.start()
     service = []
     try:
         _wait_ready(base, process)
         levels = [int(c) for c in args.concurrency.split(",")]
-        needed = sum(levels) * args.requests_per_client + 4
+        needed = sum(levels) * args.requests_per_client + 4 + args.burst
         images = _xray_pngs(needed, work)
         bodies = [_multipart(image) for image in images]
         _drive(port, bodies[:4], 2)  # warm-up
@@ -255,6 +320,22 @@ def main(argv: list[str] | None = None) -> dict:
         process.wait(30)
         sampler.stopped.set()
     peak_gb = sampler.peak / 1e9
+
+    print(f"overload: {args.burst} predicts at once against a queue of {args.burst_queue} ...")
+    port = _free_port()
+    process = _serve(
+        bundle,
+        work,
+        port,
+        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
+        BONEXR_MAX_QUEUE=str(args.burst_queue),
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", process)
+        overload = _overload(port, bodies[-args.burst :])
+    finally:
+        process.terminate()
+        process.wait(30)
 
     at8 = next((r for r in service if r["concurrency"] == 8), None)
     at1 = next((r for r in service if r["concurrency"] == 1), None)
@@ -288,6 +369,17 @@ def main(argv: list[str] | None = None) -> dict:
             f"{at1['p50_ms']:.1f} ms ({checks['p50_c1_minus_raw_b1_ms']:+.1f} ms)"
         )
     print(f"target: RSS <= 2.5 GB: {peak_gb:.2f} GB")
+    print(
+        f"\nOverload ({overload['burst']} predicts at once, queue {args.burst_queue}): "
+        f"{overload['answered_200']} answered, {overload['refused_429']} refused (429), "
+        f"other statuses {overload['other'] or 'none'}, lost {overload['lost']}"
+    )
+    if overload["refused_429"]:
+        print(
+            f"429 latency: p99 {overload['p99_429_ms']:.1f} ms, "
+            f"max {overload['max_429_ms']:.1f} ms (target < 50 ms); "
+            f"accepted p99 {overload['p99_200_ms']:.0f} ms"
+        )
     result = {
         "bundle": bundle.name,
         "cpu_count": os.cpu_count(),
@@ -296,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         "raw_best_batch": best_batch,
         "service": service,
         "peak_rss_gb": peak_gb,
+        "overload": overload,
         "checks": checks,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

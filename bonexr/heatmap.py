@@ -50,24 +50,40 @@ def peak(heat: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def colorize(heat: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 colours for a 0..1 map."""
-    position = np.clip(heat, 0.0, 1.0) * (len(_STOPS) - 1)
+def _colour_table() -> np.ndarray:
+    """256 colours along the stops: level ``i`` is the colour of ``i / 255``."""
+    position = np.linspace(0.0, 1.0, 256) * (len(_STOPS) - 1)
     low = np.floor(position).astype(int).clip(0, len(_STOPS) - 2)
-    frac = (position - low)[..., None]
-    colours: np.ndarray = np.rint(_STOPS[low] * (1 - frac) + _STOPS[low + 1] * frac)
-    return colours.astype(np.uint8)
+    frac = (position - low)[:, None]
+    table: np.ndarray = np.rint(_STOPS[low] * (1 - frac) + _STOPS[low + 1] * frac)
+    return table.astype(np.uint8)
+
+
+_TABLE = _colour_table()
+
+
+def _levels(heat: np.ndarray) -> np.ndarray:
+    levels: np.ndarray = np.rint(np.clip(heat, 0.0, 1.0) * 255)
+    return levels.astype(np.uint8)
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 colours for a 0..1 map (256 levels)."""
+    colours: np.ndarray = _TABLE[_levels(heat)]
+    return colours
 
 
 def overlay(image: Image.Image, heat: np.ndarray, opacity: float = 0.5) -> Image.Image:
     """The radiograph in gray with the map's colours blended in, more where it is hotter.
 
-    ``opacity`` (0..1) is the blend weight at the map's maximum.
+    ``opacity`` (0..1) is the blend weight at the map's maximum (Pillow's composite: a
+    few milliseconds for a radiograph).
     """
-    gray = np.asarray(image.convert("L"), dtype=np.float64)[..., None]
-    weight = (float(np.clip(opacity, 0.0, 1.0)) * np.clip(heat, 0.0, 1.0))[..., None]
-    blended = gray * (1 - weight) + colorize(heat).astype(np.float64) * weight
-    return Image.fromarray(np.rint(blended).astype(np.uint8), mode="RGB")
+    base = image.convert("L").convert("RGB")
+    colours = Image.fromarray(colorize(heat), mode="RGB")
+    weight = float(np.clip(opacity, 0.0, 1.0))
+    mask = Image.fromarray(_levels(heat * weight), mode="L")
+    return Image.composite(colours, base, mask)
 
 
 def to_png16(heat: np.ndarray) -> Image.Image:

@@ -17,17 +17,15 @@ verifies and warms the bundle (so the HTTP server is live at once and ``/ready``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +34,8 @@ from bonexr.contract import check_model_io, session_io
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
 from bonexr.labels import result_name
-from service.errors import InferenceFailedError, NotReadyError
+from service.batcher import MicroBatcher
+from service.errors import NotReadyError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -47,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bonexr.engine")
 
 ROUTER = "router"
-#: A request still unanswered after this long gets a 503 instead of hanging its client.
-PREDICT_TIMEOUT_S = 120.0
 
 
 class EngineState(StrEnum):
@@ -90,18 +87,6 @@ class Prediction:
         return self.bone_type_probabilities[self.bone_type]
 
 
-@dataclass
-class _Request:
-    pixels: np.ndarray
-    future: asyncio.Future[Prediction]
-    loop: asyncio.AbstractEventLoop
-    part: str | None = None  # score with this part's model instead of the routed one
-    enqueued: float = field(default_factory=time.monotonic)
-
-
-_STOP = object()
-
-
 def choose_providers(device: str, available: Sequence[str]) -> list[str]:
     """CUDA first when allowed and present, CPU always as the fallback."""
     if device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
@@ -124,12 +109,21 @@ class InferenceEngine:
         self.providers: list[str] = []
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._input_names: dict[str, str] = {}
-        self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._settled = threading.Event()
         self._stop_requested = threading.Event()
-        self._lock = threading.Lock()  # orders state changes against enqueueing
-        self._incoming = 0  # predicts being prepared that will be queued shortly
+        self._lock = threading.Lock()  # orders state changes
+        self.batcher = self._new_batcher(max_queue=1)  # closed until a bundle is ready
+
+    def _new_batcher(self, max_queue: int) -> MicroBatcher:
+        return MicroBatcher(
+            self.predict_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            max_queue=max_queue,
+            timeout_s=self.settings.predict_timeout_s,
+            metrics=self.metrics,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,21 +162,21 @@ class InferenceEngine:
                 return
             self._stop_requested.clear()
             self._settled.clear()
-            self._queue = queue.Queue()
             self.state = EngineState.LOADING
             self._thread = threading.Thread(target=self._run, name="bonexr-engine", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker; queued requests are failed with 503, not left hanging."""
+        """Stop: no new requests; the worker answers those already queued (within
+        ``timeout``), anything left gets a 503, never silence."""
         self._stop_requested.set()
         with self._lock:
             thread, self._thread = self._thread, None
             self.state = EngineState.STOPPED
+        self.batcher.close()
         if thread is not None:
-            self._queue.put(_STOP)
             thread.join(timeout)
-        self._fail_pending(NotReadyError(self.not_ready_reason()))
+        self.batcher.fail_pending(NotReadyError(self.not_ready_reason()))
         if self.metrics is not None:
             self.metrics.model_ready.set(0)
         self._settled.set()
@@ -201,6 +195,7 @@ class InferenceEngine:
             check_model_io(manifest, {n: session_io(s) for n, s in self._sessions.items()})
             self.manifest, self.bundle_dir = manifest, folder
             self._warm()
+            batcher = self._sized_batcher()
         except Exception as exc:
             self.state = EngineState.FAILED
             self.error = _describe_load_error(exc, self.settings.models_dir)
@@ -212,17 +207,39 @@ class InferenceEngine:
                 return
             self.state = EngineState.READY
             self.error = None
+            self.batcher = batcher
+            batcher.open()
         if self.metrics is not None:
             self.metrics.model_ready.set(1)
             self.metrics.model_info.labels(manifest.name, manifest.version).set(1)
         self._settled.set()
         log.info(
-            "model bundle %s %s ready (input %dpx, providers %s)",
+            "model bundle %s %s ready (input %dpx, providers %s; %.0f images/s at batch %d, "
+            "queue limit %d, deadline %gs)",
             manifest.name,
             manifest.version,
             manifest.input.size,
             ",".join(self.providers),
+            batcher.images_per_second,
+            self.settings.max_batch_size,
+            batcher.max_queue,
+            self.settings.predict_timeout_s,
         )
+
+    def _sized_batcher(self) -> MicroBatcher:
+        """A batcher whose queue limit comes from the configuration, or from the measured
+        throughput: what the engine can answer within half the deadline (at least two
+        full batches), so an accepted request is not one that will time out."""
+        size, batch = self.input_size, self.settings.max_batch_size
+        start = time.perf_counter()
+        self.predict_batch(np.zeros((batch, size, size), np.uint8))
+        rate = batch / max(time.perf_counter() - start, 1e-6)
+        limit = self.settings.max_queue or max(
+            2 * batch, int(rate * self.settings.predict_timeout_s / 2)
+        )
+        batcher = self._new_batcher(max_queue=limit)
+        batcher.images_per_second = rate
+        return batcher
 
     def _open_sessions(self, folder: Path, manifest: Manifest) -> None:
         import onnxruntime as ort
@@ -364,40 +381,24 @@ class InferenceEngine:
             )
         return results
 
-    @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Mark a predict whose pixels are being prepared and will be queued soon.
-
-        The batcher waits (up to ``max_batch_wait_ms``) for more requests only while some
-        are on their way: an idle service answers a lone request at once instead of
-        paying the batching delay, and a busy one still fills its batches.
-        """
-        with self._lock:
-            self._incoming += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._incoming -= 1
+    def incoming(self) -> contextlib.AbstractContextManager[None]:
+        """Mark a predict whose pixels are being prepared (see :meth:`MicroBatcher.incoming`)."""
+        return self.batcher.incoming()
 
     async def predict(self, pixels: np.ndarray, part: str | None = None) -> Prediction:
         """Queue one prepared ``(S, S)`` uint8 image for the batching worker and await it;
-        with ``part``, that part's model scores it whatever the router says."""
+        with ``part``, that part's model scores it whatever the router says.
+
+        Raises :class:`~service.errors.OverloadedError` (429) when the queue is full and
+        :class:`~service.errors.NotReadyError` (503) when not ready or past the deadline.
+        """
         size = self.input_size
         if pixels.shape != (size, size):
             raise ValueError(f"expected prepared pixels ({size}, {size}), got {pixels.shape}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Prediction] = loop.create_future()
-        with self._lock:  # after stop() flips the state nothing more can be queued
-            if not self.ready:
-                raise NotReadyError(self.not_ready_reason())
-            if part is not None and self.manifest is not None and part not in self.manifest.parts:
-                raise ValueError(f"no abnormality model for {part}")
-            self._queue.put(_Request(pixels, future, loop, part))
-        try:
-            return await asyncio.wait_for(future, PREDICT_TIMEOUT_S)
-        except TimeoutError:
-            raise NotReadyError("inference timed out: the service is overloaded") from None
+        if part is not None and self.manifest is not None and part not in self.manifest.parts:
+            raise ValueError(f"no abnormality model for {part}")
+        result: Prediction = await self.batcher.submit(pixels, part, self.not_ready_reason)
+        return result
 
     # ------------------------------------------------------------------ worker
 
@@ -408,78 +409,7 @@ class InferenceEngine:
             log.error("model bundle not loaded: %s", self.error)
             return
         if not self._stop_requested.is_set():
-            self._serve()
-
-    def _serve(self) -> None:
-        max_size = self.settings.max_batch_size
-        max_wait = self.settings.max_batch_wait_ms / 1000.0
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch: list[_Request] = [first]
-            stopping = False
-            deadline = first.enqueued + max_wait
-            while len(batch) < max_size:
-                remaining = deadline - time.monotonic()
-                wait = remaining > 0 and self._incoming > 0
-                try:
-                    item = self._queue.get(timeout=remaining) if wait else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._run_batch(batch)
-            if stopping:
-                return
-
-    def _run_batch(self, batch: list[_Request]) -> None:
-        live = [r for r in batch if not r.future.done()]  # skip requests whose client left
-        if not live:
-            return
-        started = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(live))
-            for request in live:
-                self.metrics.queue_wait.observe(started - request.enqueued)
-        try:
-            results = self.predict_batch(np.stack([r.pixels for r in live]), [r.part for r in live])
-        except Exception as exc:
-            log.error("inference failed on a batch of %d: %s", len(live), type(exc).__name__)
-            error = InferenceFailedError("inference failed")
-            for request in live:
-                _resolve(request, exception=error)
-            return
-        for request, result in zip(live, results, strict=True):
-            _resolve(request, result=result)
-
-    def _fail_pending(self, error: Exception) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                _resolve(item, exception=error)
-
-
-def _resolve(
-    request: _Request, *, result: Prediction | None = None, exception: Exception | None = None
-) -> None:
-    """Hand a result to the request's event loop (futures are not thread-safe)."""
-
-    def settle() -> None:
-        if request.future.done():
-            return
-        if exception is not None:
-            request.future.set_exception(exception)
-        else:
-            request.future.set_result(result)  # type: ignore[arg-type]
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        request.loop.call_soon_threadsafe(settle)
+            self.batcher.serve()
 
 
 def _describe_load_error(exc: Exception, models_dir: Path) -> str:

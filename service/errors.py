@@ -95,6 +95,16 @@ class HeatmapUnavailableError(ServiceError):
     status_code = 404
 
 
+class OverloadedError(ServiceError):
+    """The queue is full: answered at once with 429 and ``Retry-After``."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class DuplicateFieldError(ServiceError):
     status_code = 400
 
@@ -126,6 +136,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
     422: "Invalid value: bad filename, an image that cannot be decoded, or a body part this "
     "bundle has no abnormality model for (then `bone_type` names it).",
+    429: "Too many requests waiting: retry after the seconds in the Retry-After header.",
     503: "Not ready: model bundle not loaded (loading, refused, shutting down) or the upload "
     "store is not writable.",
     507: "The upload store is full.",
@@ -213,9 +224,12 @@ async def _validation_exception(_: Request, exc: Exception) -> JSONResponse:
 async def _known_exception(_: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc, ServiceError) else str(exc)
     body = error_body(detail)
+    headers = {}
     if isinstance(exc, NoPartModelError):
         body["bone_type"] = exc.bone_type
-    return JSONResponse(body, status_code=status_for(exc))
+    if isinstance(exc, OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
 
 class LastResortMiddleware:

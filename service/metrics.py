@@ -81,6 +81,18 @@ class ServiceMetrics:
             "Uploads currently in the store (counted at scrape time).",
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "bonexr_queue_depth", "Predictions waiting for a batch.", registry=r
+        )
+        self.in_flight = Gauge(
+            "bonexr_in_flight", "Predictions in the batch being computed.", registry=r
+        )
+        self.queue_limit = Gauge(
+            "bonexr_queue_limit", "Most predictions allowed to wait (then 429).", registry=r
+        )
+        self.rejected = Counter(
+            "bonexr_rejected_overload", "Predictions refused with 429 (queue full).", registry=r
+        )
         self.model_ready = Gauge(
             "bonexr_model_ready", "1 when the model bundle is loaded and warmed.", registry=r
         )

@@ -55,7 +55,8 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # our own middleware logs method, route and status, never filenames
-        timeout_graceful_shutdown=10,
+        # SIGTERM: stop accepting, let accepted requests finish (each has this deadline)
+        timeout_graceful_shutdown=int(settings.predict_timeout_s) + 5,
         http=limited_http_protocol(settings.max_url_bytes, settings.max_header_bytes),
     )
     return 0

@@ -45,6 +45,15 @@ class Settings(BaseSettings):
         8, ge=1, le=64, description="Most views one POST /predict/study may name (422 above)."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Micro-batch size limit.")
+    max_queue: int | None = Field(
+        None,
+        ge=1,
+        description="Most predictions waiting; beyond it 429 + Retry-After. Default: what the "
+        "measured throughput answers within half of predict_timeout_s.",
+    )
+    predict_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Deadline of one prediction (503 past it)."
+    )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
     router_confidence_floor: float = Field(
         0.6, ge=0, le=1, description="Below this top router probability a warning is added."

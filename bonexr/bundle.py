@@ -101,6 +101,18 @@ class PartSpec(ModelFiles):
         return self.threshold if self.image_threshold is None else self.image_threshold
 
 
+class PrecisionSpec(BaseModel):
+    """A reduced precision measured on the bundle's own test split at export."""
+
+    allowed: bool = Field(description="Within the accuracy gate; only then may it serve.")
+    runtime: str = Field(description="The runtime that was measured (e.g. openvino).")
+    reason: str = Field(description="Why allowed or not, with the figures.")
+    tolerance: float = Field(
+        ge=0.0, description="Largest |P - P(fp32)| allowed at load (reference check)."
+    )
+    measured: dict[str, Any] = Field(default_factory=dict, description="The gate's figures.")
+
+
 class Manifest(BaseModel):
     """Everything a consumer needs to trust and use a bundle."""
 
@@ -119,6 +131,18 @@ class Manifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     libraries: dict[str, str] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+    precisions: dict[str, PrecisionSpec] = Field(
+        default_factory=dict,
+        description="Reduced precisions measured at export (fp32 is always allowed).",
+    )
+
+    def precision_allowed(self, name: str) -> bool:
+        spec = self.precisions.get(name)
+        return name == "fp32" or (spec is not None and spec.allowed)
+
+    def precision_note(self, name: str) -> str:
+        spec = self.precisions.get(name)
+        return spec.reason if spec else f"{name} was not measured when this bundle was exported"
 
     def model_files(self) -> list[str]:
         """Every model file the manifest points at (Keras and ONNX)."""

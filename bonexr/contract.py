@@ -126,3 +126,22 @@ def check_model_io(manifest: Manifest, io: Mapping[str, ModelIO]) -> None:
 
 def _shape(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+#: Seed of :func:`reference_inputs` (the export and the engine must draw the same images).
+REFERENCE_SEED = 20241130
+
+
+def reference_inputs(size: int) -> Any:
+    """Model inputs on which a reduced precision is compared with fp32, at export (to record
+    its tolerance) and at load (to check it): noise, black and mid-grey, float32 NHWC."""
+    import numpy as np
+
+    rng = np.random.default_rng(REFERENCE_SEED)
+    return np.concatenate(
+        [
+            rng.uniform(0, 255, (3, size, size, 1)),
+            np.zeros((1, size, size, 1)),
+            np.full((1, size, size, 1), 128.0),
+        ]
+    ).astype(np.float32)

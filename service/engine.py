@@ -30,16 +30,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bonexr.bundle import Manifest, find_bundle, verify_files
-from bonexr.contract import check_model_io, session_io
+from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
 from bonexr.labels import result_name
 from service.batcher import MicroBatcher
 from service.errors import NotReadyError
+from service.runtimes import (
+    ModelSession,
+    OnnxRuntimeSession,
+    RuntimeChoice,
+    choose_runtime,
+    open_session,
+)
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
-
     from service.metrics import ServiceMetrics
     from service.settings import Settings
 
@@ -107,8 +112,8 @@ class InferenceEngine:
         self.manifest: Manifest | None = None
         self.bundle_dir: Path | None = None
         self.providers: list[str] = []
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        self._input_names: dict[str, str] = {}
+        self._sessions: dict[str, ModelSession] = {}
+        self.runtime = RuntimeChoice("onnxruntime", "fp32", "not loaded yet")
         self._thread: threading.Thread | None = None
         self._settled = threading.Event()
         self._stop_requested = threading.Event()
@@ -192,7 +197,7 @@ class InferenceEngine:
             folder = find_bundle(self.settings.models_dir, self.settings.bundle)
             manifest = verify_files(folder)
             self._open_sessions(folder, manifest)
-            check_model_io(manifest, {n: session_io(s) for n, s in self._sessions.items()})
+            check_model_io(manifest, {n: s.io() for n, s in self._sessions.items()})
             self.manifest, self.bundle_dir = manifest, folder
             self._warm()
             batcher = self._sized_batcher()
@@ -242,6 +247,8 @@ class InferenceEngine:
         return batcher
 
     def _open_sessions(self, folder: Path, manifest: Manifest) -> None:
+        """Choose the runtime and precision, open every model, and check a reduced
+        precision against ONNX Runtime fp32 on the same inputs before trusting it."""
         import onnxruntime as ort
 
         specs = {ROUTER: manifest.router, **manifest.parts}
@@ -253,29 +260,25 @@ class InferenceEngine:
             raise BundleError(
                 f"no ONNX export for {', '.join(missing_onnx)} (the service runs ONNX)"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # One thread pool per session: with spinning on, the pools of the router and the part
-        # models spin against each other (and the HTTP threads) on a small CPU -- measured 2x
-        # slower two-stage inference on 2 cores. Idle threads should sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.providers = choose_providers(self.settings.device, ort.get_available_providers())
-        sessions: dict[str, ort.InferenceSession] = {}
-        for name, spec in specs.items():
-            assert spec.onnx is not None
-            try:
-                session = ort.InferenceSession(
-                    str(folder / spec.onnx), sess_options=options, providers=self.providers
-                )
-            except Exception as exc:
-                raise BundleError(f"ONNX Runtime cannot open {spec.onnx}: {exc}") from exc
-            sessions[name] = session
+        providers = choose_providers(self.settings.device, ort.get_available_providers())
+        cuda = providers if "CUDAExecutionProvider" in providers else []
+        self.runtime = choose_runtime(self.settings, manifest, cuda)
+        sessions = {
+            name: open_session(self.runtime, folder / str(spec.onnx), self.settings)
+            for name, spec in specs.items()
+        }
+        if self.runtime.precision != "fp32":
+            tolerance = manifest.precisions[self.runtime.precision].tolerance
+            reference = RuntimeChoice("onnxruntime", "fp32", "reference")
+            for name, spec in specs.items():
+                fp32 = open_session(reference, folder / str(spec.onnx), self.settings)
+                check_reference(name, sessions[name], fp32, manifest.input.size, tolerance)
         self._sessions = sessions
-        self._input_names = {name: s.get_inputs()[0].name for name, s in sessions.items()}
-        self.providers = list(sessions[ROUTER].get_providers())
+        router = sessions[ROUTER]
+        self.providers = (
+            list(router.providers) if isinstance(router, OnnxRuntimeSession) else ["OpenVINO CPU"]
+        )
+        log.info("runtime %s", self.runtime.describe())
 
     def _warm(self) -> None:
         """Run each model once at batch 1 and at the largest batch: first calls are slow."""
@@ -294,10 +297,10 @@ class InferenceEngine:
     def _run_outputs(self, name: str, x: np.ndarray, *, record: bool = True) -> list[np.ndarray]:
         """Every output of a model (a part model's second is its heat map: same pass)."""
         start = time.perf_counter()
-        outs = self._sessions[name].run(None, {self._input_names[name]: x})
+        outs = self._sessions[name].run(x)
         if record and self.metrics is not None:
             self.metrics.inference.labels(name).observe(time.perf_counter() - start)
-        return [np.asarray(out, dtype=np.float64) for out in outs]
+        return outs
 
     @property
     def threshold_warnings(self) -> list[str]:
@@ -410,6 +413,20 @@ class InferenceEngine:
             return
         if not self._stop_requested.is_set():
             self.batcher.serve()
+
+
+def check_reference(
+    name: str, candidate: ModelSession, fp32: ModelSession, size: int, tolerance: float
+) -> None:
+    """Refuse a runtime/precision whose probabilities differ from ONNX Runtime fp32 by more
+    than the tolerance the export recorded (``BundleError`` -> ``/ready`` 503)."""
+    x = reference_inputs(size)
+    diff = float(np.max(np.abs(candidate.run(x)[0] - fp32.run(x)[0])))
+    if diff > tolerance:
+        raise BundleError(
+            f"{name}: the chosen precision differs from fp32 by {diff:.4f} on the reference "
+            f"inputs (recorded tolerance {tolerance:.4f}); refusing it"
+        )
 
 
 def _describe_load_error(exc: Exception, models_dir: Path) -> str:

@@ -177,6 +177,7 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelRef
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
+    runtime: str = Field(description="Runtime and precision serving, and why they were chosen.")
     warnings: list[str] = Field(
         default_factory=list, description="What a user of this bundle must know."
     )
@@ -208,6 +209,10 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Evaluation metrics recorded in the bundle.")
     intended_use: str
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
+    runtime: str = Field(description="Runtime and precision serving, and why they were chosen.")
+    precisions: dict[str, Any] = Field(
+        default_factory=dict, description="Reduced precisions measured at export, with the gate."
+    )
     warnings: list[str] = Field(
         default_factory=list, description="What a user of this bundle must know."
     )

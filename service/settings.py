@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,16 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = all cores).")
     device: str = Field("auto", description="auto | cpu | gpu (auto uses CUDA when present).")
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="auto: ONNX Runtime CUDA on a GPU, else OpenVINO when installed, else "
+        "ONNX Runtime.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 only where the CPU has it and the bundle allows it "
+        "(measured on its test split), else fp32.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"

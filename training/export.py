@@ -32,6 +32,7 @@ from bonexr.bundle import (
 from bonexr.errors import BundleError
 from bonexr.labels import display_name, model_key
 from training.models import with_cam
+from training.precision import PrecisionTestSet, measure_bf16, not_produced
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def export_bundle(
     synthetic: bool,
     extra_files: dict[str, Path] | None = None,
     parity_images: np.ndarray | None = None,
+    precision_test: PrecisionTestSet | None = None,
     force: bool = False,
 ) -> Manifest:
     """Write a complete bundle to ``destination`` atomically and return its manifest.
@@ -164,6 +166,16 @@ def export_bundle(
             if served is not model:
                 grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
             log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
+        precisions = {}
+        if precision_test is not None:  # bf16 measured on the test split: the accuracy gate
+            precisions["bf16"] = measure_bf16(
+                staging,
+                {n: str(s.onnx) for n, s in specs.items()},
+                precision_test,
+                {p: float(thresholds[p]["image"]["value"]) for p in body_parts},
+            )
+            log.info("bf16: %s", precisions["bf16"].reason)
+        precisions["int8"] = not_produced("int8")
         for rel, source in (extra_files or {}).items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +201,7 @@ def export_bundle(
                 for p in body_parts
             },
             metrics=metrics,
+            precisions=precisions,
             data=data,
             training=training
             | {

@@ -44,6 +44,7 @@ from training.io import say, write_csv_atomic, write_text_atomic
 from training.localisation import plot_examples, pointing_game, read_boxes
 from training.model_card import render_model_card
 from training.pipeline import BadImageLog
+from training.precision import PrecisionTestSet
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
 from training.split import read_split, split_by_patient, split_summary, write_split
 from training.train import BEST_MODEL, HISTORY, load_done, train_model
@@ -242,6 +243,27 @@ def write_report(
         plot_training_curves(histories, out / "plots" / "training_curves.png")
 
 
+def precision_test_set(test: pd.DataFrame, config: TrainConfig) -> PrecisionTestSet:
+    """The test images of the parts with a model, prepared (unreadable ones skipped), for
+    the export's reduced-precision gate."""
+    pixels, parts, labels, studies = [], [], [], []
+    for row in test[test["body_part"].isin(config.body_parts)].to_dict("records"):
+        try:
+            pixels.append(preprocess_file(row["path"], config.input_size))
+        except (ImageError, OSError):
+            continue
+        parts.append(str(row["body_part"]))
+        labels.append(int(row["label"]))
+        studies.append(str(row["study_id"]))
+    size = config.input_size
+    return PrecisionTestSet(
+        np.stack(pixels) if pixels else np.zeros((0, size, size), np.uint8),
+        parts,
+        np.asarray(labels),
+        studies,
+    )
+
+
 #: Validation images per body part that the export's ONNX parity check runs on.
 PARITY_IMAGES_PER_PART = 3
 
@@ -318,6 +340,7 @@ def run_training(
         synthetic=config.synthetic,
         extra_files=extra,
         parity_images=parity,
+        precision_test=precision_test_set(split[split["split"] == "test"], config),
         force=force,
     )
     say((paths.report_dir / "report.md").read_text())

@@ -91,5 +91,7 @@ async def model(services: ServicesDep) -> ModelInfo:
         metrics=manifest.metrics,
         intended_use=manifest.intended_use,
         providers=engine.providers,
+        runtime=engine.runtime.describe(),
+        precisions={k: v.model_dump() for k, v in manifest.precisions.items()},
         warnings=engine.threshold_warnings,
     )

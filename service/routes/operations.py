@@ -43,6 +43,7 @@ async def ready(services: ServicesDep) -> ReadyResponse | JSONResponse:
     return ReadyResponse(
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         providers=engine.providers,
+        runtime=engine.runtime.describe(),
         warnings=engine.threshold_warnings,
     )
 

@@ -22,12 +22,20 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4
 
 
+def parity_settings(bundle: Path, tmp_path: Path) -> Settings:
+    """fp32: the skew check compares preprocessing, so no reduced precision may blur it
+    (bf16 has its own gate, measured at export and checked at load)."""
+    return Settings(
+        models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up", precision="fp32"
+    )
+
+
 def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path) -> None:
     bundle: Path = trained_demo["bundle"]
     evaluated = pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"])
     # every part, both labels, and some RGB/RGBA source files where the generator wrote them
     sample = evaluated.groupby(["body_part", "label"], group_keys=False).head(4)
-    settings = Settings(models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up")
+    settings = parity_settings(bundle, tmp_path)
     compared = 0
     with running(settings) as (client, _app):
         for row in sample.itertuples():
@@ -69,7 +77,7 @@ def test_service_operating_points_and_studies_match_the_report(
     bundle: Path = trained_demo["bundle"]
     report = json.loads((bundle / "report.json").read_text())
     evaluated = pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"])
-    settings = Settings(models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up")
+    settings = parity_settings(bundle, tmp_path)
     with running(settings) as (client, _app):
         names = _upload_all(client, trained_demo["root"], evaluated)
         decided = []
@@ -108,7 +116,7 @@ def test_views_of_different_parts_are_422_unless_bone_type_given(
     confident = evaluated[evaluated["routed_part"] == evaluated["body_part"]]
     elbow = confident[confident.body_part == "ELBOW"].iloc[0]
     hand = confident[confident.body_part == "HAND"].iloc[0]
-    settings = Settings(models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up")
+    settings = parity_settings(bundle, tmp_path)
     with running(settings) as (client, _app):
         names = _upload_all(client, trained_demo["root"], pd.DataFrame([elbow, hand]))
         views = [names[elbow.rel_path], names[hand.rel_path]]
@@ -131,7 +139,7 @@ def test_part_without_a_model_gets_422_with_its_name(trained_demo: dict, tmp_pat
     evaluated = pd.read_csv(bundle / "test_predictions.csv")
     wrists = evaluated[(evaluated.body_part == "WRIST") & (evaluated.routed_part == "WRIST")]
     assert len(wrists) >= 3, "the router should recognise most test wrists"
-    settings = Settings(models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up")
+    settings = parity_settings(bundle, tmp_path)
     with running(settings) as (client, _app):
         names = _upload_all(client, trained_demo["root"], wrists.head(3))
         for name in names.values():

@@ -332,3 +332,29 @@ def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) 
         only=["elbow"],
     )
     assert not pd.read_csv(other / "run" / "elbow" / "history.csv").equals(first)
+
+
+def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
+    """The demo's CAMs point at the defect the generator drew, far more often than a blank
+    map (whose guess is the image centre): the maps show where the model looked."""
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    overall = report["localisation"]["overall"]
+    print(f"pointing game: heat map {overall['heatmap']:.3f}, centre {overall['centre']:.3f}")
+    assert overall["n"] >= 30
+    assert overall["heatmap"] >= overall["centre"] + 0.2
+    assert (trained_demo["bundle"] / "plots" / "heatmaps.png").stat().st_size > 20_000
+    assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
+
+
+def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) -> None:
+    manifest = verify_bundle(trained_demo["bundle"])
+    bf16 = manifest.precisions["bf16"]
+    print(f"bf16: {bf16.reason}")
+    if bf16.measured:  # measured wherever OpenVINO runs on a bf16 CPU (this machine)
+        assert bf16.measured["decisions"] >= 30
+        limit = max(1, int(0.01 * bf16.measured["decisions"]))
+        within = (
+            bf16.measured["worst_study_auroc_drop"] <= 0.005 and bf16.measured["flipped"] <= limit
+        )
+        assert bf16.allowed == within
+    assert not manifest.precisions["int8"].allowed

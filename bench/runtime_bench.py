@@ -1,0 +1,119 @@
+"""Benchmark: the runtimes and precisions the service can use, measured in the same run.
+
+ONNX Runtime fp32 (the reference), OpenVINO fp32 and OpenVINO bf16, each opened through
+``service.runtimes`` exactly as the engine opens it: one part model alone, and the
+two-stage path (router, then a part model on the same images), at batch 1 to 16. The max
+|P - P(ORT fp32)| on the same inputs is printed beside each row: speed with its accuracy.
+
+    python -m bench.runtime_bench                       # ResNet50 224 px, random-init bundle
+    python -m bench.runtime_bench --bundle models/demo  # any existing bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CHOICES = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+
+
+def _median_ms(run, x: np.ndarray, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
+    from service.runtimes import RuntimeChoice, open_session
+    from service.settings import Settings
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    size = int(manifest["input"]["size"])
+    part = next(iter(manifest["parts"].values()))["onnx"]
+    settings = Settings(models_dir=bundle.parent)
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.uniform(0, 255, (b, size, size, 1)).astype(np.float32) for b in batches}
+    reference: dict[int, np.ndarray] = {}
+    rows = []
+    for runtime, precision in CHOICES:
+        choice = RuntimeChoice(runtime, precision, "benchmark")
+        router = open_session(choice, bundle / manifest["router"]["onnx"], settings)
+        model = open_session(choice, bundle / part, settings)
+        for batch in batches:
+            x = inputs[batch]
+            probs = model.run(x)[0][:, 0]
+            reference.setdefault(batch, probs)
+            single = _median_ms(model.run, x, repeats)
+            two_stage = _median_ms(lambda v, r=router, m=model: (r.run(v), m.run(v)), x, repeats)
+            rows.append(
+                {
+                    "runtime": runtime,
+                    "precision": precision,
+                    "batch": batch,
+                    "single_ms": single,
+                    "two_stage_ms": two_stage,
+                    "two_stage_images_per_s": 1000 * batch / two_stage,
+                    "max_abs_diff_vs_ort_fp32": float(np.max(np.abs(probs - reference[batch]))),
+                }
+            )
+            print(f"{runtime} {precision} batch {batch}: {two_stage:.1f} ms two-stage")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: build one)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batches", default="1,2,4,8,16")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/runtimes.json"))
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bonexr-runtime-bench-"))
+    try:
+        bundle = args.bundle
+        if bundle is None:
+            from training.export import export_random_init_bundle
+
+            bundle = work / "models" / f"{args.backbone}-{args.size}"
+            print(f"building a random-init {args.backbone} {args.size}px bundle ...")
+            export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
+        rows = measure(bundle.resolve(), [int(b) for b in args.batches.split(",")], args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nbonexr runtime benchmark: {Path(bundle).name}, {os.cpu_count()} CPU cores")
+    header = (
+        f"{'runtime':<22}{'batch':>6}{'model ms':>10}{'2-stage ms':>12}{'img/s':>8}{'max|dP|':>10}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['runtime'] + ' ' + r['precision']:<22}{r['batch']:>6}{r['single_ms']:>10.1f}"
+            f"{r['two_stage_ms']:>12.1f}{r['two_stage_images_per_s']:>8.1f}"
+            f"{r['max_abs_diff_vs_ort_fp32']:>10.4f}"
+        )
+    result = {"bundle": Path(bundle).name, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

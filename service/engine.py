@@ -53,6 +53,10 @@ log = logging.getLogger("bonexr.engine")
 ROUTER = "router"
 
 
+#: Cap of the measured queue limit: a queued request holds its prepared pixels in memory.
+MAX_AUTO_QUEUE = 1024
+
+
 class EngineState(StrEnum):
     NOT_STARTED = "not_started"
     LOADING = "loading"
@@ -239,8 +243,8 @@ class InferenceEngine:
         start = time.perf_counter()
         self.predict_batch(np.zeros((batch, size, size), np.uint8))
         rate = batch / max(time.perf_counter() - start, 1e-6)
-        limit = self.settings.max_queue or max(
-            2 * batch, int(rate * self.settings.predict_timeout_s / 2)
+        limit = self.settings.max_queue or min(
+            MAX_AUTO_QUEUE, max(2 * batch, int(rate * self.settings.predict_timeout_s / 2))
         )
         batcher = self._new_batcher(max_queue=limit)
         batcher.images_per_second = rate

@@ -53,10 +53,15 @@ def browser() -> Iterator[object]:
         browser.close()
 
 
+#: Upload limit of the page test's server: small, so an "oversized file" is cheap to make.
+UPLOAD_LIMIT = 2_000_000
+
+
 @pytest.fixture(scope="module")
 def served(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uploads = tmp_path_factory.mktemp("page-uploads")
-    with server_process(untrained_bundle.parent, uploads) as (url, _process):
+    limit = {"BONEXR_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}
+    with server_process(untrained_bundle.parent, uploads, **limit) as (url, _process):
         yield url
 
 
@@ -88,7 +93,7 @@ def test_page_shows_the_apis_answers(
     views = two_views(synthetic_small)
     page.set_input_files("#files", [str(v) for v in views])
     page.wait_for_selector("#study .verdict", timeout=60_000)
-    page.wait_for_function("document.querySelectorAll('.view .verdict').length == 2")
+    page.locator(".view .verdict").nth(1).wait_for()
 
     # the page's numbers are the API's numbers for the same uploads
     with httpx.Client(base_url=served, timeout=30) as api:
@@ -150,3 +155,74 @@ def test_page_asks_for_the_api_key(browser: object, untrained_bundle: Path, tmp_
         page.wait_for_selector("#model:has-text('version')")
         assert page.evaluate("sessionStorage.getItem('bonexr-api-key')") == "s3cret"
         page.close()
+
+
+def test_page_explains_every_failure_beside_its_view(
+    browser: object, served: str, tmp_path: Path
+) -> None:
+    """Oversized file, DICOM without pixels, a lost connection, an upload deleted before it
+    was classified: each a sentence in its own card; the layout and the console stay clean."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from tests.service_support import encode, png_bytes
+
+    big = tmp_path / "big.png"
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)
+    big.write_bytes(encode(Image.fromarray(noise, mode="L")))
+    assert big.stat().st_size > UPLOAD_LIMIT
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    header_only = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\x00" * 128)
+    header_only.Rows, header_only.Columns = 64, 64
+    empty_dicom = tmp_path / "no-pixels.dcm"
+    header_only.save_as(empty_dicom, enforce_file_format=True)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.goto(served + "/")
+    page.wait_for_selector("#model:has-text('version')")
+
+    def card_error(files: list[Path]) -> list[str]:
+        page.set_input_files("#files", [str(f) for f in files])
+        # (no wait_for_function: its string predicates need eval, which the page's CSP forbids)
+        page.locator(".view .error, .view .verdict").nth(len(files) - 1).wait_for()
+        return [e.inner_text() for e in page.query_selector_all(".view .error")]
+
+    (too_big,) = card_error([big])
+    assert "too large" in too_big and f"{UPLOAD_LIMIT:,} bytes" in too_big
+    (message,) = card_error([empty_dicom])
+    assert "DICOM" in message and message.endswith(".")
+
+    # the connection drops during the upload
+    page.route("**/upload", lambda route: route.abort())
+    lost = tmp_path / "lost.png"
+    lost.write_bytes(png_bytes(seed=71))
+    assert card_error([lost]) == [
+        "The server could not be reached (network error). Check the connection and try again."
+    ]
+    page.unroute("**/upload")
+
+    # the upload is deleted (retention, another reader) before it is classified
+    def delete_first(route, request) -> None:  # type: ignore[no-untyped-def]
+        filename = request.post_data_json["filename"]
+        httpx.delete(f"{served}/uploads/{filename}")
+        route.continue_()
+
+    page.route("**/predict", delete_first)
+    expired = tmp_path / "expired.png"
+    expired.write_bytes(png_bytes(seed=72))
+    assert card_error([expired]) == ["No upload with that filename."]
+    page.unroute("**/predict")
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    expected = ("status of 413", "status of 422", "status of 404", "ERR_FAILED")
+    unexpected = [e for e in errors if not any(x in e for x in expected)]
+    assert unexpected == [], unexpected
+    page.close()

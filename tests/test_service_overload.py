@@ -126,5 +126,5 @@ def test_default_queue_limit_comes_from_measured_throughput(
     with running(settings) as (_client, app):
         batcher = app.state.services.engine.batcher
         assert batcher.images_per_second > 0
-        expected = max(2 * settings.max_batch_size, int(batcher.images_per_second * 2.0))
+        expected = min(1024, max(2 * settings.max_batch_size, int(batcher.images_per_second * 2.0)))
         assert batcher.max_queue == expected

@@ -14,8 +14,10 @@ from training.config import TrainConfig
 from training.report import format_metric as _f
 
 KNOWN_FAILURE_MODES = [
-    "Body parts outside the configured set (e.g. wrist, knee, chest) are still routed to one "
-    "of the configured parts; watch the router-confidence warning.",
+    "Body parts the router never learned (e.g. knee, chest) are still routed to one of its "
+    "parts; watch the router-confidence warning. Parts it knows without an abnormality model "
+    "(e.g. wrist in the demo) are answered 422 with the part named, never another part's "
+    "verdict.",
     "Children and adolescents (open growth plates) are rare in MURA and look 'abnormal' to "
     "models trained on adults.",
     "MURA 'abnormal' includes orthopaedic hardware, degenerative change and old injuries, so "

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_bundle_options, bundle_for, write_result
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -114,23 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: build one)")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backbone", default="resnet50")
+    add_bundle_options(parser)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("bench/results/heatmap.json"))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bonexr-heatmap-bench-"))
     try:
-        bundle = args.bundle
-        if bundle is None:
-            from training.export import export_random_init_bundle
-
-            bundle = work / "models" / f"{args.backbone}-{args.size}"
-            print(f"building a random-init {args.backbone} {args.size}px bundle ...")
-            export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
-        bundle = bundle.resolve()
+        bundle = bundle_for(args, work)
         print("measuring the part model with and without its CAM output ...")
         model = model_cost(bundle, work, args.repeats)
         print(f"measuring the service in process ({args.requests} requests each) ...")
@@ -149,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     for label, ms in service.items():
         print(f"{label:<28}{ms:>8.1f}{ms - reference:>+13.1f}")
     result = {"bundle": bundle.name, "model_ms": model, "service_ms": service}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

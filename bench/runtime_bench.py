@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_bundle_options, bundle_for, write_result
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CHOICES = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
@@ -78,23 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: build one)")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--backbone", default="resnet50")
+    add_bundle_options(parser)
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/runtimes.json"))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bonexr-runtime-bench-"))
     try:
-        bundle = args.bundle
-        if bundle is None:
-            from training.export import export_random_init_bundle
-
-            bundle = work / "models" / f"{args.backbone}-{args.size}"
-            print(f"building a random-init {args.backbone} {args.size}px bundle ...")
-            export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
-        rows = measure(bundle.resolve(), [int(b) for b in args.batches.split(",")], args.repeats)
+        bundle = bundle_for(args, work)
+        rows = measure(bundle, [int(b) for b in args.batches.split(",")], args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nbonexr runtime benchmark: {Path(bundle).name}, {os.cpu_count()} CPU cores")
@@ -109,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['max_abs_diff_vs_ort_fp32']:>10.4f}"
         )
     result = {"bundle": Path(bundle).name, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_bundle_options, bundle_for, write_result
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -250,11 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--bundle", type=Path, help="bundle folder (default: build a random-init one)"
-    )
-    parser.add_argument("--size", type=int, default=224, help="input size of a built bundle")
-    parser.add_argument("--backbone", default="resnet50", help="backbone of a built bundle")
+    add_bundle_options(parser)
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests-per-client", type=int, default=12)
     parser.add_argument("--max-batch-size", type=int, default=8)
@@ -272,16 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(args: argparse.Namespace, work: Path) -> dict:
-    bundle = args.bundle
-    if bundle is None:
-        from training.export import export_random_init_bundle
-
-        bundle = work / "models" / f"{args.backbone}-{args.size}"
-        print(
-            f"building a random-init {args.backbone} {args.size}px bundle (speed needs no weights)"
-        )
-        export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
-    bundle = bundle.resolve()
+    bundle = bundle_for(args, work)
 
     print("measuring the raw engine (in-process, two-stage) ...")
     raw = raw_engine(bundle, [1, 2, 4, 8, 16], repeats=6)
@@ -391,9 +380,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
         "overload": overload,
         "checks": checks,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

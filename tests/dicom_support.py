@@ -121,6 +121,18 @@ def dicom_file(
     return buffer.getvalue()
 
 
+def rescaled_and_raw_window(codes: np.ndarray) -> tuple[bytes, bytes]:
+    """Two 12-bit files a viewer renders identically: one with a modality LUT (slope 2,
+    intercept -1024) and a window in rescaled units (centre 1000, width 3000), one with the
+    same window expressed in stored codes ((1000 + 1024) / 2, 3000 / 2)."""
+    exact = {"VOILUTFunction": "LINEAR_EXACT", "bits_stored": 12}
+    rescaled = dicom_file(
+        codes, RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=1000, WindowWidth=3000, **exact
+    )
+    raw = dicom_file(codes, WindowCenter=1012, WindowWidth=1500, **exact)
+    return rescaled, raw
+
+
 def deflated_bomb(frames: int = 50, rows: int = 2048, cols: int = 2048) -> bytes:
     """A small deflated DICOM whose pixel data inflates to frames x rows x cols x 16 bit of
     zeros; written by streaming the deflate so the test never holds the inflated data."""

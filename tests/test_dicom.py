@@ -19,7 +19,7 @@ from pydicom.uid import (
 
 from bonexr.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
 from bonexr.imaging import decode_upload
-from tests.dicom_support import deflated_bomb, dicom_file
+from tests.dicom_support import deflated_bomb, dicom_file, rescaled_and_raw_window
 
 
 def gray(data: bytes, **limits: int) -> np.ndarray:
@@ -74,23 +74,7 @@ def test_rescale_is_applied_before_the_window() -> None:
 
 def test_rescaled_window_equals_the_same_window_on_raw_values() -> None:
     codes = ramp(high=4095, shape=(64, 64))
-    rescaled = dicom_file(
-        codes,
-        bits_stored=12,
-        RescaleSlope=2,
-        RescaleIntercept=-1024,
-        WindowCenter=1000,
-        WindowWidth=3000,
-        VOILUTFunction="LINEAR_EXACT",
-    )
-    # the same window expressed in stored codes: (1000 + 1024) / 2, 3000 / 2
-    raw = dicom_file(
-        codes,
-        bits_stored=12,
-        WindowCenter=1012,
-        WindowWidth=1500,
-        VOILUTFunction="LINEAR_EXACT",
-    )
+    rescaled, raw = rescaled_and_raw_window(codes)
     np.testing.assert_array_equal(gray(rescaled), gray(raw))
     np.testing.assert_array_equal(gray(raw), linear_exact(codes.astype(float), 1012, 1500))
 

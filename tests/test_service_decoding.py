@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.uid import JPEGLosslessSV1, RLELossless
 
-from tests.dicom_support import deflated_bomb, dicom_file
+from tests.dicom_support import deflated_bomb, dicom_file, rescaled_and_raw_window
 from tests.service_support import (
     ERRORS_SEEN,
     assert_error,
@@ -79,19 +79,7 @@ def test_multi_frame_rgb_dicom_is_not_a_500(client: TestClient) -> None:
 
 
 def test_rescaled_and_raw_window_dicoms_store_the_same_pixels(client: TestClient) -> None:
-    codes = ramp((64, 64))
-    rescaled = dicom_file(
-        codes,
-        bits_stored=12,
-        RescaleSlope=2,
-        RescaleIntercept=-1024,
-        WindowCenter=1000,
-        WindowWidth=3000,
-        VOILUTFunction="LINEAR_EXACT",
-    )
-    raw = dicom_file(
-        codes, bits_stored=12, WindowCenter=1012, WindowWidth=1500, VOILUTFunction="LINEAR_EXACT"
-    )
+    rescaled, raw = rescaled_and_raw_window(ramp((64, 64)))
     a, b = upload(client, rescaled).json(), upload(client, raw).json()
     assert a["filename"] == b["filename"]  # same pixels, so the same prediction
     pa = client.post("/predict", json={"filename": a["filename"]}).json()

@@ -47,17 +47,11 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     training/serving-parity tests. Takes ~2.5 minutes on 2 cores.
     """
     from bonexr.cli import main
-    from bonexr.labels import ALL_BODY_PARTS
-    from training.config import demo_config, demo_patients
-    from training.synthetic import generate_synthetic_mura
+    from training.config import demo_config
 
     base = tmp_path_factory.mktemp("trained-demo")
     root = base / "MURA-v1.1"
-    # the data `bonexr demo` generates (the corrupt image must be there before training)
-    patients = demo_patients(demo_config().body_parts)
-    generate_synthetic_mura(
-        root, patients_per_part=patients, body_parts=ALL_BODY_PARTS, progress=False
-    )
+    assert main(["synth", str(root), "--patients-per-part", "120", "--quiet"]) == 0
     corrupt = sorted((root / "train" / "XR_HAND").rglob("image1.png"))[0]
     corrupt.write_bytes(corrupt.read_bytes()[:100])  # a truncated PNG
     bundle = base / "models" / "demo"

@@ -409,19 +409,3 @@ def test_both_tasks_are_learnable_by_a_linear_model(tmp_path: Path) -> None:
     )
     assert accuracy >= 0.8
     assert auroc >= 0.7
-
-
-def test_patient_counts_per_part(tmp_path: Path) -> None:
-    root = tmp_path / "MURA-v1.1"
-    summary = synthetic.generate_synthetic_mura(
-        root, patients_per_part={"elbow": 6, "Wrist": 3}, body_parts=("ELBOW", "WRIST"),
-        progress=False,
-    )  # fmt: skip
-    patients = {
-        part: len({p.name for p in root.glob(f"*/XR_{part}/*")}) for part in ("ELBOW", "WRIST")
-    }
-    assert patients == {"ELBOW": 6, "WRIST": 3} and summary.n_patients == 9
-    with pytest.raises(ConfigError, match="no patient count for WRIST"):
-        synthetic.generate_synthetic_mura(
-            tmp_path / "other", patients_per_part={"elbow": 6}, body_parts=("ELBOW", "WRIST")
-        )

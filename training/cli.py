@@ -219,8 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patients-per-part",
         type=int,
         default=DEMO_PATIENTS_PER_PART,
-        help="synthetic patients per body part with a model; a third of it for the parts "
-        "only the router learns (default: %(default)s)",
+        help="synthetic patients per body part (default: %(default)s)",
     )
     _add_run_options(p, default_name="demo")
     add_training_options(p, demo_config())

@@ -169,16 +169,6 @@ DEMO_DATA = Path("data/synthetic/MURA-v1.1")
 DEMO_PATIENTS_PER_PART = 120
 
 
-def demo_patients(body_parts: tuple[str, ...], per_part: int = DEMO_PATIENTS_PER_PART) -> dict:
-    """Synthetic patients per MURA part for the demo: ``per_part`` for the parts that get an
-    abnormality model, a third of it for the parts only the router learns (enough to
-    recognise them; the router's training time follows the image count)."""
-    from bonexr.labels import ALL_BODY_PARTS
-
-    others = max(2, per_part // 3)
-    return {p: per_part if p in body_parts else others for p in ALL_BODY_PARTS}
-
-
 def demo_config(**overrides: Any) -> TrainConfig:
     """The quick synthetic profile: same code path, tiny backbone, small images, few epochs."""
     base: dict[str, Any] = dict(

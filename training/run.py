@@ -28,7 +28,6 @@ from training.config import (
     DEMO_PATIENTS_PER_PART,
     TrainConfig,
     demo_config,
-    demo_patients,
     load_config,
     save_config,
 )
@@ -368,10 +367,7 @@ def run_demo(
         # every MURA part, as in MURA: the router learns all seven (a wrist must not be
         # taken for a hand), abnormality models are trained for config.body_parts only
         summary = generate_synthetic_mura(
-            data,
-            patients_per_part=demo_patients(config.body_parts, patients_per_part),
-            seed=config.seed,
-            body_parts=ALL_BODY_PARTS,
+            data, patients_per_part=patients_per_part, seed=config.seed, body_parts=ALL_BODY_PARTS
         )
         say(summary.describe())
     return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)

@@ -31,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ class SyntheticSummary:
 def generate_synthetic_mura(
     root: str | Path,
     *,
-    patients_per_part: int | Mapping[str, int] = 40,
+    patients_per_part: int = 40,
     body_parts: Sequence[str] = DEFAULT_BODY_PARTS,
     seed: int = 0,
     progress: bool = True,
@@ -158,12 +158,10 @@ def generate_synthetic_mura(
     """
     started = time.perf_counter()
     parts = normalize_body_parts(body_parts)
-    counts = _patients_by_part(parts, patients_per_part)
-    for count in counts.values():
-        _check_arguments(count, valid_fraction, min_size, max_size)
+    _check_arguments(patients_per_part, valid_fraction, min_size, max_size)
     root = Path(root)
     _check_target(root)
-    plan = _plan_dataset(parts, counts, int(seed), valid_fraction)
+    plan = _plan_dataset(parts, patients_per_part, int(seed), valid_fraction)
 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
@@ -183,19 +181,6 @@ def generate_synthetic_mura(
 # --------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------
-
-
-def _patients_by_part(
-    parts: tuple[str, ...], patients_per_part: int | Mapping[str, int]
-) -> dict[str, int]:
-    """One patient count per part: the same for all, or per part (missing parts: error)."""
-    if isinstance(patients_per_part, Mapping):
-        given = {normalize_body_parts([k])[0]: int(v) for k, v in patients_per_part.items()}
-        missing = [p for p in parts if p not in given]
-        if missing:
-            raise ConfigError(f"no patient count for {', '.join(missing)}")
-        return {p: given[p] for p in parts}
-    return dict.fromkeys(parts, int(patients_per_part))
 
 
 def _check_arguments(
@@ -300,21 +285,17 @@ def _draw_group(rng: np.random.Generator, n_patients: int) -> list[list[_StudyDr
 
 
 def _plan_dataset(
-    parts: tuple[str, ...],
-    patients_per_part: int | Mapping[str, int],
-    seed: int,
-    valid_fraction: float,
+    parts: tuple[str, ...], patients_per_part: int, seed: int, valid_fraction: float
 ) -> list[_Study]:
     """Decide every study folder up front (train patients first, like MURA's ids)."""
     rng = np.random.default_rng([seed, _PLAN_STREAM])
-    counts = _patients_by_part(parts, patients_per_part)
+    n_valid = _n_valid(patients_per_part, valid_fraction)
     plan: list[_Study] = []
     patient_id = 0
     image_index = 0
     for split in SPLITS:
+        n_patients = n_valid if split == "valid" else patients_per_part - n_valid
         for part in parts:
-            n_valid = _n_valid(counts[part], valid_fraction)
-            n_patients = n_valid if split == "valid" else counts[part] - n_valid
             if n_patients == 0:
                 continue
             for draws in _draw_group(rng, n_patients):

@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from bonexr.atomic import write_bytes_atomic
 from bonexr.errors import ConfigError, DataError, ImageError
-from bonexr.imaging import decode_upload, prepare_pixels, sniff_format
+from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.labels import result_name
 from bonexr.study import route_study, study_probability
+from service.deps import decode_within_limits
 from service.engine import InferenceEngine, Prediction
 from service.settings import Settings
 
@@ -176,11 +177,7 @@ class BatchPredictor:
 
     def pixels(self, path: Path) -> np.ndarray:
         """Prepared pixels, under the service's decoding limits (ImageError/OSError)."""
-        decoded = decode_upload(
-            path.read_bytes(),
-            max_pixels=self.settings.max_pixels,
-            max_decoded_bytes=self.settings.max_decoded_bytes,
-        )
+        decoded = decode_within_limits(path.read_bytes(), self.settings)
         return prepare_pixels(decoded.image, self.manifest.input.size)
 
     def score(

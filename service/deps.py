@@ -48,11 +48,15 @@ class Services:
     def decode(self, data: bytes) -> DecodedImage:
         """Decode untrusted bytes under the configured pixel and decoded-memory limits.
         Call inside :meth:`decode_slot`, from the threadpool."""
-        return decode_upload(
-            data,
-            max_pixels=self.settings.max_pixels,
-            max_decoded_bytes=self.settings.max_decoded_bytes,
-        )
+        return decode_within_limits(data, self.settings)
+
+
+def decode_within_limits(data: bytes, settings: Settings) -> DecodedImage:
+    """Decode untrusted bytes under ``settings``' pixel and decoded-memory limits (the
+    service's uploads and ``bonexr predict`` alike)."""
+    return decode_upload(
+        data, max_pixels=settings.max_pixels, max_decoded_bytes=settings.max_decoded_bytes
+    )
 
 
 def get_services(request: Request) -> Services:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bonexr.contract import ModelIO
+from bonexr.contract import ModelIO, session_io
 from bonexr.errors import BundleError
 
 if TYPE_CHECKING:
@@ -49,10 +49,6 @@ class RuntimeChoice:
     def describe(self) -> str:
         where = f" ({', '.join(self.providers)})" if self.providers else ""
         return f"{self.runtime} {self.precision}{where}: {self.reason}"
-
-
-def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
-    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 # -------------------------------------------------------------------- ONNX Runtime
@@ -84,8 +80,7 @@ class OnnxRuntimeSession:
         return [np.asarray(o, np.float64) for o in self.session.run(None, {self.input_name: x})]
 
     def io(self) -> ModelIO:
-        outputs = [_dims(o.shape) for o in self.session.get_outputs()]
-        return ModelIO(_dims(self.session.get_inputs()[0].shape), outputs[0], tuple(outputs[1:]))
+        return session_io(self.session)
 
 
 # ------------------------------------------------------------------------ OpenVINO

@@ -168,13 +168,16 @@ def plot_examples(
     true_pos = [r for r in abnormal if positive(r.rel_path, r.part)][:EXAMPLES_PER_KIND]
     missed = [r for r in abnormal if not positive(r.rel_path, r.part)][:EXAMPLES_PER_KIND]
     false_pos: list[tuple[str, str, np.ndarray, tuple[int, int]]] = []
+    cam_models: dict[str, keras.Model] = {}  # built once per part, not once per image
     normals = scored[(scored["label"] == 0) & scored["body_part"].isin(list(cut))]
     for rel_path, part in normals["body_part"].items():
         if len(false_pos) == EXAMPLES_PER_KIND:
             break
         if positive(str(rel_path), str(part)):
+            if str(part) not in cam_models:
+                cam_models[str(part)] = with_cam(models[model_key(str(part))])
             heat, guess, _, _ = point(
-                with_cam(models[model_key(str(part))]),
+                cam_models[str(part)],
                 root / str(rel_path),
                 size,
                 (0.0, 0.0, 0.0, 0.0),

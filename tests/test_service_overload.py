@@ -88,7 +88,7 @@ def test_service_answers_429_with_retry_after_and_counts_it(
         real = engine.predict_batch
 
         def slow(*args: object, **kwargs: object) -> object:
-            time.sleep(0.15)
+            time.sleep(0.4)
             return real(*args, **kwargs)
 
         monkeypatch.setattr(engine.batcher, "run_batch", slow)
@@ -107,12 +107,14 @@ def test_service_answers_429_with_retry_after_and_counts_it(
         results = asyncio.run(burst())
         statuses = [status for status, _, _ in results]
         assert set(statuses) <= {200, 429}, statuses
-        assert statuses.count(429) >= 1 and statuses.count(200) >= 3
+        # The queue holds two, so the first two are always accepted; how many more get in
+        # depends on whether the worker has taken a batch off the queue yet.
+        assert statuses.count(429) >= 1 and statuses.count(200) >= 2
         for status, elapsed, response in results:
             if status == 429:
                 assert int(response.headers["retry-after"]) >= 1
                 assert "at capacity" in response.json()["detail"]
-                assert elapsed < 0.15  # answered before even one batch could run
+                assert elapsed < 0.4  # answered before even one batch could run
         metrics = client.get("/metrics").text
         assert "bonexr_queue_depth 0.0" in metrics
         assert "bonexr_queue_limit 2.0" in metrics

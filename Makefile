@@ -40,11 +40,12 @@ fmt: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bonexr demo
 
+## bench: runtimes + service + overload + TensorFlow baseline in one run, then the input
+## pipeline and heat-map benchmarks (tables printed, JSON in bench/results/)
 bench: $(STAMP)
 	$(PY) -m bench.service_bench
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.heatmap_bench
-	$(PY) -m bench.runtime_bench
 
 clean-venv:
 	rm -rf $(VENV)

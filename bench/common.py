@@ -18,15 +18,51 @@ def add_bundle_options(parser: argparse.ArgumentParser) -> None:
 
 def bundle_for(args: argparse.Namespace, work: Path) -> Path:
     """The ``--bundle`` given, or a random-init one built in ``work`` (speed needs no
-    weights); resolved."""
+    weights; int8 variants calibrated on random images); resolved."""
     if args.bundle is not None:
         return Path(args.bundle).resolve()
     from training.export import export_random_init_bundle
 
     bundle = work / "models" / f"{args.backbone}-{args.size}"
     print(f"building a random-init {args.backbone} {args.size}px bundle (speed needs no weights)")
-    export_random_init_bundle(bundle, input_size=args.size, backbone=args.backbone)
+    export_random_init_bundle(
+        bundle, input_size=args.size, backbone=args.backbone, int8_calibration=32
+    )
+    allow_for_benchmark(bundle.resolve())
     return bundle.resolve()
+
+
+def allow_for_benchmark(bundle: Path) -> None:
+    """Let the service serve a random-init bundle's reduced precisions, so the benchmark
+    measures the fastest path a gated bundle would get.
+
+    Random weights have no test split to be gated on, so the export marks bf16/int8 not
+    allowed; speed does not depend on the weights. This benchmark-only bundle (in a
+    temporary folder, deleted afterwards) is marked allowed with that said in the reason,
+    and with the load-time tolerance measured on the reference inputs as the export does.
+    Accuracy figures come from the trained bundle's gate (``manifest.precisions``).
+    """
+    from bonexr.bundle import read_manifest
+    from bonexr.contract import ROUTER
+    from bonexr.labels import model_key
+    from training.precision import load_tolerance, reference_diff, unavailable
+
+    manifest = read_manifest(bundle)
+    onnx = {ROUTER: str(manifest.router.onnx)} | {
+        model_key(p): str(s.onnx) for p, s in manifest.parts.items()
+    }
+    raw = json.loads((bundle / "manifest.json").read_text())
+    for name, spec in manifest.precisions.items():
+        if unavailable(name) or (name == "int8" and not spec.files):
+            continue
+        diff = reference_diff(bundle, onnx, name, manifest.input.size, spec.files)
+        raw["precisions"][name].update(
+            allowed=True,
+            reason="allowed for the benchmark only: random weights, speed measured, "
+            "accuracy not (see a trained bundle's gate)",
+            tolerance=load_tolerance(diff),
+        )
+    (bundle / "manifest.json").write_text(json.dumps(raw, indent=2))
 
 
 def write_result(path: Path, result: dict) -> None:

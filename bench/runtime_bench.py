@@ -1,6 +1,7 @@
 """Benchmark: the runtimes and precisions the service can use, measured in the same run.
 
-ONNX Runtime fp32 (the reference), OpenVINO fp32 and OpenVINO bf16, each opened through
+ONNX Runtime fp32 (the reference), OpenVINO fp32, bf16 and int8 (the bundle's NNCF IR
+files; skipped when the bundle has none), each opened through
 ``service.runtimes`` exactly as the engine opens it: one part model alone, and the
 two-stage path (router, then a part model on the same images), at batch 1 to 16. The max
 |P - P(ORT fp32)| on the same inputs is printed beside each row: speed with its accuracy.
@@ -12,7 +13,6 @@ two-stage path (router, then a part model on the same images), at batch 1 to 16.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,7 +26,12 @@ from bench.common import add_bundle_options, bundle_for, write_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CHOICES = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+CHOICES = (
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+)
 
 
 def _median_ms(run, x: np.ndarray, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -40,21 +45,27 @@ def _median_ms(run, x: np.ndarray, repeats: int) -> float:  # type: ignore[no-un
 
 
 def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
+    from bonexr.bundle import read_manifest
+    from bonexr.contract import ROUTER
     from service.runtimes import RuntimeChoice, open_session
     from service.settings import Settings
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    size = int(manifest["input"]["size"])
-    part = next(iter(manifest["parts"].values()))["onnx"]
+    manifest = read_manifest(bundle)
+    size = manifest.input.size
+    part = next(iter(manifest.parts))
     settings = Settings(models_dir=bundle.parent)
     rng = np.random.default_rng(0)
     inputs = {b: rng.uniform(0, 255, (b, size, size, 1)).astype(np.float32) for b in batches}
     reference: dict[int, np.ndarray] = {}
     rows = []
     for runtime, precision in CHOICES:
+        spec = manifest.precisions.get(precision)
+        if precision == "int8" and (spec is None or not spec.files):
+            print("int8 skipped: the bundle has no int8 files")
+            continue
         choice = RuntimeChoice(runtime, precision, "benchmark")
-        router = open_session(choice, bundle / manifest["router"]["onnx"], settings)
-        model = open_session(choice, bundle / part, settings)
+        router = open_session(choice, bundle / manifest.served_file(ROUTER, precision), settings)
+        model = open_session(choice, bundle / manifest.served_file(part, precision), settings)
         for batch in batches:
             x = inputs[batch]
             probs = model.run(x)[0][:, 0]

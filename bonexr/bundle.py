@@ -16,15 +16,16 @@ import os
 import shutil
 import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from bonexr.atomic import current_umask, write_json_atomic
 from bonexr.contract import ROUTER, check_input_contract, check_model_io, onnx_file_io
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
+from bonexr.labels import model_key
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -111,6 +112,20 @@ class PrecisionSpec(BaseModel):
         ge=0.0, description="Largest |P - P(fp32)| allowed at load (reference check)."
     )
     measured: dict[str, Any] = Field(default_factory=dict, description="The gate's figures.")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model name (router, elbow ...) -> the file served at this precision "
+        "(an OpenVINO IR .xml with its .bin beside it); empty: the ONNX files (bf16).",
+    )
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_bundle(cls, files: dict[str, str]) -> dict[str, str]:
+        for rel in files.values():
+            path = PurePosixPath(rel)
+            if path.is_absolute() or ".." in path.parts or path.suffix != ".xml":
+                raise ValueError(f"{rel!r}: must be a bundle-relative .xml path")
+        return files
 
 
 class Manifest(BaseModel):
@@ -145,9 +160,28 @@ class Manifest(BaseModel):
         return spec.reason if spec else f"{name} was not measured when this bundle was exported"
 
     def model_files(self) -> list[str]:
-        """Every model file the manifest points at (Keras and ONNX)."""
+        """Every model file the manifest points at (Keras, ONNX and reduced-precision IR)."""
         specs: list[ModelFiles] = [self.router, *self.parts.values()]
-        return [f for spec in specs for f in (spec.keras, spec.onnx) if f]
+        variants = [
+            f
+            for spec in self.precisions.values()
+            for xml in spec.files.values()
+            for f in (xml, str(PurePosixPath(xml).with_suffix(".bin")))
+        ]
+        return [f for spec in specs for f in (spec.keras, spec.onnx) if f] + variants
+
+    def served_file(self, name: str, precision: str) -> str:
+        """The file model ``name`` (``router`` or a part) is served from at ``precision``."""
+        spec: ModelFiles = self.router if name == ROUTER else self.parts[name]
+        variants = self.precisions[precision].files if precision in self.precisions else {}
+        key = ROUTER if name == ROUTER else model_key(name)
+        if variants:
+            if key not in variants:
+                raise BundleError(f"bundle has no {precision} file for {name}")
+            return variants[key]
+        if not spec.onnx:
+            raise BundleError(f"no ONNX export for {name} (the service runs ONNX)")
+        return spec.onnx
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -170,7 +204,7 @@ def content_version(files: dict[str, str]) -> str:
     """A short id derived from the model files' hashes: same weights, same version."""
     digest = hashlib.sha256()
     for rel in sorted(files):
-        if rel.endswith((".keras", ".onnx")):
+        if rel.endswith((".keras", ".onnx", ".xml", ".bin")):
             digest.update(f"{rel}:{files[rel]}\n".encode())
     return digest.hexdigest()[:12]
 

@@ -267,12 +267,15 @@ class InferenceEngine:
         providers = choose_providers(self.settings.device, ort.get_available_providers())
         cuda = providers if "CUDAExecutionProvider" in providers else []
         self.runtime = choose_runtime(self.settings, manifest, cuda)
+        precision = self.runtime.precision
         sessions = {
-            name: open_session(self.runtime, folder / str(spec.onnx), self.settings)
-            for name, spec in specs.items()
+            name: open_session(
+                self.runtime, folder / manifest.served_file(name, precision), self.settings
+            )
+            for name in specs
         }
-        if self.runtime.precision != "fp32":
-            tolerance = manifest.precisions[self.runtime.precision].tolerance
+        if precision != "fp32":
+            tolerance = manifest.precisions[precision].tolerance
             reference = RuntimeChoice("onnxruntime", "fp32", "reference")
             for name, spec in specs.items():
                 fp32 = open_session(reference, folder / str(spec.onnx), self.settings)

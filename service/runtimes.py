@@ -4,10 +4,12 @@ Both run the bundle's ONNX files, so nothing is converted at deploy time. The en
 :func:`choose_runtime` once, opens one :class:`ModelSession` per model, and never needs to
 know which runtime answers.
 
-Precision is an accuracy decision, not a speed knob: OpenVINO's bf16 (AMX on this class of
-CPU) is used only when the bundle's manifest says it was measured on the bundle's own test
-split and allowed (``precisions.bf16.allowed``, written by the export), and the engine
-checks at load that it reproduces ONNX Runtime's fp32 outputs within the recorded tolerance.
+Precision is an accuracy decision, not a speed knob: OpenVINO's int8 (the bundle's NNCF
+IR files, VNNI/AMX kernels) and bf16 (the ONNX files with the bf16 hint, AMX on this class
+of CPU) are used only when the bundle's manifest says they were measured on the bundle's
+own test split and allowed (``precisions.<name>.allowed``, written by the export), and the
+engine checks at load that they reproduce ONNX Runtime's fp32 outputs within the recorded
+tolerance.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: Reduced precisions, fastest first (what ``auto`` tries), with the CPU capability each needs.
+REDUCED = (("int8", "INT8"), ("bf16", "BF16"))
+#: OpenVINO's inference-precision hint per precision (an int8 IR runs its unquantised
+#: layers in fp32: the export's gate measured it so).
+OPENVINO_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class ModelSession(Protocol):
@@ -42,7 +49,7 @@ class ModelSession(Protocol):
 @dataclass(frozen=True)
 class RuntimeChoice:
     runtime: str  # "onnxruntime" | "openvino"
-    precision: str  # "fp32" | "bf16"
+    precision: str  # "fp32" | "bf16" | "int8"
     reason: str  # why, for the log, /ready and /model
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers
 
@@ -91,7 +98,7 @@ class OpenVinoSession:
         import openvino as ov
 
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": OPENVINO_HINT[precision],
             "PERFORMANCE_HINT": "LATENCY",
         }
         if settings.intra_op_threads:
@@ -143,12 +150,16 @@ def choose_runtime(
     """
     runtime, precision = settings.runtime, settings.precision
     allowed = manifest.precision_allowed
-    if precision == "bf16" and runtime == "onnxruntime":
-        raise BundleError("precision bf16 needs runtime openvino (ONNX Runtime serves fp32)")
-    if precision == "bf16" and not allowed("bf16"):
-        raise BundleError(
-            f"bundle '{manifest.name}' does not allow bf16: {manifest.precision_note('bf16')}"
-        )
+    if precision in ("bf16", "int8"):
+        if runtime == "onnxruntime":
+            raise BundleError(
+                f"precision {precision} needs runtime openvino (ONNX Runtime serves fp32)"
+            )
+        if not allowed(precision):
+            raise BundleError(
+                f"bundle '{manifest.name}' does not allow {precision}: "
+                f"{manifest.precision_note(precision)}"
+            )
     capabilities = openvino_capabilities()
     if runtime == "openvino" and capabilities is None:
         raise BundleError("runtime openvino is not installed (pip install openvino)")
@@ -161,20 +172,28 @@ def choose_runtime(
         return RuntimeChoice(
             "onnxruntime", "fp32", "OpenVINO is not installed", tuple(cuda_providers)
         )
-    # OpenVINO on the CPU: bf16 where the bundle allows it and the CPU has it
-    cpu_bf16 = capabilities is not None and "BF16" in capabilities
-    if precision == "bf16":
-        if not cpu_bf16:
-            raise BundleError("precision bf16 requested but this CPU has no bf16 support")
-        return RuntimeChoice("openvino", "bf16", "requested; allowed by the bundle")
-    if precision == "auto" and cpu_bf16 and allowed("bf16"):
-        return RuntimeChoice(
-            "openvino", "bf16", "CPU has bf16 (AMX/AVX-512) and the bundle allows it"
+    # OpenVINO on the CPU: the fastest reduced precision the bundle allows and the CPU has
+    cpu = capabilities or set()
+    needs = dict(REDUCED)
+    if precision in needs:
+        if needs[precision] not in cpu:
+            raise BundleError(
+                f"precision {precision} requested but this CPU has no {precision} support"
+            )
+        return RuntimeChoice("openvino", precision, "requested; allowed by the bundle")
+    skipped: list[str] = []
+    for name, capability in REDUCED:
+        if precision != "auto":
+            break
+        if capability in cpu and allowed(name):
+            why = f"CPU has {name} and the bundle allows it"
+            return RuntimeChoice("openvino", name, "; ".join([why, *skipped]))
+        skipped.append(
+            f"{name} not used: "
+            + (manifest.precision_note(name) if capability in cpu else f"CPU has no {name}")
         )
     why = "requested" if runtime == "openvino" else "fastest fp32 on this CPU"
-    if precision == "auto" and cpu_bf16:
-        why += f"; bf16 not used: {manifest.precision_note('bf16')}"
-    return RuntimeChoice("openvino", "fp32", why)
+    return RuntimeChoice("openvino", "fp32", "; ".join([why, *skipped]))
 
 
 def open_session(choice: RuntimeChoice, path: Path, settings: Settings) -> ModelSession:

@@ -66,10 +66,10 @@ class Settings(BaseSettings):
         description="auto: ONNX Runtime CUDA on a GPU, else OpenVINO when installed, else "
         "ONNX Runtime.",
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="auto: bf16 only where the CPU has it and the bundle allows it "
-        "(measured on its test split), else fp32.",
+        description="auto: the fastest precision the CPU has and the bundle allows "
+        "(int8, then bf16; each measured on the bundle's test split at export), else fp32.",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -25,6 +25,7 @@ from bonexr.bundle import (
     Manifest,
     ModelFiles,
     PartSpec,
+    PrecisionSpec,
     RouterSpec,
     publish_bundle,
     staging_dir,
@@ -32,7 +33,8 @@ from bonexr.bundle import (
 from bonexr.errors import BundleError
 from bonexr.labels import display_name, model_key
 from training.models import with_cam
-from training.precision import PrecisionTestSet, measure_bf16, not_produced
+from training.precision import PrecisionTestSet, measure_precision, not_measured, unavailable
+from training.quantize import nncf_missing, produce_int8
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +127,16 @@ def export_bundle(
     extra_files: dict[str, Path] | None = None,
     parity_images: np.ndarray | None = None,
     precision_test: PrecisionTestSet | None = None,
+    calibration: PrecisionTestSet | None = None,
     force: bool = False,
 ) -> Manifest:
     """Write a complete bundle to ``destination`` atomically and return its manifest.
 
     ``models`` maps ``router`` and lower-case part names to Keras models. ``extra_files``
     maps bundle-relative paths (``report.md``, ``plots/roc.png``, ``split.csv``) to files
-    to copy in. Raises :class:`BundleError` if ONNX parity fails or the destination exists
-    (without ``force``).
+    to copy in. ``calibration`` (validation images) makes int8 variants; ``precision_test``
+    (test images) scores bf16 and int8 against fp32 (:mod:`training.precision`). Raises
+    :class:`BundleError` if ONNX parity fails or the destination exists (without ``force``).
     """
     destination = Path(destination)
     if destination.exists() and not force:
@@ -166,16 +170,14 @@ def export_bundle(
             if served is not model:
                 grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
             log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
-        precisions = {}
-        if precision_test is not None:  # bf16 measured on the test split: the accuracy gate
-            precisions["bf16"] = measure_bf16(
-                staging,
-                {n: str(s.onnx) for n, s in specs.items()},
-                precision_test,
-                {p: float(thresholds[p]["image"]["value"]) for p in body_parts},
-            )
-            log.info("bf16: %s", precisions["bf16"].reason)
-        precisions["int8"] = not_produced("int8")
+        precisions = reduced_precisions(
+            staging,
+            {n: str(s.onnx) for n, s in specs.items()},
+            precision_test=precision_test,
+            calibration=calibration,
+            image_thresholds={p: float(thresholds[p]["image"]["value"]) for p in body_parts},
+            router_classes=list(router_parts or body_parts),
+        )
         for rel, source in (extra_files or {}).items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,47 @@ def export_bundle(
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def reduced_precisions(
+    staging: Path,
+    onnx_files: dict[str, str],
+    *,
+    precision_test: PrecisionTestSet | None,
+    calibration: PrecisionTestSet | None,
+    image_thresholds: dict[str, float],
+    router_classes: list[str],
+) -> dict[str, PrecisionSpec]:
+    """bf16 and int8, each produced where possible and scored on the test split."""
+    int8_files: dict[str, str] = {}
+    coverage: dict[str, dict[str, int]] = {}
+    why_no_int8 = nncf_missing() or unavailable("int8")
+    if calibration is None:
+        why_no_int8 = why_no_int8 or "no validation images to calibrate int8 with"
+    if why_no_int8 is None and calibration is not None:
+        int8_files, coverage = produce_int8(staging, onnx_files, calibration)
+    precisions: dict[str, PrecisionSpec] = {}
+    for precision, files in (("bf16", {}), ("int8", int8_files)):
+        if precision == "int8" and why_no_int8:
+            precisions[precision] = not_measured(precision, f"not produced: {why_no_int8}")
+        elif precision_test is None:
+            precisions[precision] = not_measured(
+                precision, f"not allowed: {precision} was not scored (no test split)", files
+            )
+        else:
+            precisions[precision] = measure_precision(
+                precision,
+                staging,
+                onnx_files,
+                precision_test,
+                image_thresholds,
+                router_classes,
+                variant_files=files,
+            )
+        if precision == "int8" and coverage:
+            precisions[precision].measured["quantisation"] = coverage
+        log.info("%s: %s", precision, precisions[precision].reason)
+    return precisions
+
+
 def export_random_init_bundle(
     destination: Path,
     *,
@@ -227,12 +270,15 @@ def export_random_init_bundle(
     body_parts: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER"),
     router_parts: tuple[str, ...] | None = None,
     seed: int = 0,
+    int8_calibration: int = 0,
     force: bool = False,
 ) -> Manifest:
     """An untrained bundle with the real architecture, for benchmarks and contract tests.
 
     Throughput and memory do not depend on the weights, so benchmarks need no training run.
-    The manifest says plainly that the models are untrained.
+    The manifest says plainly that the models are untrained. ``int8_calibration`` > 0 makes
+    int8 variants calibrated on that many random images (for speed only: never allowed to
+    serve, since there is no test split to score them on).
     """
     from training.models import build_model
 
@@ -261,5 +307,20 @@ def export_random_init_bundle(
         data={"source": "none: random-init weights (benchmark/contract bundle)"},
         training={"untrained": True, "seed": seed},
         synthetic=True,
+        calibration=_random_calibration(int8_calibration, input_size, list(body_parts), seed),
         force=force,
+    )
+
+
+def _random_calibration(
+    count: int, size: int, parts: list[str], seed: int
+) -> PrecisionTestSet | None:
+    if count <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    return PrecisionTestSet(
+        rng.integers(0, 256, (count, size, size), dtype=np.uint8),
+        [parts[i % len(parts)] for i in range(count)],
+        np.zeros(count, dtype=int),
+        [f"random{i}" for i in range(count)],
     )

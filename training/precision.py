@@ -1,21 +1,29 @@
 """Reduced precision is an accuracy decision: measure it on the bundle's own test split.
 
-At export, each part model's ONNX file is run on the test images twice: ONNX Runtime fp32
-(the reference, itself checked against Keras) and OpenVINO with the bf16 inference hint
-(AMX / AVX-512 BF16 on this class of CPU). Per part: study-level AUROC (true-part model,
-mean over each study's views), and the share of image decisions that flip at the image
-threshold; the router's top-part agreement. bf16 is *allowed* only when no part's study
-AUROC drops by more than the tolerance (default 0.005) and no more than 1% of decisions
-flip (at least one image allowed on small test sets). The result goes into the manifest
-(``precisions.bf16``); the service never serves a precision the bundle does not allow, and
-checks at load that it stays within the recorded tolerance of fp32.
+At export every reduced precision the serving CPU could use is scored on the test images
+against ONNX Runtime fp32 (the reference, itself checked against Keras):
 
-int8 (post-training quantisation) is not produced yet; it is recorded as not measured.
+* **bf16**: the bundle's ONNX files run by OpenVINO with the bf16 inference hint (AMX /
+  AVX-512 BF16 on this class of CPU);
+* **int8**: OpenVINO IR files made by NNCF post-training quantisation
+  (:mod:`training.quantize`, calibrated on validation images), run with fp32 for the
+  layers left unquantised.
+
+Per part: study-level AUROC (true-part model, mean over each study's views) and the image
+decisions that flip at the image threshold. Two-stage, the way the service answers: the
+router's choice under the precision, then the chosen part's model; its decision (part and
+abnormal/normal) flips if either changes, and its pooled study AUROC is compared too. A
+precision is *allowed* only when no study AUROC (per part or two-stage) drops by more than
+the tolerance (default 0.005) and at most 1% of two-stage decisions flip (at least one image
+on small test sets). The result goes into the manifest (``precisions``); the service never
+serves a precision the bundle does not allow, and checks at load that it stays within the
+recorded tolerance of fp32 on the reference inputs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,32 +33,41 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from bonexr.bundle import PrecisionSpec
-from bonexr.contract import reference_inputs
+from bonexr.contract import ROUTER, reference_inputs
 from bonexr.imaging import model_input
 from bonexr.labels import display_name, model_key
 
-#: Largest tolerated drop of a part's study AUROC under a reduced precision.
+#: Largest tolerated drop of a study AUROC (per part or two-stage) under a reduced precision.
 AUROC_TOLERANCE = 0.005
-#: Largest tolerated share of flipped decisions (at least one image on small test sets).
+#: Largest tolerated share of flipped two-stage decisions (at least one on small test sets).
 FLIP_SHARE = 0.01
+#: OpenVINO's inference-precision hint per bundle precision (int8 IR: fp32 elsewhere).
+OPENVINO_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+Model = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class PrecisionTestSet:
-    """Prepared test images with what the gate needs to score them."""
+    """Prepared images with what the gate (test split) or the quantiser (validation split)
+    needs: true part, label and study of each."""
 
     pixels: np.ndarray  # (N, S, S) uint8
     parts: list[str]  # true body part, canonical
     labels: np.ndarray  # 0/1
     studies: list[str]
 
+    def of_part(self, part: str) -> np.ndarray:
+        """Row indices of one body part's images."""
+        return np.flatnonzero(np.asarray(self.parts, dtype=object) == part)
 
-def _run(session: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    outs = [session(x[i : i + batch])[:, 0] for i in range(0, len(x), batch)]
-    return np.concatenate(outs) if outs else np.zeros(0)
+
+def _run(session: Model, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    outs = [session(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0, 1))
 
 
-def _ort(path: Path) -> Any:
+def _ort(path: Path) -> Model:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -58,24 +75,25 @@ def _ort(path: Path) -> Any:
     return lambda x: np.asarray(session.run(None, {name: x})[0], np.float64)
 
 
-def _openvino(path: Path, precision: str) -> Any:
+def _openvino(path: Path, precision: str) -> Model:
     import openvino as ov
 
-    hint = "bf16" if precision == "bf16" else "f32"
+    hint = OPENVINO_HINT[precision]
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
     first = compiled.outputs[0]
     return lambda x: np.asarray(request.infer({0: x})[first], np.float64)
 
 
-def bf16_unavailable() -> str | None:
-    """Why bf16 cannot be measured here, or None."""
+def unavailable(precision: str) -> str | None:
+    """Why ``precision`` cannot be measured on this machine, or None."""
     try:
         import openvino as ov
     except ImportError:
         return "OpenVINO is not installed where the bundle was exported"
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        return "the exporting CPU has no bf16 support"
+    capability = {"bf16": "BF16", "int8": "INT8"}[precision]
+    if capability not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return f"the exporting CPU has no {precision} support"
     return None
 
 
@@ -83,87 +101,180 @@ def _auroc(labels: np.ndarray, probs: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else None
 
 
-def measure_bf16(
+def _study_aurocs(
+    studies: np.ndarray, labels: np.ndarray, reference: np.ndarray, reduced: np.ndarray
+) -> tuple[float | None, float | None]:
+    frame = pd.DataFrame({"study": studies, "label": labels, "a": reference, "b": reduced})
+    grouped = frame.groupby("study").agg({"label": "first", "a": "mean", "b": "mean"})
+    y = grouped["label"].to_numpy()
+    return _auroc(y, grouped["a"].to_numpy()), _auroc(y, grouped["b"].to_numpy())
+
+
+def _drop(before: float | None, after: float | None) -> float:
+    return before - after if before is not None and after is not None else 0.0
+
+
+def measure_precision(
+    precision: str,
     staging: Path,
     onnx_files: dict[str, str],
     test: PrecisionTestSet,
     image_thresholds: dict[str, float],
+    router_classes: list[str],
     *,
+    variant_files: dict[str, str] | None = None,
     auroc_tolerance: float = AUROC_TOLERANCE,
 ) -> PrecisionSpec:
-    """The bf16 gate for the ONNX models in ``staging`` (``onnx_files``: model -> file)."""
-    why_not = bf16_unavailable()
+    """The gate for ``precision`` (``bf16`` or ``int8``) of the models in ``staging``.
+
+    ``onnx_files`` maps model name (``router``, ``elbow`` ...) to its ONNX file, the fp32
+    reference; ``variant_files`` to the file served at ``precision`` (default: the ONNX
+    file itself, as for bf16). ``router_classes`` are the router's outputs, canonical.
+    """
+    files = variant_files or {}
+    why_not = unavailable(precision)
     if why_not:
-        return PrecisionSpec(allowed=False, runtime="openvino", reason=why_not, tolerance=0.0)
+        return PrecisionSpec(
+            allowed=False, runtime="openvino", reason=why_not, tolerance=0.0, files=files
+        )
     x = model_input(test.pixels)
-    parts = np.asarray(test.parts, dtype=object)
+    reference_x = reference_inputs(test.pixels.shape[1])
+    fp32: dict[str, np.ndarray] = {}  # model name -> (N,) probabilities on every test image
+    reduced: dict[str, np.ndarray] = {}
+    ref_diff = 0.0
+    for name, onnx in onnx_files.items():
+        a, b = _ort(staging / onnx), _openvino(staging / files.get(name, onnx), precision)
+        ref_diff = max(ref_diff, _max_diff(a, b, reference_x))
+        outputs_a, outputs_b = _run(a, x), _run(b, x)
+        if name == ROUTER:
+            fp32[name], reduced[name] = outputs_a.argmax(axis=1), outputs_b.argmax(axis=1)
+        else:
+            fp32[name], reduced[name] = outputs_a[:, 0], outputs_b[:, 0]
     measured: dict[str, Any] = {"parts": {}}
-    worst_drop, flips, decisions, max_diff = 0.0, 0, 0, 0.0
-    reference_diff = 0.0
-    ref = reference_inputs(test.pixels.shape[1])
-    for name, file in onnx_files.items():
-        fp32, bf16 = _ort(staging / file), _openvino(staging / file, "bf16")
-        reference_diff = max(reference_diff, float(np.max(np.abs(fp32(ref) - bf16(ref)))))
-        if name == "router":
-            continue
-        part = name.upper()
-        rows = np.flatnonzero(parts == part)
+    worst_drop, max_diff = 0.0, 0.0
+    studies, labels = np.asarray(test.studies), np.asarray(test.labels)
+    for part in image_thresholds:
+        rows, key = test.of_part(part), model_key(part)
         if rows.size == 0:
             continue
-        p32, p16 = _run(fp32, x[rows]), _run(bf16, x[rows])
-        max_diff = max(max_diff, float(np.max(np.abs(p32 - p16))))
+        p32, p_low = fp32[key][rows], reduced[key][rows]
+        max_diff = max(max_diff, float(np.max(np.abs(p32 - p_low))))
         threshold = image_thresholds[part]
-        flipped = int(np.sum((p32 >= threshold) != (p16 >= threshold)))
-        flips, decisions = flips + flipped, decisions + rows.size
-        frame = pd.DataFrame(
-            {
-                "study": np.asarray(test.studies)[rows],
-                "label": test.labels[rows],
-                "a": p32,
-                "b": p16,
-            }
-        )
-        studies = frame.groupby("study").agg({"label": "first", "a": "mean", "b": "mean"})
-        auc32 = _auroc(studies["label"].to_numpy(), studies["a"].to_numpy())
-        auc16 = _auroc(studies["label"].to_numpy(), studies["b"].to_numpy())
-        drop = (auc32 - auc16) if auc32 is not None and auc16 is not None else 0.0
-        worst_drop = max(worst_drop, drop)
+        auc32, auc_low = _study_aurocs(studies[rows], labels[rows], p32, p_low)
+        worst_drop = max(worst_drop, _drop(auc32, auc_low))
         measured["parts"][display_name(part)] = {
             "study_auroc_fp32": auc32,
-            "study_auroc_bf16": auc16,
+            f"study_auroc_{precision}": auc_low,
             "images": int(rows.size),
-            "flipped": flipped,
+            "flipped": int(np.sum((p32 >= threshold) != (p_low >= threshold))),
         }
+    two_stage = _two_stage(fp32, reduced, router_classes, image_thresholds)
+    # two-stage AUROC over the studies of parts with a model (a router-only part has no
+    # abnormality answer to rank); routing changes of every image count as flips
+    scored = np.isin(np.asarray(test.parts, dtype=object), list(image_thresholds))
+    auc32, auc_low = _study_aurocs(
+        studies[scored],
+        labels[scored],
+        two_stage["p_fp32"][scored],
+        two_stage["p_reduced"][scored],
+    )
+    worst_drop = max(worst_drop, _drop(auc32, auc_low))
+    flips, decisions = int(two_stage["flipped"].sum()), len(x)
     allowed_flips = max(1, math.floor(FLIP_SHARE * decisions))
     allowed = worst_drop <= auroc_tolerance and flips <= allowed_flips
     measured.update(
+        two_stage={
+            "study_auroc_fp32": auc32,
+            f"study_auroc_{precision}": auc_low,
+            "routing_changed": int(np.sum(fp32[ROUTER] != reduced[ROUTER])),
+        },
         worst_study_auroc_drop=worst_drop,
         flipped=flips,
         decisions=decisions,
         max_abs_probability_change=max_diff,
-        reference_max_abs_diff=reference_diff,
+        reference_max_abs_diff=ref_diff,
     )
     reason = (
         f"test split: worst study AUROC drop {worst_drop:.4f} (limit {auroc_tolerance}), "
-        f"{flips} of {decisions} image decisions flipped (limit {allowed_flips}), "
+        f"{flips} of {decisions} two-stage decisions flipped (limit {allowed_flips}), "
         f"max |dP| {max_diff:.4f}"
     )
     return PrecisionSpec(
         allowed=allowed,
         runtime="openvino",
         reason=("allowed: " if allowed else "not allowed: ") + reason,
-        tolerance=round(2 * reference_diff + 0.005, 6),
+        tolerance=load_tolerance(ref_diff),
         measured=measured,
+        files=files,
     )
 
 
-def not_produced(name: str) -> PrecisionSpec:
+def _max_diff(a: Model, b: Model, x: np.ndarray) -> float:
+    return float(np.max(np.abs(a(x) - b(x))))
+
+
+def load_tolerance(reference_diff: float) -> float:
+    """The service's load-time bound for a precision: twice what the export measured on the
+    reference inputs, plus a margin for a different CPU's kernels."""
+    return round(2 * reference_diff + 0.005, 6)
+
+
+def reference_diff(
+    folder: Path,
+    onnx_files: dict[str, str],
+    precision: str,
+    size: int,
+    variant_files: dict[str, str] | None = None,
+) -> float:
+    """Largest |P - P(fp32)| of ``precision`` over every model on the reference inputs."""
+    files, x = variant_files or {}, reference_inputs(size)
+    return max(
+        _max_diff(_ort(folder / onnx), _openvino(folder / files.get(name, onnx), precision), x)
+        for name, onnx in onnx_files.items()
+    )
+
+
+def _two_stage(
+    fp32: dict[str, np.ndarray],
+    reduced: dict[str, np.ndarray],
+    router_classes: list[str],
+    image_thresholds: dict[str, float],
+) -> dict[str, np.ndarray]:
+    """Each test image answered as the service would: routed part, then its model's
+    probability (0 where the routed part has no model: the service answers 422, not
+    abnormal); a decision flips if the part or the abnormal/normal call changes."""
+
+    def answer(run: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        routed = np.asarray(router_classes, dtype=object)[run[ROUTER]]
+        probs = np.zeros(len(routed))
+        abnormal = np.zeros(len(routed), dtype=bool)
+        for part, threshold in image_thresholds.items():
+            rows = routed == part
+            probs[rows] = run[model_key(part)][rows]
+            abnormal[rows] = probs[rows] >= threshold
+        return routed, probs, abnormal
+
+    part_a, p_a, abnormal_a = answer(fp32)
+    part_b, p_b, abnormal_b = answer(reduced)
+    return {
+        "p_fp32": p_a,
+        "p_reduced": p_b,
+        "flipped": (part_a != part_b) | (abnormal_a != abnormal_b),
+    }
+
+
+def not_measured(precision: str, reason: str, files: dict[str, str] | None = None) -> PrecisionSpec:
+    """A precision that may not serve, with why (not produced, or produced but not scored)."""
     return PrecisionSpec(
-        allowed=False,
-        runtime="openvino",
-        reason=f"{name} variants are not produced by this version's export",
-        tolerance=0.0,
+        allowed=False, runtime="openvino", reason=reason, tolerance=0.0, files=files or {}
     )
 
 
-__all__ = ["PrecisionTestSet", "measure_bf16", "model_key", "not_produced"]
+__all__ = [
+    "PrecisionTestSet",
+    "load_tolerance",
+    "measure_precision",
+    "not_measured",
+    "reference_diff",
+    "unavailable",
+]

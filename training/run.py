@@ -243,11 +243,13 @@ def write_report(
         plot_training_curves(histories, out / "plots" / "training_curves.png")
 
 
-def precision_test_set(test: pd.DataFrame, config: TrainConfig) -> PrecisionTestSet:
-    """The test images of the parts with a model, prepared (unreadable ones skipped), for
-    the export's reduced-precision gate."""
+def precision_images(frame: pd.DataFrame, config: TrainConfig) -> PrecisionTestSet:
+    """Images of every part the router knows, prepared (unreadable ones skipped): the test
+    split's for the export's reduced-precision gate (two-stage, so routing counts), the
+    validation split's to calibrate int8 with."""
     pixels, parts, labels, studies = [], [], [], []
-    for row in test[test["body_part"].isin(config.body_parts)].to_dict("records"):
+    known = config.router_parts or config.body_parts
+    for row in frame[frame["body_part"].isin(known)].to_dict("records"):
         try:
             pixels.append(preprocess_file(row["path"], config.input_size))
         except (ImageError, OSError):
@@ -340,7 +342,8 @@ def run_training(
         synthetic=config.synthetic,
         extra_files=extra,
         parity_images=parity,
-        precision_test=precision_test_set(split[split["split"] == "test"], config),
+        precision_test=precision_images(split[split["split"] == "test"], config),
+        calibration=precision_images(split[split["split"] == "validation"], config),
         force=force,
     )
     say((paths.report_dir / "report.md").read_text())

@@ -60,8 +60,8 @@ COPY service ./service
 COPY training ./training
 # Versions are bounded by pyproject.toml's ranges (the project's single source of truth).
 # hadolint ignore=DL3013
-RUN /opt/venv/bin/pip install "/src[service,${DEVICE}]" \
-    && /opt/venv/bin/python -c "import onnxruntime, service.app" \
+RUN /opt/venv/bin/pip install "/src[service,s3,${DEVICE}]" \
+    && /opt/venv/bin/python -c "import onnxruntime, boto3, service.app" \
     && /opt/venv/bin/bonexr serve --help > /dev/null
 
 # ---- demo bundle: DEMO_BUNDLE=0 copies only a README, DEMO_BUNDLE=1 trains the demo --------
@@ -125,9 +125,11 @@ EXPOSE 8000
 # would snapshot the baked demo, and compose re-attaches anonymous volumes when it recreates
 # a container, so a rebuilt image would keep serving the old bundle. Bind-mount it instead.
 VOLUME ["/app/uploads"]
-# Liveness probe with the image's own Python (no curl in the image). It reads BONEXR_PORT so
-# it follows a changed port; urlopen raises (exit 1) on refusal, timeout or any HTTP error.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('BONEXR_PORT', '8000'), timeout=4)"]
+# Readiness probe with the image's own Python (no curl in the image): healthy = the bundle
+# is loaded and verified and the upload store is writable (/ready), so `docker ps`, compose's
+# depends_on and the proxy see the same thing. It reads BONEXR_PORT so it follows a changed
+# port; urlopen raises (exit 1) on refusal, timeout or any HTTP error (503 while loading).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('BONEXR_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["bonexr"]
 CMD ["serve"]

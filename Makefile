@@ -19,7 +19,9 @@ run: $(STAMP)
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
 ## (the web-page test drives Debian's chromium, installed here if missing)
 test: lint
-	@./scripts/ensure-chromium
+	@./scripts/ensure-debian-tool chromium "web-page test" chromium chromium-browser google-chrome
+	@./scripts/ensure-debian-tool nginx "compose proxy test" nginx
+	@./scripts/ensure-checkov
 	$(PY) -m pytest
 
 ## test-fast: lint and every test that does not train a model (the edit loop)

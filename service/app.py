@@ -30,7 +30,7 @@ from fastapi import FastAPI
 import bonexr
 from service.deps import Services
 from service.engine import InferenceEngine
-from service.errors import LastResortMiddleware, install_error_handlers
+from service.errors import LastResortMiddleware, ServiceError, install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
@@ -39,7 +39,7 @@ from service.routes import api_router
 from service.routes.page import static_files
 from service.security import ApiKeyMiddleware
 from service.settings import Settings, get_settings
-from service.storage import UploadStore
+from service.storage import open_store
 
 log = logging.getLogger("bonexr.service")
 
@@ -82,7 +82,7 @@ async def _retention_loop(services: Services) -> None:
             if removed:
                 services.metrics.uploads_deleted.labels("retention").inc(removed)
                 log.info("retention sweep removed %d upload(s)", removed)
-        except OSError as exc:
+        except (OSError, ServiceError) as exc:  # a folder or bucket problem: try again later
             log.warning("retention sweep failed: %s", type(exc).__name__)
         if max_age is None:
             return  # no retention: the startup pass only cleans stale temp files
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     tune_malloc()
     metrics = ServiceMetrics()
-    store = UploadStore(settings.upload_dir)
+    store = open_store(settings)
     metrics.count_stored_with(store.count)
     services = Services(
         settings=settings,

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
         None, description="Bundle name inside models_dir (or absolute path); default: newest."
     )
     upload_dir: Path = Field(Path("uploads"), description="Where uploaded images are stored.")
+    upload_store: str | None = Field(
+        None,
+        description="Where uploads live: file:///path (a folder; default: upload_dir) or "
+        "s3://bucket/prefix (any S3-compatible store; credentials and endpoint from the "
+        "usual AWS_* variables, AWS_ENDPOINT_URL for a non-AWS server).",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Upload size limit (413).")
     max_pixels: int = Field(50_000_000, gt=0, description="Pixel limit from the header (413).")
     max_decoded_mb: int = Field(

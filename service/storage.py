@@ -1,5 +1,10 @@
 """Content-addressed, crash-safe store for uploaded images (which are patient data).
 
+:class:`UploadStore` is the interface the routes use; :func:`open_store` picks the
+implementation from ``BONEXR_UPLOAD_STORE``: this module's folder store
+(``file:///path``, default ``BONEXR_UPLOAD_DIR``) or :class:`service.s3_store.S3UploadStore`
+(``s3://bucket/prefix``) for replicas on several hosts. The folder store:
+
 * The name is the sha256 of the stored bytes, so the same image is stored once and a name
   can never point at different pixels; the client's file name is never used anywhere.
 * Only pixel-only PNGs produced by :func:`bonexr.imaging.encode_png` are stored (the caller
@@ -26,6 +31,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote, urlparse
 
 from service.errors import (
     InvalidFilenameError,
@@ -33,6 +40,9 @@ from service.errors import (
     StoreUnavailableError,
     UploadNotFoundError,
 )
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 NAME_RE = re.compile(r"[0-9a-f]{64}\.png")
 #: Errors that mean "no space": answered 507.
@@ -63,7 +73,131 @@ class StoredUpload:
     size: int
 
 
-class UploadStore:
+def validate_name(filename: str) -> str:
+    """``filename`` if it is an upload name (sha256 hex + ``.png``), else 422."""
+    if not isinstance(filename, str) or not NAME_RE.fullmatch(filename):
+        raise InvalidFilenameError("filename must be 64 lowercase hex digits + '.png'")
+    return filename
+
+
+def sidecar_name(filename: str, kind: str) -> str:
+    """``<filename>.<kind>``, checked (a kind is a fixed word of the code, never input)."""
+    name = f"{validate_name(filename)}.{kind}"
+    if not SIDECAR_RE.fullmatch(name):
+        raise ValueError(f"invalid sidecar kind {kind!r}")
+    return name
+
+
+class UploadStore(Protocol):
+    """Where uploads live. Every implementation is thread-safe, content-addressed and
+    create-if-absent, never exposes a partial upload, and raises 503/507
+    (:class:`StoreUnavailableError`, :class:`StoreFullError`) or 404/422 with a clear
+    message; ``problem`` says why writes would fail now (for ``/ready``)."""
+
+    def ensure(self) -> None: ...
+
+    def problem(self) -> str | None: ...
+
+    def save(self, png: bytes, *, body_part: str | None = None) -> StoredUpload: ...
+
+    def body_part(self, filename: str) -> str | None: ...
+
+    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None: ...
+
+    def read_sidecar(self, filename: str, kind: str) -> bytes | None: ...
+
+    def read(self, filename: str) -> bytes: ...
+
+    def exists(self, filename: str) -> bool: ...
+
+    def delete(self, filename: str) -> bool: ...
+
+    def names(self) -> Iterator[str]: ...
+
+    def count(self) -> int: ...
+
+    def sweep(self, max_age_seconds: float | None, *, now: float | None = None) -> int: ...
+
+
+def open_store(settings: Settings) -> UploadStore:
+    """The store ``BONEXR_UPLOAD_STORE`` names (default: the ``BONEXR_UPLOAD_DIR`` folder).
+
+    A store that cannot be used (a malformed URL, boto3 not installed) is returned as an
+    :class:`UnusableStore`: the service starts, ``/ready`` answers 503 with the reason and
+    every upload 503, instead of a crash loop with the reason buried in a log.
+    """
+    url = settings.upload_store
+    if not url:
+        return FileUploadStore(settings.upload_dir)
+    if url.startswith("file://"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            return UnusableStore(f"upload store: {url!r} is not a file:///absolute/path URL")
+        return FileUploadStore(Path(unquote(parsed.path)))
+    if url.startswith("s3://"):
+        from service.s3_store import S3UploadStore, parse_s3_url
+
+        try:
+            parse_s3_url(url)
+            import boto3  # noqa: F401
+        except ValueError as exc:
+            return UnusableStore(f"upload store: {exc}")
+        except ImportError:
+            return UnusableStore("upload store: s3:// needs boto3 (pip install 'bonexr[s3]')")
+        return S3UploadStore(url)
+    return UnusableStore("upload store: BONEXR_UPLOAD_STORE must be file:///path or s3://bucket")
+
+
+class UnusableStore:
+    """A store that was configured wrongly: every operation is a 503 with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self) -> StoreUnavailableError:
+        return StoreUnavailableError(f"{self.reason}; the upload store is not configured")
+
+    def ensure(self) -> None:
+        return None
+
+    def problem(self) -> str | None:
+        return self.reason
+
+    def save(self, png: bytes, *, body_part: str | None = None) -> StoredUpload:
+        raise self._fail()
+
+    def body_part(self, filename: str) -> str | None:
+        return None
+
+    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
+        raise self._fail()
+
+    def read_sidecar(self, filename: str, kind: str) -> bytes | None:
+        return None
+
+    def read(self, filename: str) -> bytes:
+        validate_name(filename)
+        raise self._fail()
+
+    def exists(self, filename: str) -> bool:
+        validate_name(filename)
+        raise self._fail()
+
+    def delete(self, filename: str) -> bool:
+        validate_name(filename)
+        raise self._fail()
+
+    def names(self) -> Iterator[str]:
+        return iter(())
+
+    def count(self) -> int:
+        return 0
+
+    def sweep(self, max_age_seconds: float | None, *, now: float | None = None) -> int:
+        return 0
+
+
+class FileUploadStore:
     """The upload folder. Thread-safe: every operation is a single atomic filesystem call."""
 
     def __init__(self, directory: Path) -> None:
@@ -73,11 +207,7 @@ class UploadStore:
         """Create the folder (owner-only permissions: uploads are patient data)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    @staticmethod
-    def validate_name(filename: str) -> str:
-        if not isinstance(filename, str) or not NAME_RE.fullmatch(filename):
-            raise InvalidFilenameError("filename must be 64 lowercase hex digits + '.png'")
-        return filename
+    validate_name = staticmethod(validate_name)
 
     def path_for(self, filename: str) -> Path:
         return self.directory / self.validate_name(filename)
@@ -121,10 +251,7 @@ class UploadStore:
         return data.decode(errors="replace")[:32]
 
     def _sidecar_path(self, filename: str, kind: str) -> Path:
-        name = f"{self.validate_name(filename)}.{kind}"
-        if not SIDECAR_RE.fullmatch(name):
-            raise ValueError(f"invalid sidecar kind {kind!r}")
-        return self.directory / name
+        return self.directory / sidecar_name(filename, kind)
 
     def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
         """Write ``<filename>.<kind>`` atomically (temp file in the folder, then rename).

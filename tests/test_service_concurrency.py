@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from bonexr.imaging import decode_image, encode_png
-from service.storage import TEMP_PREFIX, UploadStore
+from service.storage import TEMP_PREFIX, FileUploadStore
 from tests.service_support import make_settings, png_bytes, running
 
 
@@ -95,7 +95,7 @@ def test_200_concurrent_uploads_predicts_and_deletes(
 
 def test_store_same_bytes_from_many_threads(tmp_path: Path) -> None:
     """Racing saves of identical bytes: one creates, the others see a duplicate."""
-    store = UploadStore(tmp_path / "store")
+    store = FileUploadStore(tmp_path / "store")
     payloads = [encode_png(decode_image(png_bytes(seed=s))) for s in range(4)]
     barrier = threading.Barrier(32)
     results = []
@@ -120,7 +120,7 @@ def test_store_same_bytes_from_many_threads(tmp_path: Path) -> None:
 
 
 def test_store_ignores_temp_files_and_sweeps(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path)
+    store = FileUploadStore(tmp_path)
     saved = store.save(encode_png(decode_image(png_bytes(seed=5))))
     (tmp_path / f"{TEMP_PREFIX}abc.png").write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("not an upload")

@@ -238,10 +238,11 @@ def test_resnet50_path_builds_trains_exports_reloads(synthetic_small: Path, tmp_
 
     parts = ["ELBOW", "HAND"]
     index, _ = index_dataset(synthetic_small, body_parts=parts)
-    # Both heads on the real ResNet50 body; the second part model stays tiny to keep the
-    # test's cost (ResNet50's first train step traces for ~20 s here) to two backbones.
-    backbones = {"router": "resnet50", "elbow": "resnet50", "hand": "tiny"}
-    models = {"router": build_model("router", classes=parts, backbone="resnet50", input_size=32)}
+    # The abnormality head (with its CAM output, the harder export) on the real ResNet50
+    # body; the router and the second part model stay tiny: each ResNet50 costs ~100 s of
+    # tracing, training and tf2onnx here, and the router shares the same build code.
+    backbones = {"router": "tiny", "elbow": "resnet50", "hand": "tiny"}
+    models = {"router": build_model("router", classes=parts, backbone="tiny", input_size=32)}
     models |= {
         p.lower(): build_model("abnormality", backbone=backbones[p.lower()], input_size=32)
         for p in parts
@@ -279,7 +280,7 @@ def test_resnet50_path_builds_trains_exports_reloads(synthetic_small: Path, tmp_
     )
     assert main(["verify", str(out)]) == 0
     manifest = verify_bundle(out)
-    assert manifest.router.backbone == "resnet50" and manifest.parts["Elbow"].backbone == "resnet50"
+    assert manifest.parts["Elbow"].backbone == "resnet50"
     assert max(manifest.training["onnx_parity_max_abs_diff"].values()) < 1e-4
     batch = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 1)).astype("float32")
     for name, model in models.items():

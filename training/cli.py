@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bonexr.errors import BonexrError
 from bonexr.labels import ALL_BODY_PARTS
+from training.cluster import cluster_from_env
 from training.config import (
     CLI_OPTIONS,
     DEMO_DATA,
@@ -113,46 +119,118 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    quiet_tensorflow()
-    from training.run import run_training
+def _exit_code(manifest: object, strategy: str) -> int:
+    """0 with a bundle; 3 when models are still missing (``--only``); 0 on a non-chief
+    worker of a multi-worker run, which never exports (the chief does)."""
+    if manifest is not None:
+        return 0
+    from training.distribute import current_task_is_chief
 
+    return 3 if current_task_is_chief(strategy) else 0
+
+
+def _in_cluster() -> bool:
+    """Whether this process joined a multi-worker cluster (never imports TensorFlow)."""
+    module = sys.modules.get("training.distribute")
+    return bool(module is not None and module.in_multi_worker_cluster())
+
+
+def _run_training_command(strategy: str, work: Callable[[], int]) -> int:
+    """Run ``work``; under ``--strategy multiworker``, check TF_CONFIG first and, once this
+    process has joined a cluster, end the process here with the command's exit code.
+
+    TF_CONFIG is checked before TensorFlow is imported, so a mistake in it is one ``error:``
+    line. The hard exit: TensorFlow 2.21 has no call that leaves a cluster, and a task that
+    simply returns stops sending heartbeats at interpreter exit, which makes the others
+    (the chief above all) wait 15-40 s and log an UNAVAILABLE error before they can exit.
+    Every task reaches the end together (the run's last step is an agreement), so all of
+    them leave at once, after flushing their output.
+    """
+    if strategy != "multiworker":
+        return work()
+    cluster_from_env()
+    try:
+        code = work()
+    except BaseException as exc:
+        if not _in_cluster():
+            raise
+        code = _report_failure(exc)
+    if not _in_cluster():
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _report_failure(exc: BaseException) -> int:
+    """What ``bonexr``'s main would print and return for ``exc``, for the hard exit."""
+    if isinstance(exc, BonexrError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    import tensorflow as tf
+
+    if isinstance(exc, tf.errors.OpError):  # often: another task of the cluster stopped
+        detail = (exc.message or str(exc)).strip()
+        print(
+            f"error: the multi-worker run stopped ({type(exc).__name__}): {detail}", file=sys.stderr
+        )
+        return 1
+    traceback.print_exception(exc)
+    return 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
-    manifest = run_training(
-        args.root,
-        config,
-        out=args.out or Path("models") / args.name,
-        run_dir=args.run_dir or Path("runs") / args.name,
-        split_csv=args.split,
-        resume=args.resume,
-        force=args.force,
-        only=[s.strip().lower() for s in args.only.split(",")] if args.only else None,
-    )
-    return 0 if manifest is not None else 3
+
+    def work() -> int:
+        quiet_tensorflow()
+        from training.run import run_training
+
+        manifest = run_training(
+            args.root,
+            config,
+            out=args.out or Path("models") / args.name,
+            run_dir=args.run_dir or Path("runs") / args.name,
+            split_csv=args.split,
+            resume=args.resume,
+            force=args.force,
+            only=[s.strip().lower() for s in args.only.split(",")] if args.only else None,
+        )
+        return _exit_code(manifest, config.strategy)
+
+    return _run_training_command(config.strategy, work)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    quiet_tensorflow()
-    from training.run import run_demo
-
     config = config_from_args(args, demo_config(), name=args.name, synthetic=True)
-    manifest = run_demo(
-        args.data,
-        config,
-        out=args.out or Path("models") / args.name,
-        run_dir=args.run_dir or Path("runs") / args.name,
-        patients_per_part=args.patients_per_part,
-        resume=args.resume,
-        force=args.force,
-    )
-    return 0 if manifest is not None else 3
+
+    def work() -> int:
+        quiet_tensorflow()
+        from training.run import run_demo
+
+        manifest = run_demo(
+            args.data,
+            config,
+            out=args.out or Path("models") / args.name,
+            run_dir=args.run_dir or Path("runs") / args.name,
+            patients_per_part=args.patients_per_part,
+            resume=args.resume,
+            force=args.force,
+        )
+        return _exit_code(manifest, config.strategy)
+
+    return _run_training_command(config.strategy, work)
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
+    config = config_from_args(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
     quiet_tensorflow()
     from training.crossval import cross_validate
 
-    config = config_from_args(args, TrainConfig(), name=args.name, synthetic=args.synthetic)
     summary = cross_validate(
         args.root,
         config,

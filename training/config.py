@@ -55,6 +55,7 @@ class TrainConfig:
     router_backbone: Backbone = "resnet50"
     part_backbone: Backbone = "resnet50"
     weights: str = "imagenet"
+    #: Per replica: the global batch is this x num_replicas_in_sync (GPUs x workers).
     batch_size: int = 16
     head_epochs: int = 2
     epochs: int = 20
@@ -140,7 +141,10 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     ),
     CliOption("router_backbone", "backbone of the router", (), BACKBONE_NAMES),
     CliOption("weights", "imagenet | none | PATH to a local 'notop' weights file"),
-    CliOption("batch_size", "images per batch"),
+    CliOption(
+        "batch_size",
+        "images per batch per replica (the global batch is this x GPUs x workers)",
+    ),
     CliOption("head_epochs", "epochs training only the head on a frozen pretrained backbone"),
     CliOption("epochs", "fine-tuning epochs, whole network"),
     CliOption(
@@ -156,7 +160,8 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     ),
     CliOption(
         "strategy",
-        "tf.distribute strategy: one device, all local GPUs, or workers from TF_CONFIG",
+        "tf.distribute strategy: one device, all local GPUs, or the hosts in TF_CONFIG "
+        "(docs/training.md)",
         (),
         STRATEGIES,
     ),
@@ -189,10 +194,12 @@ def demo_config(**overrides: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
+def save_config(config: TrainConfig, path: Path, **extra: Any) -> None:
+    """Write ``config`` as JSON, plus ``extra`` facts of the run (e.g. ``replicas``,
+    ``global_batch_size``); :func:`load_config` ignores keys that are not fields."""
     from bonexr.atomic import write_json_atomic
 
-    write_json_atomic(path, config.to_dict())
+    write_json_atomic(path, {**config.to_dict(), **extra})
 
 
 def load_config(path: Path) -> TrainConfig:

@@ -19,6 +19,7 @@ from bonexr.errors import ConfigError
 from bonexr.labels import ALL_BODY_PARTS, display_name
 from training.config import TrainConfig
 from training.dataset import index_dataset
+from training.distribute import get_distribution
 from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
 from training.report import format_metric
@@ -61,11 +62,21 @@ def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def cross_validate(
     root: Path, config: TrainConfig, *, folds: int, run_dir: Path, resume: bool = False
 ) -> str:
-    """Run k-fold CV; write ``cv_report.json``/``.md`` into ``run_dir``; return the Markdown."""
+    """Run k-fold CV; write ``cv_report.json``/``.md`` into ``run_dir``; return the Markdown.
+
+    Runs on one machine (``--strategy default`` or ``mirrored``): cross-validation is for
+    datasets too small for one fixed test split, not for a cluster.
+    """
+    if config.strategy == "multiworker":
+        raise ConfigError(
+            "bonexr cv runs on one machine (--strategy default or mirrored); "
+            "--strategy multiworker is for bonexr train"
+        )
     if folds < 3:
         raise ConfigError("--folds must be at least 3 (test, validation and training folds)")
     from training.evaluate import headline
 
+    distribution = get_distribution(config.strategy)
     run_dir = Path(run_dir)
     index, report = index_dataset(root, body_parts=config.router_parts or ALL_BODY_PARTS)
     say(report.describe())
@@ -73,13 +84,15 @@ def cross_validate(
     assignment = assign_folds(index, k=folds, seed=config.seed)
     results = []
     for fold in range(folds):
-        paths = prepare_run(run_dir / f"fold{fold}", config, resume=resume)
+        paths = prepare_run(
+            run_dir / f"fold{fold}", config, resume=resume, distribution=distribution
+        )
         split = fold_split(index, assignment, fold, folds)
         if not paths.split.is_file():
             write_split(split, paths.split)
         say(f"=== fold {fold + 1}/{folds}")
         bad_images = BadImageLog()
-        train_all(split, config, paths, only=None, bad_images=bad_images)
+        train_all(split, config, paths, only=None, bad_images=bad_images, distribution=distribution)
         fold_report, _, _ = evaluate_run(split, config, paths, bad_images, Path(root))
         results.append(headline(fold_report))
     summary = summarize(results)

@@ -177,8 +177,20 @@ def make_dataset(
     seed: int = 0,
     cache: bool = True,
     augment: bool = True,
+    min_batch: int = 1,
 ) -> tf.data.Dataset:
-    """Build ``(image, target[, weight])`` batches; images float32 ``(N, size, size, 1)``."""
+    """Build ``(image, target[, weight])`` batches; images float32 ``(N, size, size, 1)``.
+
+    ``batch_size`` is the *global* batch under a distribution strategy (per-replica batch x
+    replicas); tf.distribute splits every batch among the replicas. The dataset carries an
+    explicit auto-shard policy for multi-worker training, :func:`distribute_options`.
+
+    ``min_batch`` (the number of replicas) skips a last batch with fewer images than
+    replicas: tf.distribute would hand some replica an empty batch, whose BatchNormalization
+    statistics are NaN and on which TensorFlow's oneDNN CPU convolution returns a wrongly
+    shaped result (its zero-size shortcut; TF 2.21). At most ``min_batch - 1`` images of a
+    pass are skipped, and only when the split size leaves such a remainder.
+    """
     paths = frame["path"].astype(str).to_numpy()
     columns: tuple = (paths, targets.astype(np.float32))
     if sample_weights is not None:
@@ -201,6 +213,8 @@ def make_dataset(
         if training:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if min_batch > 1:
+        ds = ds.filter(lambda *batch: tf.shape(batch[0])[0] >= min_batch)
 
     def to_float(pixels: tf.Tensor, *rest: tf.Tensor):
         return (tf.cast(pixels, tf.float32)[..., None], *rest)
@@ -215,7 +229,35 @@ def make_dataset(
         )
     else:
         ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(distribute_options())
+
+
+def distribute_options() -> tf.data.Options:
+    """Dataset options with the multi-worker auto-shard policy set to ``DATA``.
+
+    Under ``MultiWorkerMirroredStrategy`` tf.data shards the input among workers. The
+    policies (``tf.data.experimental.AutoShardPolicy``):
+
+    - ``FILE`` gives each worker its own input *files* -- the files a reader op such as
+      ``TFRecordDataset`` opens. This pipeline has none: it starts from
+      ``from_tensor_slices`` over a list of image paths and decodes each one inside a
+      ``numpy_function``, so there is nothing FILE could split; it fails.
+    - ``AUTO`` (the default) tries FILE, finds no file source and falls back to DATA, with
+      a warning on every worker.
+    - ``OFF`` would feed every worker the same batches: a global batch made of duplicates.
+    - ``DATA`` runs the same, deterministic pipeline on every worker (same seeded shuffle,
+      same augmentation seeds) and keeps each worker's own slice of every global batch. So
+      the workers train on disjoint parts of exactly the global batch a single process would
+      build with the same seed and global batch size, and a multi-worker run stays
+      comparable with a single-process one. Its cost: every worker reads and decodes the
+      whole split once (then the in-memory cache serves later epochs) and augments every
+      batch; the model step, not decoding, dominates on GPUs.
+
+    Setting DATA explicitly documents the choice and silences the fallback warning.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
 
 
 _FORWARD_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

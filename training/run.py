@@ -4,11 +4,19 @@ Everything a run produces lives in its run folder (``runs/<name>/``): the config
 split, one sub-folder per model with checkpoints and logs, the report. ``--resume`` picks
 up where an interrupted run stopped; finished models are not retrained. The bundle in
 ``models/<name>/`` is written only once every model exists and has been evaluated.
+
+Under ``--strategy multiworker`` every host runs this with the same arguments. Only the
+chief checks and writes the run folder (config, split), evaluates and exports; the other
+workers read the split (the chief's file, or the same seeded split made in memory when they
+do not share its filesystem), train in lock-step and write nothing. The tasks compare their
+config and split before training, so a mismatch is an error rather than silent divergence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ from training.config import (
     save_config,
 )
 from training.dataset import index_dataset
+from training.distribute import Distribution, fingerprint_of, get_distribution
 from training.evaluate import (
     choose_thresholds,
     evaluate_predictions,
@@ -46,7 +55,13 @@ from training.model_card import render_model_card
 from training.pipeline import BadImageLog
 from training.precision import PrecisionTestSet
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
-from training.split import read_split, split_by_patient, split_summary, write_split
+from training.split import (
+    SPLIT_FILE_COLUMNS,
+    read_split,
+    split_by_patient,
+    split_summary,
+    write_split,
+)
 from training.train import BEST_MODEL, HISTORY, load_done, train_model
 
 log = logging.getLogger(__name__)
@@ -74,9 +89,21 @@ class RunPaths:
         return self.root / name / BEST_MODEL
 
 
-def prepare_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> RunPaths:
-    """Create a run folder, or check that ``--resume`` uses the config it was started with."""
+def prepare_run(
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    distribution: Distribution | None = None,
+) -> RunPaths:
+    """Create a run folder, or check that ``--resume`` uses the config it was started with.
+
+    ``config.json`` also records the replicas and the global batch size; a resume on another
+    number of replicas is refused (the global batch and the learning-rate schedule would
+    change under the saved optimizer state).
+    """
     paths = RunPaths(Path(run_dir))
+    record = (distribution or get_distribution(config.strategy)).record(config.batch_size)
     if paths.config.is_file():
         if not resume:
             raise ConfigError(
@@ -89,12 +116,28 @@ def prepare_run(run_dir: Path, config: TrainConfig, *, resume: bool) -> RunPaths
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise ConfigError(f"cannot resume {paths.root} with a different config ({detail})")
+        saved_replicas = _saved_value(paths.config, "replicas")
+        if saved_replicas is not None and saved_replicas != record["replicas"]:
+            saved_batch = _saved_value(paths.config, "global_batch_size")
+            raise ConfigError(
+                f"cannot resume {paths.root} on {record['replicas']} replica(s): it was started "
+                f"on {saved_replicas} (global batch {saved_batch}); resume it with the same "
+                "number of GPUs and workers"
+            )
     else:
         if resume and paths.root.exists() and any(paths.root.iterdir()):
             raise ConfigError(f"{paths.root} has no config.json; it is not a run folder")
         paths.root.mkdir(parents=True, exist_ok=True)
-        save_config(config, paths.config)
+        save_config(config, paths.config, **record)
     return paths
+
+
+def _saved_value(path: Path, key: str) -> Any:
+    """One key of a saved ``config.json`` (None if absent: runs from before it was recorded)."""
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def with_router_parts(config: TrainConfig, index: pd.DataFrame) -> TrainConfig:
@@ -112,9 +155,17 @@ def with_router_parts(config: TrainConfig, index: pd.DataFrame) -> TrainConfig:
 
 
 def load_or_make_split(
-    paths: RunPaths, root: Path, config: TrainConfig, split_csv: Path | None
+    paths: RunPaths,
+    root: Path,
+    config: TrainConfig,
+    split_csv: Path | None,
+    *,
+    write: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any], TrainConfig]:
     """The run's split: reuse the saved one, take ``--split``, or make a new one.
+
+    With ``write=False`` (a non-chief worker) nothing is written: the split is the run
+    folder's when this task can see it, else made exactly as the chief makes it.
 
     It covers the router's parts, not only those with an abnormality model. Returns
     ``config`` with ``router_parts`` filled in: as given, or every MURA body part found in
@@ -128,10 +179,12 @@ def load_or_make_split(
         split = read_split(paths.split, root)
     elif split_csv is not None:
         split = read_split(split_csv, root)
-        write_split(split, paths.split)
+        if write:
+            write_split(split, paths.split)
     else:
         split = split_by_patient(index, mode=config.split_mode, seed=config.seed)
-        write_split(split, paths.split)
+        if write:
+            write_split(split, paths.split)
     split = split[split["body_part"].isin(config.router_parts)].reset_index(drop=True)
     missing = set(config.router_parts) - set(split["body_part"])
     if missing:
@@ -142,7 +195,7 @@ def load_or_make_split(
         "source": Path(root).resolve().name,
         "split_mode": config.split_mode,
         "split_seed": config.seed,
-        "split_csv_sha256": sha256_file(paths.split),
+        "split_csv_sha256": sha256_file(paths.split) if paths.split.is_file() else None,
         "index_warnings": index_report.counts,
         "counts": split_counts(split),
     }
@@ -170,6 +223,7 @@ def train_all(
     only: list[str] | None,
     bad_images: BadImageLog,
     callbacks: tuple = (),
+    distribution: Distribution | None = None,
 ) -> None:
     names = config.model_names()
     unknown = sorted(set(only or []) - set(names))
@@ -180,7 +234,13 @@ def train_all(
             continue
         say(f"== training {name} ({config.backbone_for(name)}, {config.input_size}px)")
         train_model(
-            name, split, config, paths.root, bad_images=bad_images, extra_callbacks=callbacks
+            name,
+            split,
+            config,
+            paths.root,
+            bad_images=bad_images,
+            extra_callbacks=callbacks,
+            distribution=distribution,
         )
 
 
@@ -289,6 +349,17 @@ def parity_images(validation: pd.DataFrame, config: TrainConfig) -> np.ndarray:
     return np.concatenate(batches)
 
 
+def run_fingerprint(split: pd.DataFrame, config: TrainConfig, only: list[str] | None) -> str:
+    """What every worker of a run must agree on: the recipe, the models and the exact split
+    (rows in order: the distributed input pipeline relies on the same order everywhere)."""
+    rows = split[[c for c in SPLIT_FILE_COLUMNS if c in split.columns]].to_csv(index=False)
+    return fingerprint_of(
+        sorted(config.result_affecting().items()),
+        sorted(only) if only else None,
+        hashlib.sha256(rows.encode()).hexdigest(),
+    )
+
+
 def run_training(
     root: Path,
     config: TrainConfig,
@@ -301,14 +372,69 @@ def run_training(
     only: list[str] | None = None,
     callbacks: tuple = (),
 ) -> Manifest | None:
-    """Train, evaluate and export; return the manifest, or None if models are still missing."""
+    """Train, evaluate and export; return the manifest, or None if models are still missing.
+
+    On a non-chief worker of a multi-worker run: train, wait for the chief to evaluate and
+    export, return None; nothing is written.
+    """
+    # First: a multi-worker strategy must exist before TensorFlow runs any op.
+    dist = get_distribution(config.strategy)
     out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists; pass --force to replace it")
-    paths = prepare_run(run_dir, config, resume=resume)
-    split, provenance, config = load_or_make_split(paths, root, config, split_csv)
+    paths = RunPaths(Path(run_dir))
+
+    def prepare() -> tuple[pd.DataFrame, dict[str, Any], TrainConfig]:
+        if out.exists() and not force:
+            raise BundleError(f"{out} already exists; pass --force to replace it")
+        prepare_run(run_dir, config, resume=resume, distribution=dist)
+        return load_or_make_split(paths, root, config, split_csv)
+
+    prepared = dist.step("preparing the run", prepare, chief_only=True)
+
+    def read_split_of_chief() -> tuple[pd.DataFrame, dict[str, Any], TrainConfig]:
+        return prepared or load_or_make_split(paths, root, config, split_csv, write=False)
+
+    agreed = dist.step(
+        "checking the config and split",
+        read_split_of_chief,
+        fingerprint=lambda found: run_fingerprint(found[0], found[2], only),
+        hint="start every worker with the same arguments and the same dataset",
+    )
+    assert agreed is not None
+    split, provenance, config = agreed
     bad_images = BadImageLog()
-    train_all(split, config, paths, only=only, bad_images=bad_images, callbacks=callbacks)
+    train_all(
+        split,
+        config,
+        paths,
+        only=only,
+        bad_images=bad_images,
+        callbacks=callbacks,
+        distribution=dist,
+    )
+
+    def evaluate_and_export() -> Manifest | None:
+        return _evaluate_and_export(
+            split, provenance, config, paths, bad_images, root, out, force, dist
+        )
+
+    # the other workers wait here until the chief has exported (or failed), then all exit
+    manifest = dist.step("evaluating and exporting", evaluate_and_export, chief_only=True)
+    if not dist.is_chief:
+        say(f"== {dist.task}: training done; the chief evaluated and exported the bundle")
+    return manifest
+
+
+def _evaluate_and_export(
+    split: pd.DataFrame,
+    provenance: dict[str, Any],
+    config: TrainConfig,
+    paths: RunPaths,
+    bad_images: BadImageLog,
+    root: Path,
+    out: Path,
+    force: bool,
+    dist: Distribution,
+) -> Manifest | None:
     missing = [n for n in config.model_names() if not paths.model(n).is_file()]
     if missing:
         say(f"models still to train before a bundle can be exported: {', '.join(missing)}")
@@ -338,7 +464,7 @@ def run_training(
         thresholds={p: report["thresholds"][p] for p in config.body_parts},
         metrics=headline(report),
         data=provenance,
-        training=config.to_dict(),
+        training={**config.to_dict(), **dist.record(config.batch_size)},
         synthetic=config.synthetic,
         extra_files=extra,
         parity_images=parity,
@@ -361,11 +487,19 @@ def run_demo(
     resume: bool = False,
     force: bool = False,
 ) -> Manifest | None:
-    """The demo: generate the synthetic dataset at ``data`` if it is not there, then train."""
+    """The demo: generate the synthetic dataset at ``data`` if it is not there, then train.
+
+    Multi-worker: the chief generates; a worker that does not see the chief's copy (no
+    shared filesystem) then generates the same seeded data locally.
+    """
     from training.synthetic import generate_synthetic_mura
 
+    dist = get_distribution(config.strategy)  # first, before any TensorFlow op
     data = Path(data)
-    if not (data / "train_image_paths.csv").is_file():
+
+    def generate() -> None:
+        if (data / "train_image_paths.csv").is_file():
+            return
         say(f"== generating synthetic MURA data in {data}")
         # every MURA part, as in MURA: the router learns all seven (a wrist must not be
         # taken for a hand), abnormality models are trained for config.body_parts only
@@ -373,6 +507,9 @@ def run_demo(
             data, patients_per_part=patients_per_part, seed=config.seed, body_parts=ALL_BODY_PARTS
         )
         say(summary.describe())
+
+    dist.step("generating the synthetic data", generate, chief_only=True)
+    dist.step("finding the synthetic data", generate)
     return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)
 
 

@@ -6,6 +6,12 @@ phases: the head on a frozen backbone, then the whole network at a lower learnin
 pretrained features to protect). Keras' ``BackupAndRestore`` saves weights, optimizer
 state and epoch number after every epoch, so a run stopped by Ctrl-C or a crash resumes
 from the last finished epoch; ``history.csv`` is appended, never restarted.
+
+Under ``--strategy multiworker`` every worker runs this same code in lock-step. The chief
+writes the model folder; the others *read* it (the resume state: finished phases, the
+backup to restore, the best value so far -- all workers must start from the same weights
+and epoch, and they check that they do) and write their own checkpoints into a temporary
+folder that is deleted afterwards (:mod:`training.distribute`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,8 +31,9 @@ import pandas as pd
 import tensorflow as tf
 
 from bonexr.atomic import write_json_atomic
-from bonexr.errors import ConfigError, DataError
-from training.config import STRATEGIES, TrainConfig, check_choice
+from bonexr.errors import DataError
+from training.config import TrainConfig
+from training.distribute import Distribution, SyncBatchNormStatistics, get_distribution
 from training.models import ROUTER, backbone_of, build_model
 from training.pipeline import BadImageLog, abnormality_weights, make_dataset, router_targets
 
@@ -40,6 +46,7 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 BEST_MODEL = "best.keras"
 DONE_MARKER = "done.json"
 HISTORY = "history.csv"
+HEAD_WEIGHTS = "head.weights.h5"
 
 
 def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,15 +67,9 @@ def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs), ``multiworker`` (TF_CONFIG)."""
-    check_choice("strategy", name, STRATEGIES)
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError("--strategy multiworker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    """``default`` (one device), ``mirrored`` (all local GPUs), ``multiworker`` (TF_CONFIG);
+    created once per process (:func:`training.distribute.get_distribution`)."""
+    return get_distribution(name).strategy
 
 
 def make_deterministic(seed: int) -> None:
@@ -139,6 +140,56 @@ def _compile(
         )
 
 
+def _resume_state(model_dir: Path, monitor: str) -> dict[str, Any]:
+    """What a model folder says about where training stands (read-only).
+
+    Every worker reads the chief's folder and the workers compare these states before
+    training: one that sees another state (no shared filesystem, a stale copy) would start
+    from other weights or another epoch than the chief.
+    """
+    backups: dict[str, Any] = {}
+    for backup in sorted(model_dir.glob("backup_*")):
+        metadata = backup / "training_metadata.json"
+        weights = backup / "latest.weights.h5"
+        backups[backup.name] = {
+            "metadata": metadata.read_text() if metadata.is_file() else None,
+            "weights_bytes": weights.stat().st_size if weights.is_file() else None,
+        }
+    return {
+        "done": (model_dir / DONE_MARKER).is_file() and (model_dir / BEST_MODEL).is_file(),
+        "phases": sorted(p.stem for p in model_dir.glob("*.done")),
+        "head_weights": (model_dir / HEAD_WEIGHTS).is_file(),
+        "backups": backups,
+        "best": _best_so_far(model_dir / HISTORY, monitor),
+    }
+
+
+class _RestoreFrom(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that backs up into its own folder but restores from another.
+
+    A non-chief worker resumes from the chief's backup (all workers must continue from the
+    same weights and epoch) and backs up into its temporary folder, never the chief's.
+    """
+
+    def __init__(self, backup_dir: str, restore_dir: str) -> None:
+        super().__init__(backup_dir)
+        self._source = keras.callbacks.BackupAndRestore(restore_dir, delete_checkpoint=False)
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self._source.set_model(model)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._source.on_train_begin(logs)
+
+
+def _backup_callback(out: Path, model_dir: Path, phase: str) -> keras.callbacks.Callback:
+    name = f"backup_{phase}"
+    if out == model_dir:
+        return keras.callbacks.BackupAndRestore(str(out / name))
+    return _RestoreFrom(str(out / name), str(model_dir / name))
+
+
 def train_model(
     model_name: str,
     split: pd.DataFrame,
@@ -147,12 +198,26 @@ def train_model(
     *,
     bad_images: BadImageLog,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    distribution: Distribution | None = None,
 ) -> Path:
-    """Train (or resume, or skip if finished) one model; return the path of its best model."""
+    """Train (or resume, or skip if finished) one model; return the path of its best model.
+
+    On a non-chief worker of a multi-worker run the returned path is the chief's: this
+    worker wrote nothing there.
+    """
+    dist = distribution or get_distribution(config.strategy)
     model_dir = Path(run_dir) / model_name
-    model_dir.mkdir(parents=True, exist_ok=True)
     best_path = model_dir / BEST_MODEL
-    if (model_dir / DONE_MARKER).is_file() and best_path.is_file():
+    monitor, mode = _monitor(model_name)
+    state = dist.step(
+        f"resuming {model_name}",
+        lambda: _resume_state(model_dir, monitor),
+        fingerprint=lambda found: json.dumps(found, sort_keys=True, default=str),
+        hint="every worker must see the chief's run folder at the same path (a shared "
+        "filesystem) to resume; start a new run folder otherwise",
+    )
+    assert state is not None
+    if state["done"]:
         log.info("%s already trained; skipping", model_name)
         return best_path
 
@@ -168,8 +233,14 @@ def train_model(
         w_val = val["label"].map(weights).to_numpy()
 
     make_deterministic(config.seed)
+    # --batch-size is per replica: the pipeline yields global batches, tf.distribute splits
+    # each among the replicas (and, with several workers, among the workers).
+    global_batch = dist.global_batch(config.batch_size)
     common: dict[str, Any] = dict(
-        size=config.input_size, batch_size=config.batch_size, bad_images=bad_images
+        size=config.input_size,
+        batch_size=global_batch,
+        bad_images=bad_images,
+        min_batch=dist.replicas,  # no replica may get an empty batch
     )
     train_ds = make_dataset(
         train,
@@ -185,7 +256,7 @@ def train_model(
         val, targets=y_val, sample_weights=w_val, training=False, cache=config.cache, **common
     )
 
-    strategy = distribution_strategy(config.strategy)
+    strategy = dist.strategy
     with strategy.scope():
         model = build_model(
             model_name if model_name == ROUTER else "abnormality",
@@ -195,7 +266,6 @@ def train_model(
             weights=config.weights,
         )
 
-    monitor, mode = _monitor(model_name)
     pretrained = config.weights not in ("none", "")
     phases = []
     if pretrained and config.head_epochs > 0:
@@ -204,66 +274,78 @@ def train_model(
     finetune_lr = config.fine_tune_learning_rate if pretrained else config.learning_rate
     phases.append(("finetune", first_epoch + config.epochs, finetune_lr, True))
 
-    for phase, last_epoch, learning_rate, train_backbone in phases:
-        marker = model_dir / f"{phase}.done"
-        if marker.is_file():
-            continue
-        with strategy.scope():
-            backbone_of(model).trainable = train_backbone
-            epochs_in_phase = last_epoch - (first_epoch if phase == "finetune" else 0)
-            schedule = learning_rate_schedule(
-                learning_rate,
-                epochs=max(1, epochs_in_phase),
-                steps_per_epoch=math.ceil(len(train) / config.batch_size),
-            )
-            _compile(model, model_name, schedule)
-        if phase == "finetune" and (model_dir / "head.weights.h5").is_file():
-            model.load_weights(model_dir / "head.weights.h5")
-        callbacks = [
-            keras.callbacks.BackupAndRestore(str(model_dir / f"backup_{phase}")),
-            keras.callbacks.ModelCheckpoint(
-                str(best_path),
+    best = state["best"]
+    head_trained_here = False
+    with dist.write_dir(model_dir) as out:  # the chief: model_dir; other workers: a temp dir
+        out.mkdir(parents=True, exist_ok=True)
+        for phase, last_epoch, learning_rate, train_backbone in phases:
+            if phase in state["phases"]:
+                continue
+            with strategy.scope():
+                backbone_of(model).trainable = train_backbone
+                epochs_in_phase = last_epoch - (first_epoch if phase == "finetune" else 0)
+                schedule = learning_rate_schedule(
+                    learning_rate,
+                    epochs=max(1, epochs_in_phase),
+                    steps_per_epoch=math.ceil(len(train) / global_batch),
+                )
+                _compile(model, model_name, schedule)
+            if phase == "finetune":
+                # this task's own file when it trained the head (a worker must not wait for
+                # the chief's), the chief's when resuming after the head phase
+                head = out if head_trained_here else model_dir
+                if head_trained_here or state["head_weights"]:
+                    model.load_weights(head / HEAD_WEIGHTS)
+            checkpoint = keras.callbacks.ModelCheckpoint(
+                str(out / BEST_MODEL),
                 monitor=monitor,
                 mode=mode,
                 save_best_only=True,
-                initial_value_threshold=_best_so_far(model_dir / HISTORY, monitor),
-            ),
-            keras.callbacks.EarlyStopping(
-                monitor=monitor,
-                mode=mode,
-                patience=early_stopping_patience(config.patience, epochs_in_phase),
-            ),
-            keras.callbacks.CSVLogger(str(model_dir / HISTORY), append=True),
-        ]
-        if config.tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard")))
-        callbacks.extend(extra_callbacks)
-        log.info(
-            "%s: %s phase, epochs up to %d, lr %g", model_name, phase, last_epoch, learning_rate
-        )
-        if last_epoch > 0:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=last_epoch,
-                initial_epoch=first_epoch if phase == "finetune" else 0,
-                callbacks=callbacks,
-                verbose=fit_verbosity(config.progress),
-                shuffle=False,  # the dataset shuffles itself, seeded
+                initial_value_threshold=best,
             )
-        if phase == "head":
-            model.save_weights(model_dir / "head.weights.h5")
-        marker.write_text("done\n")
+            callbacks = [
+                *([SyncBatchNormStatistics(strategy)] if dist.replicas > 1 else []),
+                _backup_callback(out, model_dir, phase),
+                checkpoint,
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor,
+                    mode=mode,
+                    patience=early_stopping_patience(config.patience, epochs_in_phase),
+                ),
+                keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
+            ]
+            if config.tensorboard:
+                callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
+            callbacks.extend(extra_callbacks)
+            log.info(
+                "%s: %s phase, epochs up to %d, lr %g", model_name, phase, last_epoch, learning_rate
+            )
+            if last_epoch > 0:
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=last_epoch,
+                    initial_epoch=first_epoch if phase == "finetune" else 0,
+                    callbacks=callbacks,
+                    verbose=fit_verbosity(config.progress),
+                    shuffle=False,  # the dataset shuffles itself, seeded
+                )
+            # the best value so far, the same on every worker (logged metrics are global)
+            best = None if checkpoint.best is None else float(checkpoint.best)
+            if phase == "head":
+                model.save_weights(out / HEAD_WEIGHTS)
+                head_trained_here = True
+            (out / f"{phase}.done").write_text("done\n")
 
-    if not best_path.is_file():  # zero epochs (e.g. a smoke run): keep the current weights
-        model.save(best_path)
-    _write_done(model_dir, monitor)
+        if not (out / BEST_MODEL).is_file():  # zero epochs (a smoke run): keep these weights
+            model.save(out / BEST_MODEL)
+        _write_done(out, monitor, dist.record(config.batch_size))
     return best_path
 
 
-def _write_done(model_dir: Path, monitor: str) -> None:
+def _write_done(model_dir: Path, monitor: str, distribution: dict[str, int]) -> None:
     history = model_dir / HISTORY
-    summary: dict[str, object] = {"monitor": monitor}
+    summary: dict[str, object] = {"monitor": monitor, **distribution}
     if history.is_file():
         logged = pd.read_csv(history)
         if monitor in logged and len(logged):

@@ -83,11 +83,18 @@ def int8_bundle(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory
     return destination
 
 
-def predictions(client, names: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
-    return [
-        client.post("/predict", json={"filename": n}).json()["abnormality_probability"]
-        for n in names
-    ]
+def served(bundle: Path, tmp_path: Path, precision: str) -> tuple[str, list[float]]:
+    """The runtime the service chose for ``precision`` and its answers for four uploads."""
+    settings = make_settings(bundle, tmp_path, precision=precision)
+    with running(settings) as (client, _):
+        runtime = client.get("/ready").json()["runtime"]
+        probabilities = []
+        for seed in range(4):
+            data = png_bytes(96, 80, seed=seed)
+            upload = client.post("/upload", files={"file": ("x.png", data, "image/png")})
+            answer = client.post("/predict", json={"filename": upload.json()["filename"]})
+            probabilities.append(answer.json()["abnormality_probability"])
+    return runtime, probabilities
 
 
 def test_bf16_gate_measures_the_test_split(untrained_bundle: Path) -> None:
@@ -132,18 +139,7 @@ def test_a_precision_file_must_stay_inside_the_bundle() -> None:
 def test_auto_serves_int8_when_allowed_and_within_its_tolerance(
     int8_bundle: Path, tmp_path: Path
 ) -> None:
-    data = [png_bytes(96, 80, seed=s) for s in range(4)]
-    results = {}
-    for precision in ("fp32", "auto"):
-        settings = make_settings(int8_bundle, tmp_path / precision, precision=precision)
-        with running(settings) as (client, _):
-            ready = client.get("/ready").json()
-            names = [
-                client.post("/upload", files={"file": ("x.png", d, "image/png")}).json()["filename"]
-                for d in data
-            ]
-            model = client.get("/model").json()
-            results[precision] = (ready["runtime"], predictions(client, names), model)
+    results = {p: served(int8_bundle, tmp_path / p, p) for p in ("fp32", "auto")}
     assert results["fp32"][0].startswith("openvino fp32")
     assert results["auto"][0].startswith("openvino int8: CPU has int8 and the bundle allows it")
     assert "bf16 not used" not in results["auto"][0]  # int8 is tried first
@@ -177,24 +173,7 @@ def test_auto_serves_bf16_when_allowed_and_close_to_fp32(
     untrained_bundle: Path, tmp_path: Path
 ) -> None:
     bundle = with_precision(untrained_bundle, tmp_path)
-    images = [png_bytes(96, 80, seed=s) for s in range(4)]
-    results = {}
-    for precision in ("fp32", "auto"):
-        settings = make_settings(bundle, tmp_path / precision, precision=precision)
-        with running(settings) as (client, _):
-            ready = client.get("/ready").json()
-            results[precision] = (
-                ready["runtime"],
-                predictions(
-                    client,
-                    [
-                        client.post("/upload", files={"file": ("x.png", d, "image/png")}).json()[
-                            "filename"
-                        ]
-                        for d in images
-                    ],
-                ),
-            )
+    results = {p: served(bundle, tmp_path / p, p) for p in ("fp32", "auto")}
     assert results["fp32"][0].startswith("openvino fp32")
     assert results["auto"][0].startswith("openvino bf16: CPU has bf16")
     diff = np.max(np.abs(np.subtract(results["auto"][1], results["fp32"][1])))

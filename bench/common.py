@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
+
+import numpy as np
 
 
 def add_bundle_options(parser: argparse.ArgumentParser) -> None:
@@ -69,3 +73,14 @@ def write_result(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def median_ms(run, x: np.ndarray, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Median wall time of ``run(x)`` over ``repeats`` calls, after one warm-up call."""
+    run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_bundle_options, bundle_for, write_result
+from bench.common import add_bundle_options, bundle_for, median_ms, write_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,16 +30,6 @@ CHOICES = (
     ("openvino", "bf16"),
     ("openvino", "int8"),
 )
-
-
-def _median_ms(run, x: np.ndarray, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    run(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
@@ -70,8 +58,8 @@ def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
             x = inputs[batch]
             probs = model.run(x)[0][:, 0]
             reference.setdefault(batch, probs)
-            single = _median_ms(model.run, x, repeats)
-            two_stage = _median_ms(lambda v, r=router, m=model: (r.run(v), m.run(v)), x, repeats)
+            single = median_ms(model.run, x, repeats)
+            two_stage = median_ms(lambda v, r=router, m=model: (r.run(v), m.run(v)), x, repeats)
             rows.append(
                 {
                     "runtime": runtime,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_bundle_options, bundle_for, write_result
+from bench.common import add_bundle_options, bundle_for, median_ms, write_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -271,13 +271,8 @@ def tensorflow_baseline(bundle: Path, batch: int, repeats: int) -> dict:
     model = keras.saving.load_model(bundle / str(part.keras), compile=False)
     size = manifest.input.size
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 1)).astype(np.float32)
-    router.predict_on_batch(x), model.predict_on_batch(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        router.predict_on_batch(x), model.predict_on_batch(x)
-        times.append(time.perf_counter() - start)
-    seconds = float(np.median(times))
+    ms = median_ms(lambda v: (router.predict_on_batch(v), model.predict_on_batch(v)), x, repeats)
+    seconds = ms / 1000
     return {"batch": batch, "ms_per_batch": 1000 * seconds, "images_per_s": batch / seconds}
 
 

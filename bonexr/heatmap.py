@@ -89,3 +89,50 @@ def overlay(image: Image.Image, heat: np.ndarray, opacity: float = 0.5) -> Image
 def to_png16(heat: np.ndarray) -> Image.Image:
     """The 0..1 map as a 16-bit grayscale image (``/heatmap?format=raw``)."""
     return Image.fromarray(np.rint(np.clip(heat, 0, 1) * 65535).astype(np.uint16))
+
+
+#: Longest side the map's arithmetic runs at when drawing it. The picture is then scaled to
+#: the upload's own size in 8-bit planes, so a 7000 px radiograph costs a few of its uint8
+#: planes instead of several float copies of itself (the map is a 6x6 to 12x12 grid
+#: upsampled bilinearly: nothing finer than this working size exists in it).
+WORKING_SIDE = 1024
+
+
+def working_size(width: int, height: int, max_side: int = WORKING_SIDE) -> tuple[int, int]:
+    """``(width, height)`` scaled down so the longer side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _levels_image(cam: np.ndarray, width: int, height: int, size: int) -> Image.Image:
+    """The 0..255 map over a ``width`` x ``height`` image, computed at the working size."""
+    work_w, work_h = working_size(width, height)
+    levels = Image.fromarray(_levels(to_image_grid(cam, work_w, work_h, size)), mode="L")
+    return levels.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def render_overlay(
+    image: Image.Image, cam: np.ndarray, size: int, opacity: float = 0.5
+) -> Image.Image:
+    """:func:`overlay` of a raw CAM on ``image`` at the image's own size, at bounded cost.
+
+    Same colours and blend as :func:`overlay`, but the float arithmetic runs at
+    :data:`WORKING_SIDE` and the full-size work is uint8 (a palette lookup and one masked
+    paste), so memory is a few 8-bit planes of the image whatever its size.
+    """
+    levels = _levels_image(cam, image.width, image.height, size)
+    weight = float(np.clip(opacity, 0.0, 1.0))
+    mask = levels.point([round(v * weight) for v in range(256)])
+    colours = levels.copy()
+    colours.putpalette(_TABLE.tobytes())
+    picture = image.convert("L").convert("RGB")
+    picture.paste(colours.convert("RGB"), (0, 0), mask)
+    return picture
+
+
+def render_raw(width: int, height: int, cam: np.ndarray, size: int) -> Image.Image:
+    """:func:`to_png16` of a raw CAM at ``width`` x ``height``, computed at the working
+    size and scaled up as 16-bit (bounded memory, as :func:`render_overlay`)."""
+    work_w, work_h = working_size(width, height)
+    small = to_png16(to_image_grid(cam, work_w, work_h, size))
+    return small.resize((width, height), Image.Resampling.BILINEAR)

@@ -28,16 +28,17 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 import bonexr
-from service.deps import Services
 from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, ServiceError, install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
 from service.pixel_cache import PixelCache
+from service.predictor import Predictor
 from service.routes import api_router
 from service.routes.page import static_files
 from service.security import ApiKeyMiddleware
+from service.services import Services
 from service.settings import Settings, get_settings
 from service.storage import open_store
 
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.services = services
+    app.state.predictor = Predictor(services)
     install_error_handlers(app)
     keys = settings.api_key_list()
     app.include_router(api_router(auth_enabled=bool(keys)))

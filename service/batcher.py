@@ -4,9 +4,10 @@ It knows nothing of models: it is given a ``run_batch(pixels, parts)`` function 
 two-stage model of :mod:`service.engine`), so a runtime can be swapped without touching it.
 
 * **Batching**: the worker takes the oldest request and gathers more while others are on
-  their way (:meth:`incoming`), up to ``max_batch_size`` or ``max_batch_wait_ms``; a lone
+  their way (:meth:`admit`), up to ``max_batch_size`` or ``max_batch_wait_ms``; a lone
   request on an idle service is never delayed.
-* **Overload**: at most ``max_queue`` requests wait; beyond that :meth:`submit` raises
+* **Overload**: at most ``max_queue`` requests wait or are on their way; beyond that
+  :meth:`admit` (before any decoding) or :meth:`submit` raises
   :class:`~service.errors.OverloadedError` at once (429 with ``Retry-After``) instead of
   letting every client wait. Each request has a deadline (``predict_timeout_s``); one still
   unanswered then gets a 503 and its slot is skipped by the worker.
@@ -52,6 +53,13 @@ class _Request(Generic[Result]):
 _STOP = object()
 
 
+@dataclass
+class Admission:
+    """Queue places reserved by :meth:`MicroBatcher.admit` and not yet used by a submit."""
+
+    left: int
+
+
 class MicroBatcher:
     """Queue + worker. ``serve()`` runs the worker loop in the calling thread."""
 
@@ -90,20 +98,38 @@ class MicroBatcher:
             self._open = True
 
     @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Mark a request whose pixels are being prepared and will be submitted soon.
+    def admit(self, count: int, not_ready: Callable[[], str]) -> Iterator[Admission]:
+        """Reserve ``count`` queue places for a request *before* it decodes anything.
 
-        The worker waits (up to ``max_batch_wait_ms``) for more requests only while some
-        are on their way: an idle service answers a lone request at once instead of paying
-        the batching delay, and a busy one still fills its batches.
+        A full queue is refused here (429 with ``Retry-After``), so an overloaded service
+        spends no decode, memory or model work on requests it cannot answer. While the
+        reservation is held the request counts as on its way: the worker waits (up to
+        ``max_batch_wait_ms``) for more requests only while some are, so an idle service
+        answers a lone request at once and a busy one still fills its batches. Places not
+        used by :meth:`submit` are given back on leaving.
         """
+        admission = Admission(count)
         with self._lock:
-            self._incoming += 1
+            if not self._open:
+                raise NotReadyError(not_ready())
+            if self._waiting + self._incoming + count > self.max_queue:
+                raise self._overloaded()
+            self._incoming += count
         try:
-            yield
+            yield admission
         finally:
             with self._lock:
-                self._incoming -= 1
+                self._incoming -= admission.left
+
+    def _overloaded(self) -> OverloadedError:
+        """Count and describe a refusal (call with the lock held)."""
+        if self.metrics is not None:
+            self.metrics.rejected.inc()
+        return OverloadedError(
+            f"the service is at capacity ({self.max_queue} requests waiting); "
+            f"retry in {self.retry_after_s()} s",
+            retry_after_s=self.retry_after_s(),
+        )
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained (at least 1)."""
@@ -111,22 +137,27 @@ class MicroBatcher:
         return max(1, math.ceil(self._waiting / rate))
 
     async def submit(
-        self, pixels: np.ndarray, part: str | None, not_ready: Callable[[], str]
+        self,
+        pixels: np.ndarray,
+        part: str | None,
+        not_ready: Callable[[], str],
+        admission: Admission | None = None,
     ) -> Any:
-        """Queue one image and await its result (429 when full, 503 past the deadline)."""
+        """Queue one image and await its result (429 when full, 503 past the deadline).
+
+        With an ``admission`` that still holds a place (:meth:`admit`), the image takes it
+        and is never refused for capacity; without one, the queue is checked here.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:  # after close() nothing more can be queued
             if not self._open:
                 raise NotReadyError(not_ready())
-            if self._waiting >= self.max_queue:
-                if self.metrics is not None:
-                    self.metrics.rejected.inc()
-                raise OverloadedError(
-                    f"the service is at capacity ({self.max_queue} requests waiting); "
-                    f"retry in {self.retry_after_s()} s",
-                    retry_after_s=self.retry_after_s(),
-                )
+            if admission is not None and admission.left > 0:
+                admission.left -= 1
+                self._incoming -= 1
+            elif self._waiting + self._incoming >= self.max_queue:
+                raise self._overloaded()
             self._waiting += 1
             self._queue.put(_Request(pixels, future, loop, part))
         try:

@@ -38,7 +38,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from service.batch import predict_files
+    from service.offline_scoring import predict_files
     from service.server import load_settings
 
     settings = load_settings(models_dir=args.models_dir, bundle=args.bundle)

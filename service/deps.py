@@ -1,67 +1,44 @@
-"""What the routes depend on: the per-app :class:`Services` container and its dependency.
+"""What the routes depend on: the per-app :class:`~service.services.Services`, the
+:class:`~service.predictor.Predictor`, and a ready engine.
 
-Built once per app by :func:`service.app.create_app` and kept on ``app.state``; routes
-receive it as ``services: ServicesDep`` (FastAPI's full-stack template keeps its
-dependencies the same way, in ``api/deps.py``).
+Kept on ``app.state`` by :func:`service.app.create_app` (FastAPI's full-stack template keeps
+its dependencies the same way, in ``api/deps.py``). Every dependency here is ``async`` and
+touches no store or model: FastAPI runs a plain ``def`` dependency in the shared
+threadpool, where hung store calls could starve ``/health``, ``/model`` and ``/metrics``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from bonexr.imaging import DecodedImage, decode_upload
 from service.engine import InferenceEngine
-from service.memory import release_free_memory
-from service.metrics import ServiceMetrics
-from service.pixel_cache import PixelCache
-from service.settings import Settings
-from service.storage import UploadStore
+from service.errors import NotReadyError
+from service.predictor import Predictor
+from service.services import Services
 
 
-@dataclass
-class Services:
-    """What the routes need."""
-
-    settings: Settings
-    store: UploadStore
-    engine: InferenceEngine
-    metrics: ServiceMetrics
-    decode_slots: threading.BoundedSemaphore
-    pixels: PixelCache
-
-    @contextlib.contextmanager
-    def decode_slot(self) -> Iterator[None]:
-        """Hold one of the ``decode_slots`` (bounding how many images are in memory at
-        once); on leaving, freed decode buffers go back to the OS (:mod:`service.memory`)."""
-        with self.decode_slots:
-            try:
-                yield
-            finally:
-                release_free_memory()
-
-    def decode(self, data: bytes) -> DecodedImage:
-        """Decode untrusted bytes under the configured pixel and decoded-memory limits.
-        Call inside :meth:`decode_slot`, from the threadpool."""
-        return decode_within_limits(data, self.settings)
-
-
-def decode_within_limits(data: bytes, settings: Settings) -> DecodedImage:
-    """Decode untrusted bytes under ``settings``' pixel and decoded-memory limits (the
-    service's uploads and ``bonexr predict`` alike)."""
-    return decode_upload(
-        data, max_pixels=settings.max_pixels, max_decoded_bytes=settings.max_decoded_bytes
-    )
-
-
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
+async def get_predictor(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+async def ready_engine(services: ServicesDep) -> InferenceEngine:
+    """The engine, once its bundle is loaded; else the 503 saying why."""
+    engine = services.engine
+    if not engine.ready or engine.manifest is None:
+        raise NotReadyError(engine.not_ready_reason())
+    return engine
+
+
+ReadyEngineDep = Annotated[InferenceEngine, Depends(ready_engine)]

@@ -34,7 +34,7 @@ from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
 from bonexr.labels import result_name
-from service.batcher import MicroBatcher
+from service.batcher import Admission, MicroBatcher
 from service.errors import NotReadyError
 from service.runtimes import (
     ModelSession,
@@ -391,11 +391,14 @@ class InferenceEngine:
             )
         return results
 
-    def incoming(self) -> contextlib.AbstractContextManager[None]:
-        """Mark a predict whose pixels are being prepared (see :meth:`MicroBatcher.incoming`)."""
-        return self.batcher.incoming()
+    def admit(self, count: int = 1) -> contextlib.AbstractContextManager[Admission]:
+        """Reserve queue places before decoding (429 when full; see
+        :meth:`MicroBatcher.admit`)."""
+        return self.batcher.admit(count, self.not_ready_reason)
 
-    async def predict(self, pixels: np.ndarray, part: str | None = None) -> Prediction:
+    async def predict(
+        self, pixels: np.ndarray, part: str | None = None, admission: Admission | None = None
+    ) -> Prediction:
         """Queue one prepared ``(S, S)`` uint8 image for the batching worker and await it;
         with ``part``, that part's model scores it whatever the router says.
 
@@ -407,7 +410,9 @@ class InferenceEngine:
             raise ValueError(f"expected prepared pixels ({size}, {size}), got {pixels.shape}")
         if part is not None and self.manifest is not None and part not in self.manifest.parts:
             raise ValueError(f"no abnormality model for {part}")
-        result: Prediction = await self.batcher.submit(pixels, part, self.not_ready_reason)
+        result: Prediction = await self.batcher.submit(
+            pixels, part, self.not_ready_reason, admission
+        )
         return result
 
     # ------------------------------------------------------------------ worker

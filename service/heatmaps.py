@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from bonexr.heatmap import overlay, to_image_grid, to_png16
-from service.deps import Services
+from bonexr.heatmap import render_overlay, render_raw
+from service.services import Services
 
 log = logging.getLogger("bonexr.service")
 
@@ -56,11 +56,13 @@ def load_cam(services: Services, filename: str) -> CachedCam | None:
 
 
 def render(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> bytes:
-    """The PNG answer: the stored image with the map blended in, or the 16-bit map alone."""
+    """The PNG answer at the upload's size: the stored image with the map blended in, or
+    the 16-bit map alone (bounded memory: :func:`bonexr.heatmap.render_overlay`)."""
     with Image.open(io.BytesIO(png), formats=["PNG"]) as stored:
-        image = stored.convert("L")
-    heat = to_image_grid(cam, image.width, image.height, size)
-    picture = to_png16(heat) if raw else overlay(image, heat, opacity)
+        if raw:
+            picture = render_raw(stored.width, stored.height, cam, size)
+        else:
+            picture = render_overlay(stored.convert("L"), cam, size, opacity)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.deps import ServicesDep
-from service.errors import NotReadyError, error_responses
+from service.deps import ReadyEngineDep, ServicesDep
+from service.errors import error_responses
 from service.rules import build_rules, render_rules_png
 from service.schemas import ModelInfo, OperatingPoints, Rules
 
@@ -61,12 +61,10 @@ async def rules(request: Request, services: ServicesDep) -> Response:
     summary="Loaded model bundle",
     responses=error_responses(503),
 )
-async def model(services: ServicesDep) -> ModelInfo:
+async def model(engine: ReadyEngineDep) -> ModelInfo:
     """Summary of the loaded bundle's manifest (503 while no bundle is loaded)."""
-    engine = services.engine
     manifest = engine.manifest
-    if not engine.ready or manifest is None:
-        raise NotReadyError(engine.not_ready_reason())
+    assert manifest is not None  # a ready engine has its manifest
     return ModelInfo(
         name=manifest.name,
         version=manifest.version,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Path, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from bonexr.imaging import encode_png, prepare_pixels
-from service.deps import Services, ServicesDep
+from service.deps import ServicesDep
 from service.errors import (
     DuplicateFieldError,
     PayloadTooLargeError,
@@ -20,6 +20,7 @@ from service.errors import (
     error_responses,
 )
 from service.schemas import FILENAME_PATTERN, UploadResponse
+from service.services import Services
 
 router = APIRouter(tags=["upload"])
 

@@ -1,0 +1,55 @@
+"""The per-app :class:`Services` container: settings, store, engine, metrics, decode slots.
+
+Built once per app by :func:`service.app.create_app` and kept on ``app.state``; the route
+dependencies that hand it out live in :mod:`service.deps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bonexr.imaging import DecodedImage, decode_upload
+from service.engine import InferenceEngine
+from service.memory import release_free_memory
+from service.metrics import ServiceMetrics
+from service.pixel_cache import PixelCache
+from service.settings import Settings
+from service.storage import UploadStore
+
+
+@dataclass
+class Services:
+    """What the routes need."""
+
+    settings: Settings
+    store: UploadStore
+    engine: InferenceEngine
+    metrics: ServiceMetrics
+    decode_slots: threading.BoundedSemaphore
+    pixels: PixelCache
+
+    @contextlib.contextmanager
+    def decode_slot(self) -> Iterator[None]:
+        """Hold one of the ``decode_slots`` (bounding how many images are in memory at
+        once); on leaving, freed decode buffers go back to the OS (:mod:`service.memory`)."""
+        with self.decode_slots:
+            try:
+                yield
+            finally:
+                release_free_memory()
+
+    def decode(self, data: bytes) -> DecodedImage:
+        """Decode untrusted bytes under the configured pixel and decoded-memory limits.
+        Call inside :meth:`decode_slot`, from the threadpool."""
+        return decode_within_limits(data, self.settings)
+
+
+def decode_within_limits(data: bytes, settings: Settings) -> DecodedImage:
+    """Decode untrusted bytes under ``settings``' pixel and decoded-memory limits (the
+    service's uploads and ``bonexr predict`` alike)."""
+    return decode_upload(
+        data, max_pixels=settings.max_pixels, max_decoded_bytes=settings.max_decoded_bytes
+    )

@@ -21,6 +21,8 @@ Status policy (also in the OpenAPI description of each route):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import traceback
 from typing import Any
@@ -258,6 +260,18 @@ class LastResortMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            # The server cancels what is still running when its SIGTERM grace window ends:
+            # the client gets a JSON 503 saying so, never uvicorn's plain-text 500 and a
+            # logged traceback. The cancellation ends here, at the outermost layer.
+            if not started:
+                response = JSONResponse(
+                    error_body("the service is shutting down; retry on another replica"),
+                    status_code=503,
+                    headers={"Retry-After": "1"},
+                )
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send)
         except Exception as exc:
             route = getattr(scope.get("route"), "path", "<unmatched>")
             frames = "".join(traceback.format_tb(exc.__traceback__))

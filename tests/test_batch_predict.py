@@ -176,3 +176,80 @@ def test_bad_batch_inputs_are_one_error_line(
     assert run_predict(untrained_bundle, image_folder, "--out", out) == 0
     assert run_predict(untrained_bundle, image_folder, "--out", out) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_only_regular_files_within_the_size_limit_are_read(
+    untrained_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO named like an image (a hang before), a link to /dev/zero (read until
+    MemoryError before) and a file over BONEXR_MAX_UPLOAD_BYTES go to errors.csv."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(png(radiograph()))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    big = png(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))
+    (folder / "big.png").write_bytes(big)
+    monkeypatch.setenv("BONEXR_MAX_UPLOAD_BYTES", str(len(big) - 1))
+    out = tmp_path / "out"
+    assert run_predict(untrained_bundle, folder, "--out", out) == 0
+    assert [Path(r["path"]).name for r in read_csv(out / "images.csv")] == ["good.png"]
+    reasons = {Path(e["path"]).name: e["reason"] for e in read_csv(out / "errors.csv")}
+    assert set(reasons) == {"pipe.png", "zero.png", "big.png"}
+    assert "not a regular file" in reasons["pipe.png"]
+    assert "not a regular file" in reasons["zero.png"]
+    assert "larger than the limit" in reasons["big.png"]
+
+
+def test_a_non_utf8_file_name_is_a_row_not_a_traceback(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9.png"
+    with open(raw, "wb") as handle:
+        handle.write(png(radiograph()))
+    out = tmp_path / "out"
+    assert run_predict(untrained_bundle, folder, "--out", out) == 0
+    rows = read_csv(out / "images.csv")
+    assert [Path(r["path"]).name for r in rows] == ["caf\\xe9.png"]
+    assert rows[0]["result"] in ("fractured", "normal")
+
+
+def test_cells_a_spreadsheet_would_run_are_escaped(
+    untrained_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM.png"):
+        (folder / name).write_bytes(png(radiograph()))
+    (folder / "=broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    out = tmp_path / "out"
+    monkeypatch.chdir(folder)  # relative paths: the path cells start with the file names
+    assert run_predict(untrained_bundle, ".", "--out", out) == 0
+    for table in ("images.csv", "errors.csv"):
+        for row in read_csv(out / table):
+            for value in row.values():
+                assert not value.startswith(("=", "+", "-", "@")), (table, value)
+    names = sorted(r["path"] for r in read_csv(out / "images.csv"))
+    assert names == ["'+1.png", "'-2.png", "'=HYPERLINK(1).png", "'@SUM.png"]
+    assert [r["path"] for r in read_csv(out / "errors.csv")] == ["'=broken.png"]
+    # and a resumed run reads its own escaping back: nothing is scored twice
+    assert run_predict(untrained_bundle, ".", "--out", out, "--resume") == 0
+    assert len(read_csv(out / "images.csv")) == 4
+    assert len(read_csv(out / "errors.csv")) == 1
+
+
+def test_resume_matches_files_by_resolved_path(
+    untrained_bundle: Path, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    monkeypatch.chdir(image_folder.parent)
+    assert run_predict(untrained_bundle, Path(image_folder.name), "--out", out) == 0
+    first = read_csv(out / "images.csv")
+    assert run_predict(untrained_bundle, image_folder.resolve(), "--out", out, "--resume") == 0
+    assert len(read_csv(out / "images.csv")) == len(first)

@@ -336,13 +336,21 @@ def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) 
 
 
 def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
-    """The demo's CAMs point at the defect the generator drew, far more often than a blank
-    map (whose guess is the image centre): the maps show where the model looked."""
+    """The demo's CAMs are scored against the defect the generator drew, beside a blank
+    map (whose guess is the image centre).
+
+    Measured basis for the bound (pointing game, this fixture's recipe and data size):
+    heat map vs centre 0.537 vs 0.315 (README run at a5779a9), 0.352 vs 0.315 (a fresh
+    clone of c089347, issue 18): the margin over the centre ranged 0.04-0.22 in two runs.
+    A margin of 0.15 therefore does not hold reliably and was dropped; what both runs
+    support is "not worse than the centre". That the maps localise usefully is NOT
+    established by this recipe (see docs/benchmarks.md: heat maps are unvalidated).
+    """
     report = json.loads((trained_demo["bundle"] / "report.json").read_text())
     overall = report["localisation"]["overall"]
     print(f"pointing game: heat map {overall['heatmap']:.3f}, centre {overall['centre']:.3f}")
     assert overall["n"] >= 30
-    assert overall["heatmap"] >= overall["centre"] + 0.15
+    assert overall["heatmap"] >= overall["centre"]  # spread above: margin 0.04-0.22
     assert (trained_demo["bundle"] / "plots" / "heatmaps.png").stat().st_size > 20_000
     assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
 

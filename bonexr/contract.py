@@ -23,11 +23,10 @@ from bonexr.imaging import (
     INPUT_VALUE_RANGE,
     PREPROCESSING_ID,
 )
+from bonexr.labels import ROUTER
 
 if TYPE_CHECKING:
-    from bonexr.bundle import Manifest
-
-ROUTER = "router"
+    from bonexr.manifest import Manifest
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from bonexr.bundle import Manifest
     from service.settings import Settings
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: Reduced precisions, fastest first (what ``auto`` tries), with the CPU capability each needs.
 REDUCED = (("int8", "INT8"), ("bf16", "BF16"))
 #: OpenVINO's inference-precision hint per precision (an int8 IR runs its unquantised

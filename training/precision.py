@@ -33,9 +33,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from bonexr.bundle import PrecisionSpec
-from bonexr.contract import ROUTER, reference_inputs
+from bonexr.contract import reference_inputs
 from bonexr.imaging import model_input
-from bonexr.labels import display_name, model_key
+from bonexr.labels import ROUTER, display_name, model_key
 
 #: Largest tolerated drop of a study AUROC (per part or two-stage) under a reduced precision.
 AUROC_TOLERANCE = 0.005

@@ -23,8 +23,8 @@ import pytest
 
 from bonexr.imaging import decode_image, encode_png
 from service.errors import StoreUnavailableError, UploadNotFoundError
-from service.stores.s3 import S3UploadStore, parse_s3_url
 from service.stores.factory import open_store
+from service.stores.s3 import S3UploadStore, parse_s3_url
 from tests.service_support import assert_error, make_settings, png_bytes, running
 
 boto3 = pytest.importorskip("boto3")

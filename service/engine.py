@@ -34,15 +34,10 @@ from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
 from bonexr.labels import ROUTER, result_name
+from bonexr.runtime import ModelSession, OnnxRuntimeSession
 from service.batcher import MicroBatcher
 from service.errors import NotReadyError
-from service.runtimes import (
-    ModelSession,
-    OnnxRuntimeSession,
-    RuntimeChoice,
-    choose_runtime,
-    open_session,
-)
+from service.runtimes import RuntimeChoice, choose_runtime, open_session
 
 if TYPE_CHECKING:
     from service.metrics import ServiceMetrics

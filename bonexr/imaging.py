@@ -121,6 +121,8 @@ def decode_upload(
                 what=f"a {image.width}x{image.height} {fmt.name} image",
             )
             image.load()
+            if fmt.name == "JPEG" and (reason := jpeg.unfilled_reason(data)):
+                raise UndecodableImageError(f"cannot decode JPEG image: {reason}")
     except (ImageTooLargeError, UndecodableImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

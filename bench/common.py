@@ -47,8 +47,7 @@ def allow_for_benchmark(bundle: Path) -> None:
     Accuracy figures come from the trained bundle's gate (``manifest.precisions``).
     """
     from bonexr.bundle import read_manifest
-    from bonexr.contract import ROUTER
-    from bonexr.labels import model_key
+    from bonexr.labels import ROUTER, model_key
     from training.precision import load_tolerance, reference_diff, unavailable
 
     manifest = read_manifest(bundle)

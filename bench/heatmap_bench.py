@@ -36,8 +36,8 @@ def _ms(samples: list[float]) -> float:
 def model_cost(bundle: Path, work: Path, repeats: int) -> dict[str, float]:
     """Median batch-1 ms of the elbow model with and without its CAM output."""
     import keras
-    import onnxruntime as ort
 
+    from bonexr.runtime import onnx_session
     from training.export import export_onnx
 
     plain = work / "elbow-plain.onnx"
@@ -46,7 +46,7 @@ def model_cost(bundle: Path, work: Path, repeats: int) -> dict[str, float]:
     x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 1)).astype(np.float32)
     out: dict[str, float] = {}
     for label, path in (("without CAM", plain), ("with CAM (shipped)", bundle / "elbow.onnx")):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnx_session(path)
         name = session.get_inputs()[0].name
         for _ in range(3):
             session.run(None, {name: x})

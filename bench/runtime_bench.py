@@ -34,7 +34,7 @@ CHOICES = (
 
 def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
     from bonexr.bundle import read_manifest
-    from bonexr.contract import ROUTER
+    from bonexr.labels import ROUTER
     from service.runtimes import RuntimeChoice, open_session
     from service.settings import Settings
 

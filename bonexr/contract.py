@@ -10,8 +10,7 @@ field, what this code expects and what the bundle has.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,48 +22,16 @@ from bonexr.imaging import (
     INPUT_VALUE_RANGE,
     PREPROCESSING_ID,
 )
+from bonexr.labels import ROUTER
+from bonexr.runtime import ModelIO, onnx_session, session_io
 
 if TYPE_CHECKING:
-    from bonexr.bundle import Manifest
-
-ROUTER = "router"
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    """A model's first input and first output shape; ``None`` for a dynamic dimension.
-    ``extra_outputs`` are the shapes of its further outputs (a part model's heat map)."""
-
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
-    extra_outputs: tuple[tuple[int | None, ...], ...] = ()
-
-
-def _dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
-    return tuple(d if isinstance(d, int) else None for d in shape)
-
-
-def session_io(session: Any) -> ModelIO:
-    """The :class:`ModelIO` of an open ``onnxruntime.InferenceSession``."""
-    outputs = [_dims(o.shape) for o in session.get_outputs()]
-    return ModelIO(_dims(session.get_inputs()[0].shape), outputs[0], tuple(outputs[1:]))
+    from bonexr.manifest import Manifest
 
 
 def onnx_file_io(path: Path) -> ModelIO:
     """Open an ONNX file in ONNX Runtime (CPU) just to read its input and output shapes."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - both extras install it
-        raise BundleError("checking a bundle's models needs ONNX Runtime installed") from exc
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise BundleError(f"ONNX Runtime cannot open {Path(path).name}: {exc}") from exc
-    return session_io(session)
+    return session_io(onnx_session(path))
 
 
 def check_input_contract(manifest: Manifest) -> None:

@@ -27,9 +27,6 @@ from bonexr.dicom import check_budget
 from bonexr.errors import ImageTooLargeError, UndecodableImageError, UnsupportedFormatError
 from bonexr.pixels import to_uint8
 
-#: Pillow plugins we ever let parse untrusted bytes (explicit allowlist).
-PILLOW_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
-
 #: Name of the preprocessing recipe, stored in every bundle manifest. Change it whenever the
 #: recipe changes so an old bundle is never fed pixels prepared a different way.
 PREPROCESSING_ID = "gray8-letterbox-bilinear-v1"
@@ -124,6 +121,8 @@ def decode_upload(
                 what=f"a {image.width}x{image.height} {fmt.name} image",
             )
             image.load()
+            if fmt.name == "JPEG" and (reason := jpeg.unfilled_reason(data)):
+                raise UndecodableImageError(f"cannot decode JPEG image: {reason}")
     except (ImageTooLargeError, UndecodableImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

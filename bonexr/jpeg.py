@@ -10,13 +10,33 @@ classified. Two cheap checks on the bytes catch that:
   JPEG (baseline, extended, progressive) every 8x8 block of every component gets at least
   one DC code of at least one bit, so the scans must hold at least ``blocks / 8`` bytes.
   The bound is loose (real images need far more), so it never refuses a complete image.
+
+That bound cannot see a file cut anywhere past its first bits with an EOI appended (FF D9
+after half the data): libjpeg then fills the missing blocks with flat grey. So
+:func:`unfilled_reason` asks the decoder itself: once the last block of a complete scan is
+decoded, libjpeg skips whatever bytes precede the EOI marker, so inserting bytes there
+cannot change the pixels; in a cut file those bytes are decoded as the missing blocks and
+change them. Measured on radiograph-like and noise images (baseline and progressive,
+standard and optimised Huffman tables, quality 5-95, 768 random cuts): no complete image
+refused, every cut image caught at half scale except where the cut lost nothing visible
+(an all-black image). Costs three decodes at half scale (``draft``), after the size and
+memory budget checks.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: Bytes inserted before the EOI by :func:`unfilled_reason`: two patterns, so that a cut
+#: whose missing data happens to decode like one pattern is still caught by the other
+#: (0xFF would need stuffing, so neither holds it).
+PROBE_PATTERNS = (b"\xaa" * 16, b"\x5b" * 16)
 
 #: SOF markers of Huffman-coded JPEGs: baseline, extended sequential, progressive.
 _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}
@@ -105,4 +125,35 @@ def incomplete_reason(data: bytes) -> str | None:
             "the image data is incomplete: the file declares more pixels than its "
             "compressed data can hold"
         )
+    return None
+
+
+def _half_scale_pixels(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data), formats=["JPEG"])
+    image.draft(image.mode, (max(1, image.width // 2), max(1, image.height // 2)))
+    image.load()
+    return np.asarray(image)
+
+
+def unfilled_reason(data: bytes) -> str | None:
+    """Why a JPEG that decodes is still not a complete image (its scans stop before the
+    last block, the rest filled with grey), or None. See the module docstring.
+
+    Call only on data that decodes and passed the size and budget checks; a decoder error
+    on a probe counts as incomplete.
+    """
+    end = data.rfind(b"\xff\xd9")
+    if end < 0:
+        return "the file is truncated"
+    reason = (
+        "the image data is incomplete: its compressed data ends before the last part of the image"
+    )
+    try:
+        pixels = _half_scale_pixels(data)
+        for pattern in PROBE_PATTERNS:
+            probed = _half_scale_pixels(data[:end] + pattern + data[end:])
+            if probed.shape != pixels.shape or not np.array_equal(probed, pixels):
+                return reason
+    except Exception:  # a probe the decoder rejects: the scan was not complete either
+        return reason
     return None

@@ -16,6 +16,10 @@ from collections.abc import Iterable
 
 from bonexr.errors import ConfigError
 
+#: Name of the router model (body-part classifier) in bundles, manifests and file names;
+#: every other model is named by its body part.
+ROUTER = "router"
+
 #: The seven MURA-v1.1 study types, in MURA's order.
 ALL_BODY_PARTS: tuple[str, ...] = (
     "ELBOW",

@@ -40,7 +40,7 @@ from service.routes.page import static_files
 from service.security import ApiKeyMiddleware
 from service.services import Services
 from service.settings import Settings, get_settings
-from service.storage import open_store
+from service.stores.factory import open_store
 
 log = logging.getLogger("bonexr.service")
 

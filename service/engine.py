@@ -33,25 +33,17 @@ from bonexr.bundle import Manifest, find_bundle, verify_files
 from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
-from bonexr.labels import result_name
+from bonexr.labels import ROUTER, result_name
+from bonexr.runtime import ModelSession, OnnxRuntimeSession
 from service.batcher import Admission, MicroBatcher
 from service.errors import NotReadyError
-from service.runtimes import (
-    ModelSession,
-    OnnxRuntimeSession,
-    RuntimeChoice,
-    choose_runtime,
-    open_session,
-)
+from service.runtimes import RuntimeChoice, choose_runtime, open_session
 
 if TYPE_CHECKING:
     from service.metrics import ServiceMetrics
     from service.settings import Settings
 
 log = logging.getLogger("bonexr.engine")
-
-ROUTER = "router"
-
 
 #: Cap of the measured queue limit: a queued request holds its prepared pixels in memory.
 MAX_AUTO_QUEUE = 1024

@@ -17,7 +17,7 @@ from service.memory import release_free_memory
 from service.metrics import ServiceMetrics
 from service.pixel_cache import PixelCache
 from service.settings import Settings
-from service.storage import UploadStore
+from service.stores.base import UploadStore
 
 
 @dataclass

@@ -103,3 +103,37 @@ def test_encode_png_drops_metadata() -> None:
     assert b"patient name" not in clean
     reopened = Image.open(io.BytesIO(clean))
     assert not reopened.info.get("exif") and reopened.mode == "L"
+
+
+def _radiograph_like(width: int = 512, height: int = 384) -> Image.Image:
+    """Smooth bright "bones" on a dark, noisy background (how real uploads compress)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    pixels = 30 + 12 * np.random.default_rng(5).normal(size=(height, width))
+    for cx, cy, rx, ry in ((0.3, 0.5, 0.08, 0.4), (0.65, 0.45, 0.1, 0.35)):
+        inside = ((xx / width - cx) / rx) ** 2 + ((yy / height - cy) / ry) ** 2
+        pixels += 170 * np.exp(-inside * 2)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("cut", [0.3, 0.5, 0.8])
+def test_a_jpeg_cut_short_with_an_end_marker_appended_is_refused(
+    progressive: bool, cut: float
+) -> None:
+    """The probe's file: half a JPEG plus FF D9. It passes the old entropy bound and
+    Pillow decodes it without complaint (the rest is flat grey); it must be a 422."""
+    from bonexr import jpeg
+
+    whole = _encode(_radiograph_like(), "JPEG", quality=90, progressive=progressive)
+    assert decode_image(whole).size == (512, 384)
+    cut_short = whole[: int(len(whole) * cut)] + b"\xff\xd9"
+    assert jpeg.incomplete_reason(cut_short) is None  # the byte-count bound cannot see it
+    Image.open(io.BytesIO(cut_short)).load()  # nor can Pillow
+    with pytest.raises(UndecodableImageError, match="incomplete"):
+        decode_image(cut_short)
+
+
+def test_a_complete_jpeg_with_bytes_after_its_end_marker_is_accepted() -> None:
+    """Trailers after the EOI (some scanners write them) are not a cut scan."""
+    whole = _encode(_radiograph_like(), "JPEG", quality=75, optimize=True)
+    assert decode_image(whole + b"\x00" * 64).size == (512, 384)

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 
 from training.dataset import index_dataset
-from training.localisation import markdown, plot_examples, pointing_game, read_boxes
+from training.localisation import plot_examples, pointing_game, read_boxes
+from training.report import localisation_markdown
 
 
 def test_pointing_game_scores_every_boxed_abnormal_image(
@@ -45,7 +46,7 @@ def test_pointing_game_scores_every_boxed_abnormal_image(
         )
     assert 0.0 <= report["overall"]["heatmap"] <= 1.0
     assert 0.0 <= report["overall"]["centre"] <= 1.0
-    assert "| **overall** |" in "\n".join(markdown(report))
+    assert "| **overall** |" in "\n".join(localisation_markdown(report))
     thresholds = {p: {"image": 0.5, "study": 0.5} for p in parts}
     grid = tmp_path / "heatmaps.png"
     plot_examples(pointed, models, test, thresholds, synthetic_small, 64, grid)

@@ -13,7 +13,7 @@ import pytest
 
 from bonexr.bundle import Manifest, PrecisionSpec, publish_bundle, read_manifest, verify_files
 from bonexr.errors import BundleError
-from service.runtimes import openvino_capabilities
+from bonexr.runtime import openvino_capabilities
 from tests.service_support import assert_error, make_settings, png_bytes, running
 from training.precision import PrecisionTestSet, measure_precision
 from training.quantize import produce_int8

@@ -23,8 +23,8 @@ import pytest
 
 from bonexr.imaging import decode_image, encode_png
 from service.errors import StoreUnavailableError, UploadNotFoundError
-from service.s3_store import S3UploadStore, parse_s3_url
-from service.storage import open_store
+from service.stores.factory import open_store
+from service.stores.s3 import S3UploadStore, parse_s3_url
 from tests.service_support import assert_error, make_settings, png_bytes, running
 
 boto3 = pytest.importorskip("boto3")
@@ -326,3 +326,63 @@ def test_file_urls_select_the_folder_store(untrained_bundle: Path, tmp_path: Pat
     assert (folder / stored.filename).is_file()
     bad = make_settings(untrained_bundle, tmp_path, upload_store="file://host/x")
     assert "not a file:///absolute/path" in str(open_store(bad).problem())
+
+
+class SilentEndpoint:
+    """A TCP server on loopback that accepts every connection and never answers: the
+    hung S3 endpoint. Counts the connections (each attempt of a call opens one)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_hung_endpoint_fails_each_call_after_bounded_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An endpoint that accepts connections and never answers: every store call fails with
+    the store-unavailable error after exactly 1 + retries attempts (short read timeouts),
+    instead of hanging a worker thread; ``count`` (for /metrics) still answers."""
+    endpoint = SilentEndpoint()
+    try:
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.port}",
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "unused",
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }.items():
+            monkeypatch.setenv(name, value)
+        store = S3UploadStore(
+            f"s3://{BUCKET}/hung", connect_timeout=0.2, read_timeout=0.2, retries=1
+        )
+        name = "0" * 64 + ".png"
+        for call in (lambda: store.read(name), lambda: store.save(png_bytes(8, 8, seed=1))):
+            before = endpoint.accepted
+            with pytest.raises(StoreUnavailableError, match="cannot be reached"):
+                call()
+            assert endpoint.accepted - before == 2  # the first attempt and 1 retry
+        assert "cannot be reached" in (store.problem() or "")
+        assert store.count() == 0
+    finally:
+        endpoint.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 
 from bonexr.imaging import decode_image, encode_png
-from service.storage import TEMP_PREFIX, FileUploadStore
+from service.stores.base import TEMP_PREFIX
+from service.stores.folder import FileUploadStore
 from tests.service_support import make_settings, png_bytes, running
 
 

@@ -20,9 +20,9 @@ from bonexr.labels import ALL_BODY_PARTS, display_name
 from training.config import TrainConfig
 from training.dataset import index_dataset
 from training.distribute import get_distribution
+from training.formatting import format_metric
 from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
-from training.report import format_metric
 from training.run import evaluate_run, prepare_run, train_all, with_router_parts
 from training.split import assign_folds, write_split
 

@@ -32,6 +32,7 @@ from bonexr.bundle import (
 )
 from bonexr.errors import BundleError
 from bonexr.labels import display_name, model_key
+from bonexr.runtime import onnx_session
 from training.models import with_cam
 from training.precision import PrecisionTestSet, measure_precision, not_measured, unavailable
 from training.quantize import nncf_missing, produce_int8
@@ -66,9 +67,7 @@ def onnx_parity(
     model: keras.Model, onnx_path: Path, samples: np.ndarray, provider: str = SERVING_PROVIDERS[0]
 ) -> float:
     """Max |Keras - ONNX Runtime| over ``samples`` (float32 ``(N, H, W, 1)``) on ``provider``."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=[provider])
+    session = onnx_session(onnx_path, providers=[provider])
     input_name = session.get_inputs()[0].name
     keras_out = model(samples, training=False)
     keras_outs = keras_out if isinstance(keras_out, list | tuple) else [keras_out]

@@ -24,6 +24,7 @@ import pandas as pd
 from bonexr.heatmap import overlay, peak, to_image_grid
 from bonexr.imaging import decode_image, model_input, prepare_pixels
 from bonexr.labels import display_name, model_key
+from training.formatting import save_figure
 from training.models import with_cam
 
 #: The generator's box file, at the dataset root.
@@ -120,28 +121,6 @@ def _accuracy(results: list[Pointed]) -> dict[str, Any]:
     }
 
 
-def markdown(report: dict[str, Any]) -> list[str]:
-    """The report section."""
-    from training.report import format_metric
-
-    lines = [
-        "## Where the model looked (heat maps, test split)",
-        "",
-        f"{report['method']}; tolerance {report['tolerance']}; baseline: {report['baseline']}. "
-        "Scored on abnormal test images whose defect box the synthetic generator recorded.",
-        "",
-        "| body part | images | heat map | blank map (centre) |",
-        "|---|---|---|---|",
-    ]
-    for part, m in {**report["parts"], "**overall**": report["overall"]}.items():
-        label = part if part.startswith("**") else display_name(part)
-        lines.append(
-            f"| {label} | {m['n']} | {format_metric(m['heatmap'])} | {format_metric(m['centre'])} |"
-        )
-    lines += ["", "Examples: `plots/heatmaps.png`.", ""]
-    return lines
-
-
 def plot_examples(
     results: list[Pointed],
     models: dict[str, keras.Model],
@@ -154,8 +133,6 @@ def plot_examples(
     """A grid of overlays: true positives, misses and false positives (image threshold),
     with the drawn defect box (cyan) and the map's peak (x)."""
     import matplotlib.pyplot as plt
-
-    from training.report import _save
 
     scored = test.dropna(subset=["prob_true_part"]).set_index("rel_path")
     probs: dict[str, float] = {str(k): float(v) for k, v in scored["prob_true_part"].items()}
@@ -215,4 +192,4 @@ def plot_examples(
             prob = probs[rel_path]
             ax.set_title(f"{title}\n{display_name(part)} P(abnormal)={prob:.2f}", fontsize=8)
     fig.suptitle("Heat maps (CAM), test split: cyan = drawn defect, x = the map's peak")
-    _save(fig, path)
+    save_figure(fig, path)

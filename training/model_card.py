@@ -11,7 +11,7 @@ from typing import Any
 from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
 from bonexr.labels import display_name
 from training.config import TrainConfig
-from training.report import format_metric as _f
+from training.formatting import format_metric as _f
 
 KNOWN_FAILURE_MODES = [
     "Body parts the router never learned (e.g. knee, chest) are still routed to one of its "

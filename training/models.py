@@ -20,6 +20,7 @@ import numpy as np
 from keras import layers
 
 from bonexr.errors import ConfigError
+from bonexr.labels import ROUTER
 from training.config import BACKBONE_NAMES, check_backbone
 
 #: ImageNet normalisation "caffe" style (ResNet50): BGR mean subtraction, no scaling.
@@ -79,8 +80,6 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 assert tuple(BACKBONES) == BACKBONE_NAMES, "keep training.config.BACKBONE_NAMES in sync"
-
-ROUTER = "router"
 
 
 def resolve_weights(weights: str, backbone: str) -> str | None:

@@ -33,16 +33,20 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from bonexr.bundle import PrecisionSpec
-from bonexr.contract import ROUTER, reference_inputs
+from bonexr.contract import reference_inputs
 from bonexr.imaging import model_input
-from bonexr.labels import display_name, model_key
+from bonexr.labels import ROUTER, display_name, model_key
+from bonexr.runtime import (
+    REDUCED,
+    OnnxRuntimeSession,
+    OpenVinoSession,
+    openvino_capabilities,
+)
 
 #: Largest tolerated drop of a study AUROC (per part or two-stage) under a reduced precision.
 AUROC_TOLERANCE = 0.005
 #: Largest tolerated share of flipped two-stage decisions (at least one on small test sets).
 FLIP_SHARE = 0.01
-#: OpenVINO's inference-precision hint per bundle precision (int8 IR: fp32 elsewhere).
-OPENVINO_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -68,31 +72,23 @@ def _run(session: Model, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def _ort(path: Path) -> Model:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: np.asarray(session.run(None, {name: x})[0], np.float64)
+    """The fp32 reference, opened as the service opens it (:mod:`bonexr.runtime`)."""
+    session = OnnxRuntimeSession(path)
+    return lambda x: session.run(x)[0]
 
 
 def _openvino(path: Path, precision: str) -> Model:
-    import openvino as ov
-
-    hint = OPENVINO_HINT[precision]
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
-    request = compiled.create_infer_request()
-    first = compiled.outputs[0]
-    return lambda x: np.asarray(request.infer({0: x})[first], np.float64)
+    """``precision`` in OpenVINO, opened as the service opens it (hint, latency mode)."""
+    session = OpenVinoSession(path, precision=precision)
+    return lambda x: session.run(x)[0]
 
 
 def unavailable(precision: str) -> str | None:
     """Why ``precision`` cannot be measured on this machine, or None."""
-    try:
-        import openvino as ov
-    except ImportError:
+    capabilities = openvino_capabilities()
+    if capabilities is None:
         return "OpenVINO is not installed where the bundle was exported"
-    capability = {"bf16": "BF16", "int8": "INT8"}[precision]
-    if capability not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if dict(REDUCED)[precision] not in capabilities:
         return f"the exporting CPU has no {precision} support"
     return None
 

@@ -18,14 +18,29 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from bonexr.labels import display_name
+from training.formatting import format_metric, save_figure
 from training.metrics import study_level
 
 
-def format_metric(value: Any) -> str:
-    """How every table shows a figure: 3 decimals for a float, ``n/a`` when missing."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def localisation_markdown(report: dict[str, Any]) -> list[str]:
+    """The heat-map localisation section (:func:`training.localisation.pointing_game`'s
+    report)."""
+    lines = [
+        "## Where the model looked (heat maps, test split)",
+        "",
+        f"{report['method']}; tolerance {report['tolerance']}; baseline: {report['baseline']}. "
+        "Scored on abnormal test images whose defect box the synthetic generator recorded.",
+        "",
+        "| body part | images | heat map | blank map (centre) |",
+        "|---|---|---|---|",
+    ]
+    for part, m in {**report["parts"], "**overall**": report["overall"]}.items():
+        label = part if part.startswith("**") else display_name(part)
+        lines.append(
+            f"| {label} | {m['n']} | {format_metric(m['heatmap'])} | {format_metric(m['centre'])} |"
+        )
+    lines += ["", "Examples: `plots/heatmaps.png`.", ""]
+    return lines
 
 
 def _row(label: str, m: dict[str, Any], *extra: str) -> str:
@@ -124,8 +139,6 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
             m = {"n": "", **report["two_stage"]["overall"][key][level]}
             lines.append(_row(f"**{title}** | {level}", m))
     if report.get("localisation"):
-        from training.localisation import markdown as localisation_markdown
-
         lines += ["", *localisation_markdown(report["localisation"])]
     lines += [
         "",
@@ -183,7 +196,7 @@ def plot_roc(test: pd.DataFrame, parts: list[str], path: Path) -> None:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="Study-level ROC (test)")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusions(report: dict[str, Any], path: Path) -> None:
@@ -204,7 +217,7 @@ def plot_confusions(report: dict[str, Any], path: Path) -> None:
             ["normal", "abnormal"],
             f"{display_name(part)} (studies)",
         )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _matrix(ax, matrix: list[list[int]], labels: list[str], title: str) -> None:
@@ -243,11 +256,4 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
             axes[1, col].plot(epochs, history[f"val_{metric}"], label="validation")
         axes[1, col].set(title=f"{name}: {metric}", xlabel="epoch")
         axes[1, col].legend()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -32,9 +32,10 @@ import tensorflow as tf
 
 from bonexr.atomic import write_json_atomic
 from bonexr.errors import DataError
+from bonexr.labels import ROUTER
 from training.config import TrainConfig
 from training.distribute import Distribution, SyncBatchNormStatistics, get_distribution
-from training.models import ROUTER, backbone_of, build_model
+from training.models import backbone_of, build_model
 from training.pipeline import BadImageLog, abnormality_weights, make_dataset, router_targets
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,6 @@ def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd
                     f"the {name} split; an abnormality model needs normal and abnormal studies"
                 )
     return train.reset_index(drop=True), val.reset_index(drop=True)
-
-
-def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """``default`` (one device), ``mirrored`` (all local GPUs), ``multiworker`` (TF_CONFIG);
-    created once per process (:func:`training.distribute.get_distribution`)."""
-    return get_distribution(name).strategy
 
 
 def make_deterministic(seed: int) -> None:

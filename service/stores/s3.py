@@ -1,7 +1,7 @@
 """The upload store on S3-compatible object storage (AWS S3, MinIO, Ceph RGW, ...).
 
 For replicas on several hosts, which cannot share one local folder. The same guarantees as
-the folder store (:class:`service.storage.FileUploadStore`):
+the folder store (:class:`service.stores.folder.FileUploadStore`):
 
 * **Content-addressed, create-if-absent, race-free**: the key is the sha256 of the bytes;
   the write is ``PutObject`` with ``If-None-Match: *`` (S3 conditional writes), so of two
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from service.errors import ServiceError, StoreUnavailableError, UploadNotFoundError
-from service.storage import (
+from service.stores.base import (
     BODY_PART,
     NAME_RE,
     SIDECAR_RE,
@@ -48,6 +48,15 @@ T = TypeVar("T")
 
 #: Seconds a count of stored uploads (for /metrics) is reused: listing a bucket costs.
 COUNT_TTL_SECONDS = 30.0
+#: Seconds to open a connection and to wait for each read of an answer. Short, because a
+#: hung endpoint must fail a request within its deadline (a 503 naming the store), not tie
+#: up a worker thread: a read timeout bounds each wait for bytes, not a whole transfer.
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 1.5
+#: Retries after the first attempt (botocore "standard" mode: throttling, 5xx, timeouts),
+#: so a call to a hung endpoint fails after about (1 + RETRIES) * READ_TIMEOUT_S plus
+#: one backoff of at most a second: within /ready's 5 s and a request's deadline.
+RETRIES = 1
 #: Objects whose key starts with this are the readiness probe's, never uploads.
 PROBE_PREFIX = ".probe-"
 
@@ -99,8 +108,18 @@ class S3UploadStore:
     Thread-safe: boto3 clients are, and every operation is one or two requests.
     """
 
-    def __init__(self, url: str, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        retries: int = RETRIES,
+    ) -> None:
         self.url = url
+        self.timeouts = (connect_timeout, read_timeout)
+        self.retries = retries
         self.bucket, self.prefix = parse_s3_url(url)
         self._client = client
         self._lock = threading.Lock()
@@ -117,9 +136,9 @@ class S3UploadStore:
                 from botocore.config import Config
 
                 config = Config(
-                    connect_timeout=5,
-                    read_timeout=30,
-                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=self.timeouts[0],
+                    read_timeout=self.timeouts[1],
+                    retries={"max_attempts": self.retries, "mode": "standard"},
                 )
                 # a session of its own: credentials and endpoint are read from the
                 # environment now, not from whatever boto3's default session cached
@@ -170,6 +189,8 @@ class S3UploadStore:
         stored = self._call(lambda: self._save(name, png))
         if body_part:
             self.write_sidecar(name, BODY_PART, body_part.encode())
+        else:  # the record reflects the latest upload (see UploadStore)
+            self._delete_key(self._key(sidecar_name(name, BODY_PART)))
         return stored
 
     def _save(self, name: str, png: bytes) -> StoredUpload:
@@ -210,10 +231,20 @@ class S3UploadStore:
         data = self.read_sidecar(filename, BODY_PART)
         return data.decode(errors="replace")[:32] if data else None
 
-    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
-        """Write ``<filename>.<kind>`` (a whole-object put: atomic). Raises like a write."""
+    def write_sidecar(self, filename: str, kind: str, data: bytes) -> bool:
+        """Write ``<filename>.<kind>`` (a whole-object put: atomic) if the upload exists,
+        and keep it only if the upload still exists after the put: :meth:`delete` removes
+        the upload before listing its sidecars, so whichever order a delete and this write
+        interleave in, one of them removes the sidecar (S3 is strongly consistent).
+        False when the upload is gone. Raises like a write."""
         key = self._key(sidecar_name(filename, kind))
+        if not self.exists(filename):
+            return False
         self._call(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+        if self.exists(filename):
+            return True
+        self._delete_key(key)
+        return False
 
     def read_sidecar(self, filename: str, kind: str) -> bytes | None:
         key = self._key(sidecar_name(filename, kind))
@@ -262,18 +293,19 @@ class S3UploadStore:
         def remove() -> bool:
             from botocore.exceptions import ClientError
 
-            for sidecar in self._list(self._key(name + ".")):
-                with contextlib.suppress(ClientError):
-                    self.client.delete_object(Bucket=self.bucket, Key=sidecar["Key"])
-            try:
+            existed = True
+            try:  # the upload first, then its sidecars (see write_sidecar)
                 etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]
                 self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
             except ClientError as exc:
-                if self._code(exc) in ("NoSuchKey", "404", "NotFound", "PreconditionFailed"):
-                    return False
-                raise
+                if self._code(exc) not in ("NoSuchKey", "404", "NotFound", "PreconditionFailed"):
+                    raise
+                existed = False
+            for sidecar in self._list(self._key(name + ".")):
+                with contextlib.suppress(ClientError):
+                    self.client.delete_object(Bucket=self.bucket, Key=sidecar["Key"])
             self._count = None
-            return True
+            return existed
 
         return self._call(remove)
 
@@ -293,11 +325,15 @@ class S3UploadStore:
                 yield name
 
     def count(self) -> int:
-        """Stored uploads, reused for ``COUNT_TTL_SECONDS`` (a bucket listing is not free)."""
+        """Stored uploads, reused for ``COUNT_TTL_SECONDS`` (a bucket listing is not free);
+        the last count (or 0) when the store cannot be listed: ``/metrics`` never fails."""
         cached = self._count
         if cached is not None and time.monotonic() - cached[0] < COUNT_TTL_SECONDS:
             return cached[1]
-        total = sum(1 for _ in self.names())
+        try:
+            total = sum(1 for _ in self.names())
+        except StoreUnavailableError:
+            return cached[1] if cached else 0
         self._count = (time.monotonic(), total)
         return total
 

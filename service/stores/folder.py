@@ -1,9 +1,4 @@
-"""Content-addressed, crash-safe store for uploaded images (which are patient data).
-
-:class:`UploadStore` is the interface the routes use; :func:`open_store` picks the
-implementation from ``BONEXR_UPLOAD_STORE``: this module's folder store
-(``file:///path``, default ``BONEXR_UPLOAD_DIR``) or :class:`service.s3_store.S3UploadStore`
-(``s3://bucket/prefix``) for replicas on several hosts. The folder store:
+"""The upload folder store: uploads as files ``<sha256>.png`` in one local folder.
 
 * The name is the sha256 of the stored bytes, so the same image is stored once and a name
   can never point at different pixels; the client's file name is never used anywhere.
@@ -16,185 +11,37 @@ implementation from ``BONEXR_UPLOAD_STORE``: this module's folder store
   atomic; identical content) is used instead.
 * Names are validated against a strict pattern before touching the filesystem, so no
   request value can escape the folder.
+* Sidecars never outlive their upload, across threads and worker processes sharing the
+  folder: a sidecar is renamed into place and *then* the upload is checked (removed again
+  if the upload is gone), while :meth:`FileUploadStore.delete` removes the upload *before*
+  its sidecars. Whichever order the two interleave in, one of them removes the sidecar;
+  a crash between the two steps leaves an orphan that :meth:`FileUploadStore.sweep` removes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-from urllib.parse import unquote, urlparse
 
-from service.errors import (
-    InvalidFilenameError,
-    StoreFullError,
-    StoreUnavailableError,
-    UploadNotFoundError,
+from service.errors import UploadNotFoundError
+from service.stores.base import (
+    BODY_PART,
+    MIN_FREE_BYTES,
+    NAME_RE,
+    SIDECAR_RE,
+    STALE_TEMP_SECONDS,
+    TEMP_PREFIX,
+    StoredUpload,
+    sidecar_name,
+    store_error,
+    validate_name,
 )
-
-if TYPE_CHECKING:
-    from service.settings import Settings
-
-NAME_RE = re.compile(r"[0-9a-f]{64}\.png")
-#: Errors that mean "no space": answered 507.
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-#: The store is reported full (in /ready) when less than this is free.
-MIN_FREE_BYTES = 64 * 1024 * 1024
-
-#: Files beside an upload ``<name>``: ``<name>.<kind>`` (its DICOM BodyPartExamined, cached
-#: heat maps). Removed with the upload, and by the sweep once the upload is gone.
-SIDECAR_RE = re.compile(r"([0-9a-f]{64}\.png)\.([a-z0-9][a-z0-9.-]{0,63})")
-BODY_PART = "bodypart"
-TEMP_PREFIX = ".tmp-"
-#: Temp files older than this are leftovers of a crash and are removed by :meth:`sweep`.
-STALE_TEMP_SECONDS = 3600.0
-
-
-def store_error(exc: OSError) -> StoreFullError | StoreUnavailableError:
-    """A client-safe error for a failed store operation (no paths, no errno text)."""
-    if exc.errno in _FULL:
-        return StoreFullError("the upload store is full: no upload can be stored now")
-    return StoreUnavailableError("the upload store is not writable; try again later")
-
-
-@dataclass(frozen=True)
-class StoredUpload:
-    filename: str
-    created: bool  # False when identical bytes were already stored
-    size: int
-
-
-def validate_name(filename: str) -> str:
-    """``filename`` if it is an upload name (sha256 hex + ``.png``), else 422."""
-    if not isinstance(filename, str) or not NAME_RE.fullmatch(filename):
-        raise InvalidFilenameError("filename must be 64 lowercase hex digits + '.png'")
-    return filename
-
-
-def sidecar_name(filename: str, kind: str) -> str:
-    """``<filename>.<kind>``, checked (a kind is a fixed word of the code, never input)."""
-    name = f"{validate_name(filename)}.{kind}"
-    if not SIDECAR_RE.fullmatch(name):
-        raise ValueError(f"invalid sidecar kind {kind!r}")
-    return name
-
-
-class UploadStore(Protocol):
-    """Where uploads live. Every implementation is thread-safe, content-addressed and
-    create-if-absent, never exposes a partial upload, and raises 503/507
-    (:class:`StoreUnavailableError`, :class:`StoreFullError`) or 404/422 with a clear
-    message; ``problem`` says why writes would fail now (for ``/ready``)."""
-
-    def ensure(self) -> None: ...
-
-    def problem(self) -> str | None: ...
-
-    def save(self, png: bytes, *, body_part: str | None = None) -> StoredUpload: ...
-
-    def body_part(self, filename: str) -> str | None: ...
-
-    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None: ...
-
-    def read_sidecar(self, filename: str, kind: str) -> bytes | None: ...
-
-    def read(self, filename: str) -> bytes: ...
-
-    def exists(self, filename: str) -> bool: ...
-
-    def delete(self, filename: str) -> bool: ...
-
-    def names(self) -> Iterator[str]: ...
-
-    def count(self) -> int: ...
-
-    def sweep(self, max_age_seconds: float | None, *, now: float | None = None) -> int: ...
-
-
-def open_store(settings: Settings) -> UploadStore:
-    """The store ``BONEXR_UPLOAD_STORE`` names (default: the ``BONEXR_UPLOAD_DIR`` folder).
-
-    A store that cannot be used (a malformed URL, boto3 not installed) is returned as an
-    :class:`UnusableStore`: the service starts, ``/ready`` answers 503 with the reason and
-    every upload 503, instead of a crash loop with the reason buried in a log.
-    """
-    url = settings.upload_store
-    if not url:
-        return FileUploadStore(settings.upload_dir)
-    if url.startswith("file://"):
-        parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost") or not parsed.path:
-            return UnusableStore(f"upload store: {url!r} is not a file:///absolute/path URL")
-        return FileUploadStore(Path(unquote(parsed.path)))
-    if url.startswith("s3://"):
-        from service.s3_store import S3UploadStore, parse_s3_url
-
-        try:
-            parse_s3_url(url)
-            import boto3  # noqa: F401
-        except ValueError as exc:
-            return UnusableStore(f"upload store: {exc}")
-        except ImportError:
-            return UnusableStore("upload store: s3:// needs boto3 (pip install 'bonexr[s3]')")
-        return S3UploadStore(url)
-    return UnusableStore("upload store: BONEXR_UPLOAD_STORE must be file:///path or s3://bucket")
-
-
-class UnusableStore:
-    """A store that was configured wrongly: every operation is a 503 with the reason."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def _fail(self) -> StoreUnavailableError:
-        return StoreUnavailableError(f"{self.reason}; the upload store is not configured")
-
-    def ensure(self) -> None:
-        return None
-
-    def problem(self) -> str | None:
-        return self.reason
-
-    def save(self, png: bytes, *, body_part: str | None = None) -> StoredUpload:
-        raise self._fail()
-
-    def body_part(self, filename: str) -> str | None:
-        return None
-
-    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
-        raise self._fail()
-
-    def read_sidecar(self, filename: str, kind: str) -> bytes | None:
-        return None
-
-    def read(self, filename: str) -> bytes:
-        validate_name(filename)
-        raise self._fail()
-
-    def exists(self, filename: str) -> bool:
-        validate_name(filename)
-        raise self._fail()
-
-    def delete(self, filename: str) -> bool:
-        validate_name(filename)
-        raise self._fail()
-
-    def names(self) -> Iterator[str]:
-        return iter(())
-
-    def count(self) -> int:
-        return 0
-
-    def sweep(self, max_age_seconds: float | None, *, now: float | None = None) -> int:
-        return 0
 
 
 class FileUploadStore:
@@ -239,6 +86,8 @@ class FileUploadStore:
             stored = self._save(png)
             if body_part:
                 self.write_sidecar(stored.filename, BODY_PART, body_part.encode())
+            else:  # the record reflects the latest upload (see UploadStore)
+                self._sidecar_path(stored.filename, BODY_PART).unlink(missing_ok=True)
             return stored
         except OSError as exc:
             raise store_error(exc) from exc
@@ -253,10 +102,15 @@ class FileUploadStore:
     def _sidecar_path(self, filename: str, kind: str) -> Path:
         return self.directory / sidecar_name(filename, kind)
 
-    def write_sidecar(self, filename: str, kind: str, data: bytes) -> None:
-        """Write ``<filename>.<kind>`` atomically (temp file in the folder, then rename).
+    def write_sidecar(self, filename: str, kind: str, data: bytes) -> bool:
+        """Write ``<filename>.<kind>`` atomically (temp file in the folder, then rename) if
+        the upload exists, and keep it only if the upload still exists after the rename
+        (see the module docstring): False when the upload is gone and nothing was kept.
         Raises OSError like any write; callers decide whether it matters."""
+        upload = self.path_for(filename)
         target = self._sidecar_path(filename, kind)
+        if not upload.is_file():
+            return False
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -264,6 +118,10 @@ class FileUploadStore:
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        if upload.is_file():
+            return True
+        target.unlink(missing_ok=True)  # a delete ran meanwhile: it may have missed this
+        return False
 
     def read_sidecar(self, filename: str, kind: str) -> bytes | None:
         """``<filename>.<kind>``, or None when there is none (or it cannot be read)."""
@@ -348,22 +206,23 @@ class FileUploadStore:
     def delete(self, filename: str) -> bool:
         """Remove an upload; False when it did not exist (already deleted or never stored)."""
         path = self.path_for(filename)
+        try:  # the upload first, then its sidecars (see the module docstring)
+            path.unlink()
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        except OSError as exc:
+            raise store_error(exc) from exc
         for sidecar in self.directory.glob(f"{path.name}.*"):
             with contextlib.suppress(OSError):
                 sidecar.unlink()
-        try:
-            path.unlink()
-            return True
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise store_error(exc) from exc
+        return existed
 
     def names(self) -> Iterator[str]:
         """Stored upload names (temp files and anything else in the folder are ignored)."""
         try:
             entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
+        except OSError:  # missing, replaced by a file, unreadable: nothing to list
             return
         for entry in entries:
             if NAME_RE.fullmatch(entry.name):
@@ -381,7 +240,7 @@ class FileUploadStore:
         removed = 0
         try:
             entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
+        except OSError:
             return 0
         for entry in entries:
             try:

@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) -m bench.service_bench
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.heatmap_bench
+	$(PY) -m bench.upload_bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -116,6 +116,36 @@ def publish_bundle(
     return final
 
 
+#: A manifest is a few kilobytes; anything past this is not one (and is not parsed).
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _parse_manifest_json(path: Path) -> object:
+    """The manifest's JSON, or a :class:`BundleError` with one line saying why not.
+
+    Why every case is caught here: ``json`` raises ``RecursionError`` for deep nesting,
+    ``ValueError`` for an integer literal past Python's digit limit and
+    ``UnicodeDecodeError`` for bytes that are not UTF-8; each would otherwise reach
+    ``bonexr verify`` or the service's loader as a traceback.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES} bytes; it is not a manifest")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise BundleError(f"{path} is not a manifest: JSON nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, or a number past the digit limit
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BundleError(f"{path} is not valid JSON: {first_line}") from exc
+
+
 def read_manifest(folder: Path) -> Manifest:
     """Parse ``manifest.json`` without checking file hashes."""
     folder = Path(folder)
@@ -124,10 +154,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise BundleError(f"model bundle folder {folder} does not exist")
     if not path.is_file():
         raise BundleError(f"{folder} has no {MANIFEST_NAME}; it is not a model bundle")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"cannot read {path}: {exc}") from exc
+    raw = _parse_manifest_json(path)
     if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
         found = raw.get("schema_version") if isinstance(raw, dict) else None
         raise BundleError(
@@ -136,7 +163,11 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{path} is not a valid manifest: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        )
+        raise BundleError(f"{path} is not a valid manifest: {problems}") from exc
 
 
 def verify_files(folder: Path) -> Manifest:

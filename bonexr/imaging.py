@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -253,11 +254,25 @@ def preprocess_file(path: str | Path, size: int) -> np.ndarray:
     return preprocess_bytes(Path(path).read_bytes(), size)
 
 
+#: The stored PNG's encoder settings (libpng via imagecodecs): zlib level 1 with the RLE
+#: strategy and the fixed SUB filter. Measured by ``python -m bench.upload_bench`` on
+#: synthetic radiographs: about 4x faster than Pillow's level 1 (whose adaptive filter
+#: search is most of its cost) and smaller files; lossless either way.
+PNG_ENCODING = {"level": 1, "strategy": 3, "filter": 16}
+
+
 def encode_png(image: Image.Image) -> bytes:
-    """Re-encode pixels only: no EXIF, text chunks, ICC profile or other metadata survive."""
+    """Re-encode pixels only: the PNG holds IHDR, IDAT and IEND, so no EXIF, text chunks,
+    ICC profile or other metadata survive."""
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"encode_png takes 8-bit grayscale pixels, got {image.mode}")
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(pixels), **PNG_ENCODING))
+
+
+def encode_png_pillow(image: Image.Image) -> bytes:
+    """The previous encoder (Pillow, level 1), kept for the upload benchmark's before/after."""
     clean = Image.frombytes(image.mode, image.size, image.tobytes())
     buffer = io.BytesIO()
-    # Level 1: half the encode time of the default on radiographs for ~15% more bytes; the
-    # upload path is latency-critical and the store is not.
     clean.save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()

@@ -8,7 +8,7 @@ Middleware order (outermost first) and why:
    including the 401s and 413s produced below it.
 2. :class:`~service.security.ApiKeyMiddleware`: refuses unauthenticated requests before
    any body byte is read.
-3. :class:`~service.limits.BodySizeLimitMiddleware`: refuses oversized bodies by
+3. :class:`~service.body_limit.BodySizeLimitMiddleware`: refuses oversized bodies by
    ``Content-Length`` up front or while they stream.
 
 The engine loads in its own thread from the lifespan, so the server answers ``/health``
@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 import bonexr
+from service.body_limit import BodySizeLimitMiddleware
 from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, ServiceError, install_error_handlers
-from service.limits import BodySizeLimitMiddleware
 from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
 from service.pixel_cache import PixelCache

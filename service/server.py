@@ -43,7 +43,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.http_limits import limited_http_protocol
+    from service.protocol_limits import limited_http_protocol
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app = create_app(settings)  # configures the bonexr loggers

@@ -192,3 +192,26 @@ def test_service_refuses_a_bundle_that_breaks_the_contract(
         assert ready.status_code == 503
         assert "parts.Shoulder" in ready.json()["detail"]
         assert "outputs (N, 3)" in ready.json()["detail"]
+
+
+MALFORMED_MANIFESTS = {
+    "deep nesting": b"[" * 100_000 + b"]" * 100_000,
+    "huge number": b'{"schema_version": 1' + b"0" * 5000 + b"}",
+    "not UTF-8": b'{"schema_version": "\xff\xfe"}',
+    "over the size cap": b'{"pad": "' + b"x" * (2 << 20) + b'"}',
+    "wrong types": json.dumps({"schema_version": 1, "name": 5}).encode(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED_MANIFESTS))
+def test_verify_prints_one_error_line_for_a_malformed_manifest(
+    untrained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    bundle = _copy(untrained_bundle, tmp_path)
+    (bundle / "manifest.json").write_bytes(MALFORMED_MANIFESTS[kind])
+    assert main(["verify", str(bundle)]) == 1
+    captured = capsys.readouterr()
+    output = (captured.out + captured.err).strip().splitlines()
+    assert len(output) == 1, output
+    assert output[0].startswith("error: ") and "manifest.json" in output[0]
+    assert "Traceback" not in captured.err

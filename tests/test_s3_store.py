@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -384,5 +385,44 @@ def test_a_hung_endpoint_fails_each_call_after_bounded_retries(
             assert endpoint.accepted - before == 2  # the first attempt and 1 retry
         assert "cannot be reached" in (store.problem() or "")
         assert store.count() == 0
+    finally:
+        endpoint.close()
+
+
+def test_a_hung_endpoint_never_holds_up_health_model_or_metrics(
+    monkeypatch: pytest.MonkeyPatch, untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """45 uploads wait on an endpoint that never answers; meanwhile ``/health``, ``/model``
+    and ``/metrics`` answer (while uploads are still waiting: nothing of theirs runs in
+    the threadpool the hung store calls fill), ``/ready`` is a 503 naming the store, and
+    every upload ends as a 503 naming it, none lost to a 500."""
+    endpoint = SilentEndpoint()
+    try:
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.port}",
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "unused",
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = make_settings(untrained_bundle, tmp_path, upload_store=f"s3://{BUCKET}/hung")
+        with running(settings) as (client, _), ThreadPoolExecutor(45) as pool:
+            uploads = [
+                pool.submit(
+                    client.post,
+                    "/upload",
+                    files={"file": ("x.png", png_bytes(40, 30, seed=i), "image/png")},
+                )
+                for i in range(45)
+            ]
+            while endpoint.accepted < 10:  # store calls are hanging now
+                threading.Event().wait(0.01)
+            for path in ("/health", "/model", "/metrics"):
+                assert client.get(path).status_code == 200, path
+            assert not all(upload.done() for upload in uploads)
+            assert "cannot be reached" in assert_error(client.get("/ready"), 503)["detail"]
+            for upload in uploads:
+                assert "cannot be reached" in assert_error(upload.result(), 503)["detail"]
     finally:
         endpoint.close()

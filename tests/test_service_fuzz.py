@@ -3,7 +3,7 @@
 Schemathesis generates valid and invalid requests for every operation (random multipart
 bytes, wrong types, missing bodies, odd path values) and we assert only what must hold for
 *any* input: the server answers without a server error. The byte-level bad-input cases are
-covered one by one, with exact statuses, in test_service_limits.py.
+covered one by one, with exact statuses, in test_body_limit.py.
 """
 
 from __future__ import annotations

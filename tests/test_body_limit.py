@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.limits import MULTIPART_ALLOWANCE, SMALL_BODY_LIMIT, BodySizeLimitMiddleware
+from service.body_limit import MULTIPART_ALLOWANCE, SMALL_BODY_LIMIT, BodySizeLimitMiddleware
 from service.security import key_matches
 from tests.service_support import (
     assert_error,

@@ -42,10 +42,13 @@ fmt: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/bonexr demo
 
-## bench: runtimes + service + overload + TensorFlow baseline in one run, then the input
-## pipeline and heat-map benchmarks (tables printed, JSON in bench/results/)
+## bench: runtimes + service + overload + TensorFlow baseline in one run, bonexr against
+## LitServe and the raw engine in one run, then the input pipeline, heat-map and upload
+## benchmarks (tables printed, JSON in bench/results/)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.service_bench
+	$(PY) -m bench.peer_bench
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.heatmap_bench
 	$(PY) -m bench.upload_bench

@@ -1,6 +1,7 @@
 """Service configuration: one pydantic-settings class, read from ``BONEXR_*`` env vars.
 
-Every knob the service has is here, documented in the README's configuration table.
+Every knob the service has is here; ``docs/configuration.md`` is generated from these
+fields (``python -m service.config_docs``; a test fails when the two differ).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class Settings(BaseSettings):
         "measured throughput answers within half of predict_timeout_s.",
     )
     predict_timeout_s: float = Field(
-        30.0, gt=0, le=600, description="Deadline of one prediction (503 past it)."
+        30.0,
+        gt=0,
+        le=600,
+        description="Deadline of one prediction: decode, queue, inference and heat-map "
+        "rendering (503 past it); the SIGTERM drain waits this long + 5 s.",
     )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
     router_confidence_floor: float = Field(
@@ -77,9 +82,9 @@ class Settings(BaseSettings):
         description="auto: the fastest precision the CPU has and the bundle allows "
         "(int8, then bf16; each measured on the bundle's test split at export), else fp32.",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="Bind address (`bonexr serve --host`).")
+    port: int = Field(8000, ge=1, le=65535, description="Port (`bonexr serve --port`).")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     @property
     def max_decoded_bytes(self) -> int:

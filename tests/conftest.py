@@ -45,7 +45,7 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     The synthetic data is generated first (``bonexr synth``, the demo's size) and one image
     is truncated, so the run must report and skip it. Shared by the learning, export and
     training/serving-parity tests. Takes 400-560 s on 2 quiet cores (the suite's largest
-    single cost: README, Development).
+    single cost: docs/benchmarks.md, the suite).
     """
     from bonexr.cli import main
     from training.config import demo_config

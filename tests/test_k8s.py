@@ -454,7 +454,8 @@ def test_memory_is_sized_from_the_measured_rss(
     resources = main_container(rendered[variant])["resources"]
     request = quantity(resources["requests"]["memory"])
     limit = quantity(resources["limits"]["memory"])
-    # README: peak RSS 0.73 GB with four ResNet50 models on CPU (about 1 GB in an older run).
+    # docs/benchmarks.md: peak RSS 0.73 GB with four ResNet50 models on CPU
+    # (about 1 GB in an older run).
     assert request >= 1.5 * 2**30
     assert limit >= 2 * request
     assert quantity(resources["limits"]["cpu"]) >= quantity(resources["requests"]["cpu"])

@@ -33,7 +33,7 @@ def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
     router_accuracy = report["router"]["image"]["accuracy"]
     aurocs = {part: m["study"]["auroc"] for part, m in report["parts"].items()}
     print(f"router accuracy {router_accuracy:.3f}; study AUROC {aurocs}")
-    # Spread of the demo recipe over three seeds each (README "Demo recipe, spread over
+    # Spread of the demo recipe over three seeds each (docs/benchmarks.md "Demo recipe, spread over
     # seeds"): router accuracy 0.992-1.000, study AUROC elbow 0.990-1.000, shoulder
     # 0.943-1.000, hand 1.000. The fixture is fixed-seed; the bounds sit below the worst
     # seed (router by 0.09, parts by 0.09).

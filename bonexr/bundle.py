@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
@@ -68,12 +68,29 @@ def _listed_files(folder: Path) -> list[Path]:
     )
 
 
-def content_version(files: dict[str, str]) -> str:
-    """A short id derived from the model files' hashes: same weights, same version."""
+def field_hashes(manifest: Manifest) -> dict[str, str]:
+    """sha256 (16 hex digits) of each answer-changing field's canonical JSON."""
+    return {
+        name: hashlib.sha256(
+            json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()[:16]
+        for name, value in manifest.answer_fields().items()
+    }
+
+
+def content_version(files: dict[str, str], fields: dict[str, str] | None = None) -> str:
+    """A short id over the model files' hashes and the answer-changing fields' hashes:
+    same weights and same answer rules, same version; anything else, another version.
+
+    Without ``fields`` (bundles exported before field hashes existed) it covers the model
+    files only, as those bundles' versions were computed.
+    """
     digest = hashlib.sha256()
     for rel in sorted(files):
         if rel.endswith((".keras", ".onnx", ".xml", ".bin")):
             digest.update(f"{rel}:{files[rel]}\n".encode())
+    for name in sorted(fields or {}):
+        digest.update(f"field {name}:{(fields or {})[name]}\n".encode())
     return digest.hexdigest()[:12]
 
 
@@ -102,8 +119,9 @@ def publish_bundle(
         if not (staging / rel).is_file():
             raise BundleError(f"bundle is missing model file {rel}")
     files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in _listed_files(staging)}
+    fields = field_hashes(manifest)
     final = manifest.model_copy(
-        update={"files": files, "version": manifest.version or content_version(files)}
+        update={"files": files, "field_hashes": fields, "version": content_version(files, fields)}
     )
     write_json_atomic(staging / MANIFEST_NAME, final.model_dump(mode="json"))
     backup: Path | None = None
@@ -134,16 +152,16 @@ def _parse_manifest_json(path: Path) -> object:
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{path} is over {MAX_MANIFEST_BYTES} bytes; it is not a manifest")
+        raise BundleError(f"cannot read {path}: over {MAX_MANIFEST_BYTES} bytes, not a manifest")
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+        raise BundleError(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from exc
     except RecursionError as exc:
-        raise BundleError(f"{path} is not a manifest: JSON nested too deeply") from exc
+        raise BundleError(f"cannot read {path}: JSON nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, or a number past the digit limit
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BundleError(f"{path} is not valid JSON: {first_line}") from exc
+        raise BundleError(f"cannot read {path}: not valid JSON: {first_line}") from exc
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -171,14 +189,28 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def verify_files(folder: Path) -> Manifest:
-    """Read the manifest, check every listed file's sha256, the version and the input contract.
+    """Read the manifest, check every listed file's place and sha256, and the input contract.
 
-    Everything but the models' shapes (see :func:`verify_bundle`). The version is
-    recomputed from the verified hashes: a manifest whose files were swapped and re-hashed
-    cannot keep the old version string that answers and logs would carry.
+    Everything but the models' shapes and the version (see :func:`verify_bundle`, and
+    :func:`check_version`, which a service that opens the models itself calls after
+    checking their shapes). Files must lie inside the bundle: a ``files`` entry that is
+    absolute or climbs out with ``..``, and a symlink anywhere in the bundle that resolves
+    outside it, are refused, so a bundle cannot make a verifier hash or a server load
+    someone else's file.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    root = folder.resolve()
+    for rel in manifest.files:
+        parts = PurePosixPath(rel).parts
+        if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
+            raise BundleError(f"{folder}: files entry {rel!r} is not inside the bundle")
+    for path in folder.rglob("*"):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise BundleError(
+                f"{folder}: {path.relative_to(folder).as_posix()} is a symlink to a place "
+                "outside the bundle"
+            )
     missing_hashes = [f for f in manifest.model_files() if f not in manifest.files]
     if missing_hashes:
         raise BundleError(f"{folder}: manifest lists no sha256 for {', '.join(missing_hashes)}")
@@ -193,28 +225,52 @@ def verify_files(folder: Path) -> Manifest:
                 f"file {actual[:12]}...);"
                 " the bundle was modified or corrupted"
             )
-    recomputed = content_version(manifest.files)
-    if manifest.version != recomputed:
-        raise BundleError(
-            f"version: manifest says {manifest.version!r} but its model files make "
-            f"{recomputed!r}; the manifest was edited"
-        )
     check_input_contract(manifest)
     return manifest
 
 
+def check_version(manifest: Manifest) -> None:
+    """The version must describe this bundle: its model files and every answer-changing
+    field as the export recorded them.
+
+    An edited threshold, a reordered router class list, a precision marked allowed that
+    its gate refused, ``synthetic`` flipped: each is named, and the bundle refused, because
+    answers would otherwise change under an unchanged version.
+    """
+    recorded = manifest.field_hashes
+    if recorded:
+        current = field_hashes(manifest)
+        changed = sorted(
+            k for k in recorded.keys() | current.keys() if recorded.get(k) != current.get(k)
+        )
+        if changed:
+            raise BundleError(
+                f"fields changed since export: {', '.join(changed)}; version "
+                f"{manifest.version!r} no longer describes this bundle (re-export it)"
+            )
+    expected = content_version(manifest.files, recorded)
+    if manifest.version != expected:
+        covered = "model files and answer fields" if recorded else "model files"
+        raise BundleError(
+            f"version: manifest says {manifest.version!r} but its {covered} make "
+            f"{expected!r}; the manifest was edited"
+        )
+
+
 def verify_bundle(folder: Path) -> Manifest:
-    """Everything :func:`verify_files` checks, plus each ONNX model's input and output shape.
+    """Everything :func:`verify_files` checks, each ONNX model's input and output shape,
+    then :func:`check_version`.
 
     Opens each ONNX model in ONNX Runtime to read its shapes; a service that opens the
-    models anyway calls :func:`verify_files` and then
-    :func:`bonexr.contract.check_model_io` with its own sessions' shapes.
+    models anyway calls :func:`verify_files`, :func:`bonexr.contract.check_model_io` with
+    its own sessions' shapes, then :func:`check_version`.
     """
     folder = Path(folder)
     manifest = verify_files(folder)
     specs: dict[str, ModelFiles] = {ROUTER: manifest.router, **manifest.parts}
     io = {name: onnx_file_io(folder / spec.onnx) for name, spec in specs.items() if spec.onnx}
     check_model_io(manifest, io)
+    check_version(manifest)
     return manifest
 
 

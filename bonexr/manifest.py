@@ -136,10 +136,39 @@ class Manifest(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     libraries: dict[str, str] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
+    field_hashes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Answer-changing field (dotted name) -> sha256 of its value at export; "
+        "the version covers them. Empty in bundles exported before it existed (their version "
+        "covers the model files only).",
+    )
     precisions: dict[str, PrecisionSpec] = Field(
         default_factory=dict,
         description="Reduced precisions measured at export (fp32 is always allowed).",
     )
+
+    def answer_fields(self) -> dict[str, Any]:
+        """Every field that can change an answer, by dotted name, as JSON values.
+
+        Thresholds, operating points and anything else a part carries, the router's
+        classes in their order, the part list, precision verdicts and tolerances, the
+        preprocessing, the synthetic flag and the intended use. Metrics, provenance and
+        library versions describe the bundle but change no answer, so they stay out.
+        """
+        fields: dict[str, Any] = {
+            "synthetic": self.synthetic,
+            "intended_use": self.intended_use,
+            "body_parts": list(self.body_parts),
+            "input": self.input.model_dump(mode="json"),
+            "router": self.router.model_dump(mode="json"),
+        }
+        for part, spec in sorted(self.parts.items()):
+            fields[f"parts.{part}"] = spec.model_dump(mode="json")
+        for name, precision in sorted(self.precisions.items()):
+            fields[f"precisions.{name}"] = precision.model_dump(
+                mode="json", include={"allowed", "runtime", "tolerance", "files"}
+            )
+        return fields
 
     def precision_allowed(self, name: str) -> bool:
         spec = self.precisions.get(name)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bonexr.bundle import Manifest, find_bundle, verify_files
+from bonexr.bundle import Manifest, check_version, find_bundle, verify_files
 from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
@@ -194,6 +194,7 @@ class InferenceEngine:
             manifest = verify_files(folder)
             self._open_sessions(folder, manifest)
             check_model_io(manifest, {n: s.io() for n, s in self._sessions.items()})
+            check_version(manifest)
             self.manifest, self.bundle_dir = manifest, folder
             self._warm()
             batcher = self._sized_batcher()

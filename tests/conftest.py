@@ -17,6 +17,15 @@ from fastapi.testclient import TestClient
 from tests.bundles import make_untrained_bundle
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) every
+    test of the trained demo bundle goes to one worker, so the bundle is trained once while
+    the other worker runs everything else."""
+    for item in items:
+        if "trained_demo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_demo"))
+
+
 @pytest.fixture(scope="session")
 def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete, verifiable bundle of random-init tiny models (64 px): fast to build.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 
 from bonexr.bundle import (
     MANIFEST_NAME,
+    Manifest,
     content_version,
+    field_hashes,
     find_bundle,
     read_manifest,
     sha256_file,
@@ -101,7 +104,7 @@ def _swap_model_file(bundle: Path, target: str, source: str, *, keep_version: bo
     def edit(raw: dict) -> None:
         raw["files"][target] = sha256_file(bundle / target)
         if not keep_version:
-            raw["version"] = content_version(raw["files"])
+            raw["version"] = content_version(raw["files"], raw.get("field_hashes"))
 
     _edit_manifest(bundle, edit)
 
@@ -194,6 +197,28 @@ def test_service_refuses_a_bundle_that_breaks_the_contract(
         assert "outputs (N, 3)" in ready.json()["detail"]
 
 
+def test_service_refuses_a_bundle_whose_thresholds_were_edited(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.service_support import make_settings, running
+
+    bundle = _copy(untrained_bundle, tmp_path / "models")
+    _edit_manifest(bundle, lambda raw: raw["parts"]["Elbow"].update(threshold=0.0))
+    with running(make_settings(bundle, tmp_path)) as (client, _app):
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert "fields changed since export: parts.Elbow" in ready.json()["detail"]
+        upload = client.post("/upload", files={"file": ("x.png", _png(), "image/png")})
+        name = upload.json()["filename"]
+        assert client.post("/predict", json={"filename": name}).status_code == 503
+
+
+def _png() -> bytes:
+    from tests.service_support import png_bytes
+
+    return png_bytes(40, 30, seed=3)
+
+
 MALFORMED_MANIFESTS = {
     "deep nesting": b"[" * 100_000 + b"]" * 100_000,
     "huge number": b'{"schema_version": 1' + b"0" * 5000 + b"}",
@@ -215,3 +240,109 @@ def test_verify_prints_one_error_line_for_a_malformed_manifest(
     assert len(output) == 1, output
     assert output[0].startswith("error: ") and "manifest.json" in output[0]
     assert "Traceback" not in captured.err
+
+
+# ------------------------------------------------------------- version covers the answers
+
+
+def _swap_router_classes(raw: dict) -> None:
+    classes = raw["router"]["classes"]
+    classes[0], classes[1] = classes[1], classes[0]
+
+
+ANSWER_FIELD_EDITS = [
+    (
+        "every threshold 0",
+        lambda raw: [
+            spec.update(threshold=0.0, image_threshold=0.0) for spec in raw["parts"].values()
+        ],
+        "parts.Elbow, parts.Hand, parts.Shoulder",
+    ),
+    ("router classes swapped", _swap_router_classes, "router"),
+    (
+        "int8 marked allowed",
+        lambda raw: raw["precisions"]["int8"].update(allowed=True),
+        "precisions.int8",
+    ),
+    ("synthetic false", lambda raw: raw.update(synthetic=False), "synthetic"),
+    ("intended use", lambda raw: raw.update(intended_use="anything"), "intended_use"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"), [c[1:] for c in ANSWER_FIELD_EDITS], ids=[c[0] for c in ANSWER_FIELD_EDITS]
+)
+def test_an_answer_changing_edit_is_refused_and_named(
+    untrained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, named: str
+) -> None:
+    """The edits that changed answers under an unchanged version: each is refused by
+    ``bonexr verify`` and the service's loader, naming the fields that differ."""
+    bundle = _copy(untrained_bundle, tmp_path)
+    _edit_manifest(bundle, edit)
+    with pytest.raises(BundleError, match=rf"fields changed since export: {re.escape(named)};"):
+        verify_bundle(bundle)
+    assert main(["verify", str(bundle)]) == 1
+    assert f"fields changed since export: {named}" in capsys.readouterr().err
+
+
+def test_rewriting_the_field_hashes_does_not_keep_the_version(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """Editing a threshold and its recorded hash alike still cannot keep the version."""
+    bundle = _copy(untrained_bundle, tmp_path)
+    old = read_manifest(bundle).version
+
+    def edit(raw: dict) -> None:
+        raw["parts"]["Elbow"]["threshold"] = 0.0
+        manifest = Manifest.model_validate(raw)
+        raw["field_hashes"] = field_hashes(manifest)
+
+    _edit_manifest(bundle, edit)
+    with pytest.raises(
+        BundleError, match=rf"version: manifest says '{old}' but its model files and answer fields"
+    ):
+        verify_bundle(bundle)
+
+
+def test_metrics_and_provenance_edits_keep_the_version(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """Fields that change no answer are outside the version (a report can be re-rendered)."""
+    bundle = _copy(untrained_bundle, tmp_path)
+    _edit_manifest(bundle, lambda raw: raw.update(metrics={"note": "re-rendered"}, data={}))
+    assert verify_bundle(bundle).version == read_manifest(untrained_bundle).version
+
+
+def test_a_bundle_without_field_hashes_keeps_its_files_only_version(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """Bundles exported before field hashes: their version covered the model files only,
+    and still verifies that way; dropping the hashes from a newer bundle does not."""
+    bundle = _copy(untrained_bundle, tmp_path)
+
+    def legacy(raw: dict) -> None:
+        raw.pop("field_hashes")
+        raw["version"] = content_version(raw["files"])
+
+    _edit_manifest(bundle, legacy)
+    verify_bundle(bundle)
+    newer = _copy(untrained_bundle, tmp_path / "newer")
+    _edit_manifest(newer, lambda raw: raw.pop("field_hashes"))
+    with pytest.raises(BundleError, match=r"version: manifest says .* its model files make"):
+        verify_bundle(newer)
+
+
+def test_files_outside_the_bundle_are_refused(untrained_bundle: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"someone else's file")
+    bundle = _copy(untrained_bundle, tmp_path)
+    (bundle / "extra.bin").symlink_to(outside)
+    with pytest.raises(BundleError, match=r"extra\.bin is a symlink to a place outside the bundle"):
+        verify_bundle(bundle)
+    assert main(["verify", str(bundle)]) == 1
+
+    for index, entry in enumerate(("../outside.bin", "/etc/passwd")):
+        listed = _copy(untrained_bundle, tmp_path / f"listed-{index}")
+        _edit_manifest(listed, lambda raw, e=entry: raw["files"].update({e: "0" * 64}))
+        with pytest.raises(BundleError, match=rf"files entry '{re.escape(entry)}' is not inside"):
+            verify_bundle(listed)

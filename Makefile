@@ -22,11 +22,11 @@ test: lint
 	@./scripts/ensure-debian-tool chromium "web-page test" chromium chromium-browser google-chrome
 	@./scripts/ensure-debian-tool nginx "compose proxy test" nginx
 	@./scripts/ensure-checkov
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile
 
 ## test-fast: lint and every test that does not train a model (the edit loop)
 test-fast: lint
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
 ## lint: checks only, changes nothing
 lint: $(STAMP)

@@ -14,8 +14,8 @@ Untrusted files are read in this order, each step bounded:
    8-bit stretch -> MONOCHROME1 inversion; colour becomes grayscale with Pillow's luma
    weights. A multi-frame file yields its first frame and a warning.
 
-Only ``BodyPartExamined`` leaves this module from the header (it is not identifying);
-error messages name the problem, never a library, version or object.
+Only ``BodyPartExamined`` and ``Modality`` leave this module from the header (neither is
+identifying; both sanitised); error messages name the problem, never a library, version or object.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class DicomImage:
     image: Image.Image
     body_part: str | None
     warnings: tuple[str, ...]
+    modality: str | None = None
 
 
 def decode_dicom(data: bytes, *, max_pixels: int, max_decoded_bytes: int) -> DicomImage:
@@ -70,7 +71,9 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decoded_bytes: int) -> Dic
     warnings: list[str] = []
     if frames > 1:
         warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was used")
-    return DicomImage(_display(frame, header), _body_part(header), tuple(warnings))
+    return DicomImage(
+        _display(frame, header), _body_part(header), tuple(warnings), _modality(header)
+    )
 
 
 def _quiet(pydicom: Any) -> None:
@@ -182,6 +185,12 @@ def _geometry(header: Any) -> tuple[int, int, int, int, int]:
             f"{samples} sample(s) per pixel)"
         )
     return rows, cols, frames, samples, bits
+
+
+def _modality(header: Any) -> str | None:
+    value = str(header.get("Modality", "") or "").strip().upper()
+    value = re.sub(r"[^A-Z0-9]", "", value)[:16]
+    return value or None
 
 
 def _body_part(header: Any) -> str | None:

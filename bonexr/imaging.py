@@ -75,6 +75,7 @@ class DecodedImage:
     format: str  # "PNG", "JPEG", "WEBP" or "DICOM"
     body_part: str | None = None  # DICOM BodyPartExamined, when the file names one
     warnings: tuple[str, ...] = ()
+    modality: str | None = None  # DICOM Modality, when the file names one
 
 
 def decode_upload(
@@ -108,7 +109,7 @@ def decode_upload(
 
         dicom = decode_dicom(data, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         _check_size(dicom.image.size, max_pixels)
-        return DecodedImage(dicom.image, fmt.name, dicom.body_part, dicom.warnings)
+        return DecodedImage(dicom.image, fmt.name, dicom.body_part, dicom.warnings, dicom.modality)
     if fmt.name == "JPEG" and (reason := jpeg.incomplete_reason(data)):
         raise UndecodableImageError(f"cannot decode JPEG image: {reason}")
     try:

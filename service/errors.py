@@ -91,6 +91,21 @@ class NoPartModelError(ServiceError):
         self.bone_type = bone_type
 
 
+class NotEligibleError(ServiceError):
+    """An image the model was never trained to judge (422, ``code: "not_eligible"``).
+
+    ``reason`` is a stable code (``modality``, ``body_part``); ``fields`` go into the body
+    beside it (the value that decided, e.g. ``{"modality": "CT"}``).
+    """
+
+    status_code = 422
+
+    def __init__(self, detail: str, reason: str, fields: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.fields = fields
+
+
 class HeatmapUnavailableError(ServiceError):
     """The loaded bundle's models have no heat-map output (404: no such resource)."""
 
@@ -228,7 +243,9 @@ async def _known_exception(_: Request, exc: Exception) -> JSONResponse:
     body = error_body(detail)
     headers = {}
     if isinstance(exc, NoPartModelError):
-        body["bone_type"] = exc.bone_type
+        body.update(code="unsupported_body_part", bone_type=exc.bone_type)
+    if isinstance(exc, NotEligibleError):
+        body.update(code="not_eligible", reason=exc.reason, **exc.fields)
     if isinstance(exc, OverloadedError):
         headers["Retry-After"] = str(exc.retry_after_s)
     return JSONResponse(body, status_code=status_for(exc), headers=headers)

@@ -39,8 +39,9 @@ from bonexr.atomic import write_bytes_atomic
 from bonexr.errors import ConfigError, DataError, ImageError, ImageTooLargeError
 from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.study import route_study
+from service.eligibility import screen_metadata
 from service.engine import InferenceEngine, Prediction
-from service.errors import ServiceError
+from service.errors import NotEligibleError, ServiceError
 from service.predictor import AnswerRules
 from service.services import decode_within_limits
 from service.settings import Settings
@@ -204,6 +205,7 @@ class ScoredFile:
     path: Path
     prediction: Prediction
     body_part: str | None  # the DICOM header's BodyPartExamined, as the upload records it
+    warnings: tuple[str, ...] = ()  # the eligibility gate's, under BONEXR_ELIGIBILITY=warn
 
 
 def _fmt(value: float) -> str:
@@ -222,21 +224,27 @@ class OfflineScorer:
         self.rules = AnswerRules(self.engine, settings)
         self.classes = list(self.manifest.router.classes)
 
-    def _prepare(self, path: Path) -> tuple[np.ndarray, str | None]:
-        """Prepared pixels and body part, under the service's limits (ImageError/OSError)."""
+    def _prepare(self, path: Path) -> tuple[np.ndarray, str | None, tuple[str, ...]]:
+        """Prepared pixels, body part and gate warnings, under the service's limits and
+        eligibility gate (ImageError/OSError/NotEligibleError), as an upload would be."""
         data = read_regular_file(path, self.settings.max_upload_bytes)
         decoded = decode_within_limits(data, self.settings)
-        return prepare_pixels(decoded.image, self.manifest.input.size), decoded.body_part
+        gate = screen_metadata(decoded, self.settings.eligibility)
+        return prepare_pixels(decoded.image, self.manifest.input.size), decoded.body_part, gate
 
     def score(
         self, paths: Sequence[Path], parts: Sequence[str | None] | None = None
     ) -> tuple[list[ScoredFile], list[tuple[Path, str]]]:
         """Predictions for the readable ``paths`` and ``(path, reason)`` for the others."""
         ready: list[tuple[Path, np.ndarray, str | None, str | None]] = []
+        gates: list[tuple[str, ...]] = []
         errors: list[tuple[Path, str]] = []
         for index, path in enumerate(paths):
             try:
-                pixels, body_part = self._prepare(path)
+                pixels, body_part, gate = self._prepare(path)
+            except NotEligibleError as refusal:
+                errors.append((path, refusal.detail))
+                continue
             except ImageError as exc:
                 errors.append((path, str(exc)))
                 continue
@@ -244,14 +252,15 @@ class OfflineScorer:
                 errors.append((path, f"cannot read the file ({exc.strerror or 'I/O error'})"))
                 continue
             ready.append((path, pixels, body_part, parts[index] if parts else None))
+            gates.append(gate)
         if not ready:
             return [], errors
         predictions = self.engine.predict_batch(
             np.stack([pixels for _, pixels, _, _ in ready]), [part for *_, part in ready]
         )
         scored = [
-            ScoredFile(path, p, body_part)
-            for (path, _, body_part, _), p in zip(ready, predictions, strict=True)
+            ScoredFile(path, p, body_part, gate)
+            for (path, _, body_part, _), p, gate in zip(ready, predictions, gates, strict=True)
         ]
         return scored, errors
 
@@ -272,7 +281,7 @@ class OfflineScorer:
             "abnormality_probability": _fmt(prediction.abnormality_probability),
             "threshold": _fmt(prediction.threshold),
             "result": prediction.result,
-            "warnings": "; ".join(answer.warnings),
+            "warnings": "; ".join([*scored.warnings, *answer.warnings]),
         }
 
     def study_row(self, study: str, paths: Sequence[Path]) -> dict[str, object]:

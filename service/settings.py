@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="auto: the fastest precision the CPU has and the bundle allows "
         "(int8, then bf16; each measured on the bundle's test split at export), else fp32.",
     )
+    eligibility: Literal["enforce", "warn"] = Field(
+        "enforce",
+        description="enforce: an image the model was never trained to judge (a DICOM whose "
+        "Modality is not CR/DX or whose BodyPartExamined is not an upper limb) is refused "
+        "with 422 code not_eligible; warn: it is answered, with the reason in warnings.",
+    )
     host: str = Field("127.0.0.1", description="Bind address (`bonexr serve --host`).")
     port: int = Field(8000, ge=1, le=65535, description="Port (`bonexr serve --port`).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")

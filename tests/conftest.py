@@ -17,15 +17,6 @@ from fastapi.testclient import TestClient
 from tests.bundles import make_untrained_bundle
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``) every
-    test of the trained demo bundle goes to one worker, so the bundle is trained once while
-    the other worker runs everything else."""
-    for item in items:
-        if "trained_demo" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("trained_demo"))
-
-
 @pytest.fixture(scope="session")
 def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete, verifiable bundle of random-init tiny models (64 px): fast to build.
@@ -53,8 +44,9 @@ def trained_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     The synthetic data is generated first (``bonexr synth``, the demo's size) and one image
     is truncated, so the run must report and skip it. Shared by the learning, export and
-    training/serving-parity tests. Takes 400-560 s on 2 quiet cores (the suite's largest
-    single cost: docs/benchmarks.md, the suite).
+    training/serving-parity tests, all in ``tests/test_demo_bundle.py`` so that
+    ``make test``'s ``--dist loadfile`` trains it on one worker only. Takes 370-560 s on
+    2 quiet cores, the suite's largest single cost (docs/benchmarks.md).
     """
     from bonexr.cli import main
     from training.config import demo_config

@@ -1,5 +1,5 @@
 """The heat-map evaluation's mechanics on random-init models (the trained demo's score is
-asserted in tests/test_training.py): boxes from the generator, one guess per abnormal
+asserted in tests/test_demo_bundle.py): boxes from the generator, one guess per abnormal
 image, the blank-map baseline, the report section and the example grid."""
 
 from __future__ import annotations

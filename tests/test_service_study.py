@@ -2,7 +2,7 @@
 
 The study rule itself (summed routing, mean of one part's model) is checked against
 :mod:`bonexr.study` and the engine's own numbers; that training's evaluation computes the
-same probabilities is the parity test's job (``tests/test_parity.py``).
+same probabilities is the parity test's job (``tests/test_demo_bundle.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ Nothing is mocked: the models are trained here and measured on the held-out test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -14,125 +13,13 @@ import pandas as pd
 import pytest
 
 from bonexr.bundle import verify_bundle
-from bonexr.errors import BundleError, ConfigError, DataError
-from bonexr.imaging import model_input, preprocess_file
+from bonexr.errors import ConfigError, DataError
 from training.config import TrainConfig
 from training.models import build_model, resolve_weights
 from training.run import run_training
 from training.train import model_frames
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(report_md: str) -> str:
-    return "\n".join(line for line in report_md.splitlines() if line.startswith("|"))
-
-
-def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
-    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
-    router_accuracy = report["router"]["image"]["accuracy"]
-    aurocs = {part: m["study"]["auroc"] for part, m in report["parts"].items()}
-    print(f"router accuracy {router_accuracy:.3f}; study AUROC {aurocs}")
-    # Spread of the demo recipe over three seeds each (docs/benchmarks.md "Demo recipe, spread over
-    # seeds"): router accuracy 0.992-1.000, study AUROC elbow 0.990-1.000, shoulder
-    # 0.943-1.000, hand 1.000. The fixture is fixed-seed; the bounds sit below the worst
-    # seed (router by 0.09, parts by 0.09).
-    assert router_accuracy >= 0.9
-    for part, auroc in aurocs.items():
-        assert auroc >= 0.85, f"{part} study-level AUROC {auroc:.3f} < 0.85"
-    assert (
-        report["two_stage"]["overall"]["pooled"]["study"]["n"]
-        == report["overall"]["pooled"]["study"]["n"]
-    )
-
-
-def test_corrupt_image_is_reported_and_skipped(trained_demo: dict) -> None:
-    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
-    assert list(report["bad_images"]) == [str(trained_demo["corrupt"])]
-    assert "Skipped images (1)" in (trained_demo["bundle"] / "report.md").read_text()
-
-
-def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
-    bundle = trained_demo["bundle"]
-    manifest = verify_bundle(bundle)
-    assert manifest.synthetic and "DEMO ONLY" in manifest.intended_use
-    for rel in (
-        "split.csv",
-        "report.md",
-        "report.json",
-        "plots/roc.png",
-        "plots/confusion.png",
-        "plots/training_curves.png",
-        "test_predictions.csv",
-    ):
-        assert rel in manifest.files, rel
-    split = pd.read_csv(bundle / "split.csv")
-    predictions = pd.read_csv(bundle / "test_predictions.csv")
-    root = str(trained_demo["root"].resolve())
-    for shared in (split, predictions):  # a shareable artifact: no training-machine paths
-        assert "path" not in shared.columns
-        assert not shared.astype(str).apply(lambda c: c.str.contains(root, regex=False)).any().any()
-    assert manifest.data["source"] == "MURA-v1.1"
-    # the export's ONNX check ran on noise plus validation images of every part
-    assert manifest.training["onnx_parity_images"] == 4 + 3 * len(manifest.router.classes)
-    # the router knows all seven synthetic parts; abnormality models exist for three
-    assert manifest.router.classes == [
-        "Elbow", "Finger", "Forearm", "Hand", "Humerus", "Shoulder", "Wrist"
-    ]  # fmt: skip
-    assert sorted(manifest.parts) == ["Elbow", "Hand", "Shoulder"]
-    report = json.loads((bundle / "report.json").read_text())
-    assert len(report["router"]["image"]["confusion_matrix"]) == 7
-    assert "CPUExecutionProvider" in manifest.training["onnx_parity_by_provider"]
-    owners = split.groupby("patient_id")["split"].nunique()
-    assert (owners == 1).all(), "a patient appears in two splits"
-    assert manifest.data["split_seed"] == 0
-    # two operating points per part, both from validation; they differ where the data do
-    for spec in manifest.parts.values():
-        assert spec.image_threshold is not None and 0.0 < spec.image_threshold < 1.0
-        assert 0.0 < spec.threshold < 1.0
-        assert spec.image_threshold_rule == "youden-j-on-validation-image-level"
-    assert any(s.image_threshold != s.threshold for s in manifest.parts.values())
-    assert "image" in manifest.metrics["operating_points"]["Elbow"]
-    assert manifest.metrics["router_accuracy"] >= 0.9
-    table = _rows((bundle / "report.md").read_text())
-    assert "MURA paper" in table and "| Hand |" in table
-
-
-def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:
-    """Export -> reload: the bundle's Keras files reproduce the evaluation's probabilities."""
-    bundle = trained_demo["bundle"]
-    manifest = verify_bundle(bundle)
-    predictions = (
-        pd.read_csv(bundle / "test_predictions.csv")
-        .dropna(subset=["routed_part", "prob_HAND"])
-        .head(24)
-    )
-    assert len(predictions) >= 10  # hand views and views routed to the hand model
-    batch = np.concatenate(
-        [
-            model_input(preprocess_file(trained_demo["root"] / rel, manifest.input.size))
-            for rel in predictions["rel_path"]
-        ]
-    )
-    router = keras.models.load_model(bundle / manifest.router.keras)
-    router_probs = np.asarray(router(batch, training=False))
-    expected = predictions[[f"router_{p.upper()}" for p in manifest.router.classes]].to_numpy()
-    np.testing.assert_allclose(router_probs, expected, atol=1e-6)
-    hand = keras.models.load_model(bundle / manifest.parts["Hand"].keras)
-    np.testing.assert_allclose(
-        np.asarray(hand(batch, training=False))[:, 0], predictions["prob_HAND"], atol=1e-6
-    )
-
-
-def test_existing_bundle_is_refused_before_training(trained_demo: dict) -> None:
-    with pytest.raises(BundleError, match="already exists"):
-        run_training(
-            trained_demo["root"],
-            trained_demo["config"],
-            out=trained_demo["bundle"],
-            run_dir=trained_demo["bundle"].parent / "unused-run",
-        )
-    assert not (trained_demo["bundle"].parent / "unused-run").exists()
 
 
 class _InterruptAfter(keras.callbacks.Callback):
@@ -337,51 +224,3 @@ def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) 
         only=["elbow"],
     )
     assert not pd.read_csv(other / "run" / "elbow" / "history.csv").equals(first)
-
-
-def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
-    """The demo's CAMs are scored against the defect the generator drew, beside a blank
-    map (whose guess is the image centre).
-
-    Measured basis for the bound (pointing game, this fixture's recipe and data size):
-    heat map vs centre 0.537 vs 0.315 (README run at a5779a9), 0.352 vs 0.315 (a fresh
-    clone of c089347, issue 18): the margin over the centre ranged 0.04-0.22 in two runs.
-    A margin of 0.15 therefore does not hold reliably and was dropped; what both runs
-    support is "not worse than the centre". That the maps localise usefully is NOT
-    established by this recipe (see docs/benchmarks.md: heat maps are unvalidated).
-    """
-    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
-    overall = report["localisation"]["overall"]
-    print(f"pointing game: heat map {overall['heatmap']:.3f}, centre {overall['centre']:.3f}")
-    assert overall["n"] >= 30
-    assert overall["heatmap"] >= overall["centre"]  # spread above: margin 0.04-0.22
-    assert (trained_demo["bundle"] / "plots" / "heatmaps.png").stat().st_size > 20_000
-    assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
-
-
-def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) -> None:
-    """bf16 and int8 were scored two-stage on the test split, and the allow/deny decision
-    follows the stated limits (AUROC drop <= 0.005, <= 1% flips, at least one)."""
-    bundle = trained_demo["bundle"]
-    manifest = verify_bundle(bundle)
-    test_images = int((pd.read_csv(bundle / "split.csv")["split"] == "test").sum())
-    for name in ("bf16", "int8"):
-        spec = manifest.precisions[name]
-        print(f"{name}: {spec.reason}")
-        if not spec.measured:  # needs OpenVINO (and NNCF for int8) on a bf16/int8 CPU
-            assert not spec.allowed
-            continue
-        measured = spec.measured
-        assert measured["decisions"] == test_images  # every routable test image, two-stage
-        assert set(measured["parts"]) == set(manifest.parts)
-        assert {"study_auroc_fp32", f"study_auroc_{name}"} <= set(measured["two_stage"])
-        limit = max(1, int(0.01 * measured["decisions"]))
-        within = measured["worst_study_auroc_drop"] <= 0.005 and measured["flipped"] <= limit
-        assert spec.allowed == within
-    int8 = manifest.precisions["int8"]
-    if int8.files:  # produced: one calibrated IR per model, hashed like every model file
-        assert set(int8.files) == {"router", *(p.lower() for p in manifest.parts)}
-        for model, coverage in int8.measured["quantisation"].items():
-            assert coverage["int8_layers"] == coverage["layers"] > 0, model
-            assert coverage["calibration_images"] >= 16
-        assert all(f in manifest.files for f in manifest.model_files())

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from bonexr.imaging import encode_png, prepare_pixels
 from service.deps import ServicesDep
+from service.eligibility import screen_metadata
 from service.errors import (
     DuplicateFieldError,
     PayloadTooLargeError,
@@ -30,6 +31,7 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     engine = services.engine
     with services.decode_slot():
         decoded = services.decode(data)
+        gate_warnings = screen_metadata(decoded, services.settings.eligibility)
         image = decoded.image
         png = encode_png(image)
         size = engine.input_size if engine.ready else None
@@ -46,7 +48,7 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
         bytes=len(data),
         stored_bytes=stored.size,
         body_part_examined=decoded.body_part,
-        warnings=list(decoded.warnings),
+        warnings=[*decoded.warnings, *gate_warnings],
     )
     return response, stored.created
 

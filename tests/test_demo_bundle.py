@@ -1,0 +1,343 @@
+"""The trained demo bundle (``trained_demo``, exactly ``bonexr demo``): it learns, its
+bundle is complete, and the service answers with the training evaluation's probabilities.
+
+Every test of that bundle lives in this module, so ``make test``'s two pytest-xdist workers
+(``--dist loadfile``) train it once, on one worker, while the other runs the rest.
+
+Training/serving skew:
+The bundle is trained here; the evaluation's per-image probabilities (``test_predictions.csv``,
+computed by Keras on the original files) are compared with what the running service returns
+over HTTP for the same files (upload -> pixel-only PNG -> ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from bonexr.bundle import verify_bundle
+from bonexr.errors import BundleError
+from bonexr.imaging import model_input, preprocess_file
+from service.settings import Settings
+from tests.service_support import running
+from training.run import run_training
+
+pytestmark = pytest.mark.slow
+
+TOLERANCE = 1e-4
+
+
+def modelled(bundle: Path) -> set[str]:
+    """Canonical names of the parts that have an abnormality model in ``bundle``."""
+    return {p.upper() for p in json.loads((bundle / "manifest.json").read_text())["parts"]}
+
+
+def parity_settings(bundle: Path, tmp_path: Path) -> Settings:
+    """fp32: the skew check compares preprocessing, so no reduced precision may blur it
+    (bf16 has its own gate, measured at export and checked at load)."""
+    return Settings(
+        models_dir=bundle.parent, bundle=bundle.name, upload_dir=tmp_path / "up", precision="fp32"
+    )
+
+
+def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path) -> None:
+    bundle: Path = trained_demo["bundle"]
+    evaluated = pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"])
+    parts = modelled(bundle)
+    answered = evaluated[evaluated.body_part.isin(parts) & evaluated.routed_part.isin(parts)]
+    # every part, both labels, and some RGB/RGBA source files where the generator wrote them
+    sample = answered.groupby(["body_part", "label"], group_keys=False).head(4)
+    settings = parity_settings(bundle, tmp_path)
+    compared = 0
+    with running(settings) as (client, _app):
+        for row in sample.itertuples():
+            data = (trained_demo["root"] / row.rel_path).read_bytes()
+            upload = client.post("/upload", files={"file": ("image.png", data, "image/png")})
+            assert upload.status_code in (200, 201), upload.text
+            answer = client.post("/predict", json={"filename": upload.json()["filename"]}).json()
+            for part, probability in answer["bone_type_probabilities"].items():
+                assert probability == pytest.approx(
+                    getattr(row, f"router_{part.upper()}"), abs=TOLERANCE
+                )
+            assert answer["bone_type"].upper() == row.routed_part
+            assert answer["abnormality_probability"] == pytest.approx(
+                row.prob_routed, abs=TOLERANCE
+            )
+            threshold = answer["threshold"]
+            assert answer["result"] == ("fractured" if row.prob_routed >= threshold else "normal")
+            compared += 1
+    assert compared >= 18
+
+
+def _upload_all(client: TestClient, root: Path, rows: pd.DataFrame) -> dict[str, str]:
+    """rel_path -> stored filename."""
+    names = {}
+    for rel_path in rows["rel_path"]:
+        data = (root / rel_path).read_bytes()
+        upload = client.post("/upload", files={"file": ("image.png", data, "image/png")})
+        assert upload.status_code in (200, 201), upload.text
+        names[rel_path] = upload.json()["filename"]
+    return names
+
+
+def test_service_operating_points_and_studies_match_the_report(
+    trained_demo: dict, tmp_path: Path
+) -> None:
+    """/predict on every test image reproduces the report's image-level sensitivity and
+    specificity (two-stage, image operating point); /predict/study reproduces the
+    evaluation's study probabilities (study routing, study operating point)."""
+    bundle: Path = trained_demo["bundle"]
+    report = json.loads((bundle / "report.json").read_text())
+    evaluated = pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"])
+    parts = modelled(bundle)
+    evaluated = evaluated[evaluated.body_part.isin(parts)]
+    settings = parity_settings(bundle, tmp_path)
+    with running(settings) as (client, _app):
+        names = _upload_all(client, trained_demo["root"], evaluated)
+        decided, unanswered = [], 0
+        for row in evaluated.itertuples():
+            answer = client.post("/predict", json={"filename": names[row.rel_path]})
+            if answer.status_code == 422:  # routed to a part without a model: no verdict
+                assert answer.json()["bone_type"].upper() not in parts
+                unanswered += 1
+                continue
+            verdict = answer.json()["result"] == "fractured"
+            decided.append((row.body_part, row.label, verdict))
+        assert unanswered == report["two_stage"]["unanswered"]["images"]
+        frame = pd.DataFrame(decided, columns=["part", "label", "positive"])
+        for part, rows in frame.groupby("part"):
+            expected = report["two_stage"]["parts"][part]["image"]
+            abnormal, normal = rows[rows.label == 1], rows[rows.label == 0]
+            assert abnormal.positive.mean() == pytest.approx(expected["sensitivity"], abs=1e-9)
+            assert (~normal.positive).mean() == pytest.approx(expected["specificity"], abs=1e-9)
+
+        studies = evaluated.groupby("study_id")
+        compared = 0
+        for _study, views in studies:
+            expected_prob = views["prob_study_routed"].mean()
+            answer = client.post(
+                "/predict/study", json={"filenames": [names[r] for r in views["rel_path"]]}
+            )
+            if views["study_part"].iloc[0] not in parts:
+                assert answer.status_code == 422, answer.text
+                continue
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["bone_type"].upper() == views["study_part"].iloc[0]
+            assert body["abnormality_probability"] == pytest.approx(expected_prob, abs=TOLERANCE)
+            part_threshold = report["thresholds"][views["study_part"].iloc[0]]["study"]["value"]
+            assert body["threshold"] == pytest.approx(part_threshold)
+            compared += 1
+    studies_answered = evaluated[evaluated.study_part.isin(parts)]["study_id"].nunique()
+    assert compared == studies_answered >= 20
+
+
+def test_views_of_different_parts_are_422_unless_bone_type_given(
+    trained_demo: dict, tmp_path: Path
+) -> None:
+    bundle: Path = trained_demo["bundle"]
+    evaluated = pd.read_csv(bundle / "test_predictions.csv").dropna(subset=["routed_part"])
+    confident = evaluated[evaluated["routed_part"] == evaluated["body_part"]]
+    elbow = confident[confident.body_part == "ELBOW"].iloc[0]
+    hand = confident[confident.body_part == "HAND"].iloc[0]
+    settings = parity_settings(bundle, tmp_path)
+    with running(settings) as (client, _app):
+        names = _upload_all(client, trained_demo["root"], pd.DataFrame([elbow, hand]))
+        views = [names[elbow.rel_path], names[hand.rel_path]]
+        answer = client.post("/predict/study", json={"filenames": views})
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"]
+        assert "different body parts" in detail and "bone_type" in detail
+        assert any(f"{v} -> " in detail for v in views)
+        forced = client.post("/predict/study", json={"filenames": views, "bone_type": "Hand"})
+        assert forced.status_code == 200, forced.text
+        body = forced.json()
+        assert body["bone_type"] == "Hand" and body["bone_type_source"] == "client"
+        assert len(body["views"]) == 2
+        assert any("scored by the Hand model" in w for w in body["warnings"])
+
+
+def test_part_without_a_model_gets_422_with_its_name(trained_demo: dict, tmp_path: Path) -> None:
+    """A synthetic wrist: the demo's router knows wrists, the bundle has no wrist model."""
+    bundle: Path = trained_demo["bundle"]
+    evaluated = pd.read_csv(bundle / "test_predictions.csv")
+    wrists = evaluated[(evaluated.body_part == "WRIST") & (evaluated.routed_part == "WRIST")]
+    assert len(wrists) >= 3, "the router should recognise most test wrists"
+    settings = parity_settings(bundle, tmp_path)
+    with running(settings) as (client, _app):
+        names = _upload_all(client, trained_demo["root"], wrists.head(3))
+        for name in names.values():
+            answer = client.post("/predict", json={"filename": name})
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["bone_type"] == "Wrist"
+            assert "no abnormality model for Wrist" in answer.json()["detail"]
+        study = client.post("/predict/study", json={"filenames": list(names.values())})
+        assert study.status_code == 422 and study.json()["bone_type"] == "Wrist"
+
+
+def _rows(report_md: str) -> str:
+    return "\n".join(line for line in report_md.splitlines() if line.startswith("|"))
+
+
+# ------------------------------------------------------ learning, bundle, evidence
+
+
+def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    router_accuracy = report["router"]["image"]["accuracy"]
+    aurocs = {part: m["study"]["auroc"] for part, m in report["parts"].items()}
+    print(f"router accuracy {router_accuracy:.3f}; study AUROC {aurocs}")
+    # Spread of the demo recipe over three seeds each (docs/benchmarks.md "Demo recipe, spread over
+    # seeds"): router accuracy 0.992-1.000, study AUROC elbow 0.990-1.000, shoulder
+    # 0.943-1.000, hand 1.000. The fixture is fixed-seed; the bounds sit below the worst
+    # seed (router by 0.09, parts by 0.09).
+    assert router_accuracy >= 0.9
+    for part, auroc in aurocs.items():
+        assert auroc >= 0.85, f"{part} study-level AUROC {auroc:.3f} < 0.85"
+    assert (
+        report["two_stage"]["overall"]["pooled"]["study"]["n"]
+        == report["overall"]["pooled"]["study"]["n"]
+    )
+
+
+def test_corrupt_image_is_reported_and_skipped(trained_demo: dict) -> None:
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    assert list(report["bad_images"]) == [str(trained_demo["corrupt"])]
+    assert "Skipped images (1)" in (trained_demo["bundle"] / "report.md").read_text()
+
+
+def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
+    bundle = trained_demo["bundle"]
+    manifest = verify_bundle(bundle)
+    assert manifest.synthetic and "DEMO ONLY" in manifest.intended_use
+    for rel in (
+        "split.csv",
+        "report.md",
+        "report.json",
+        "plots/roc.png",
+        "plots/confusion.png",
+        "plots/training_curves.png",
+        "test_predictions.csv",
+    ):
+        assert rel in manifest.files, rel
+    split = pd.read_csv(bundle / "split.csv")
+    predictions = pd.read_csv(bundle / "test_predictions.csv")
+    root = str(trained_demo["root"].resolve())
+    for shared in (split, predictions):  # a shareable artifact: no training-machine paths
+        assert "path" not in shared.columns
+        assert not shared.astype(str).apply(lambda c: c.str.contains(root, regex=False)).any().any()
+    assert manifest.data["source"] == "MURA-v1.1"
+    # the export's ONNX check ran on noise plus validation images of every part
+    assert manifest.training["onnx_parity_images"] == 4 + 3 * len(manifest.router.classes)
+    # the router knows all seven synthetic parts; abnormality models exist for three
+    assert manifest.router.classes == [
+        "Elbow", "Finger", "Forearm", "Hand", "Humerus", "Shoulder", "Wrist"
+    ]  # fmt: skip
+    assert sorted(manifest.parts) == ["Elbow", "Hand", "Shoulder"]
+    report = json.loads((bundle / "report.json").read_text())
+    assert len(report["router"]["image"]["confusion_matrix"]) == 7
+    assert "CPUExecutionProvider" in manifest.training["onnx_parity_by_provider"]
+    owners = split.groupby("patient_id")["split"].nunique()
+    assert (owners == 1).all(), "a patient appears in two splits"
+    assert manifest.data["split_seed"] == 0
+    # two operating points per part, both from validation; they differ where the data do
+    for spec in manifest.parts.values():
+        assert spec.image_threshold is not None and 0.0 < spec.image_threshold < 1.0
+        assert 0.0 < spec.threshold < 1.0
+        assert spec.image_threshold_rule == "youden-j-on-validation-image-level"
+    assert any(s.image_threshold != s.threshold for s in manifest.parts.values())
+    assert "image" in manifest.metrics["operating_points"]["Elbow"]
+    assert manifest.metrics["router_accuracy"] >= 0.9
+    table = _rows((bundle / "report.md").read_text())
+    assert "MURA paper" in table and "| Hand |" in table
+
+
+def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:
+    """Export -> reload: the bundle's Keras files reproduce the evaluation's probabilities."""
+    bundle = trained_demo["bundle"]
+    manifest = verify_bundle(bundle)
+    predictions = (
+        pd.read_csv(bundle / "test_predictions.csv")
+        .dropna(subset=["routed_part", "prob_HAND"])
+        .head(24)
+    )
+    assert len(predictions) >= 10  # hand views and views routed to the hand model
+    batch = np.concatenate(
+        [
+            model_input(preprocess_file(trained_demo["root"] / rel, manifest.input.size))
+            for rel in predictions["rel_path"]
+        ]
+    )
+    router = keras.models.load_model(bundle / manifest.router.keras)
+    router_probs = np.asarray(router(batch, training=False))
+    expected = predictions[[f"router_{p.upper()}" for p in manifest.router.classes]].to_numpy()
+    np.testing.assert_allclose(router_probs, expected, atol=1e-6)
+    hand = keras.models.load_model(bundle / manifest.parts["Hand"].keras)
+    np.testing.assert_allclose(
+        np.asarray(hand(batch, training=False))[:, 0], predictions["prob_HAND"], atol=1e-6
+    )
+
+
+def test_existing_bundle_is_refused_before_training(trained_demo: dict) -> None:
+    with pytest.raises(BundleError, match="already exists"):
+        run_training(
+            trained_demo["root"],
+            trained_demo["config"],
+            out=trained_demo["bundle"],
+            run_dir=trained_demo["bundle"].parent / "unused-run",
+        )
+    assert not (trained_demo["bundle"].parent / "unused-run").exists()
+
+
+def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
+    """The demo's CAMs are scored against the defect the generator drew, beside a blank
+    map (whose guess is the image centre).
+
+    Measured basis for the bound (pointing game, this fixture's recipe and data size):
+    heat map vs centre 0.537 vs 0.315 (README run at a5779a9), 0.352 vs 0.315 (a fresh
+    clone of c089347, issue 18): the margin over the centre ranged 0.04-0.22 in two runs.
+    A margin of 0.15 therefore does not hold reliably and was dropped; what both runs
+    support is "not worse than the centre". That the maps localise usefully is NOT
+    established by this recipe (see docs/benchmarks.md: heat maps are unvalidated).
+    """
+    report = json.loads((trained_demo["bundle"] / "report.json").read_text())
+    overall = report["localisation"]["overall"]
+    print(f"pointing game: heat map {overall['heatmap']:.3f}, centre {overall['centre']:.3f}")
+    assert overall["n"] >= 30
+    assert overall["heatmap"] >= overall["centre"]  # spread above: margin 0.04-0.22
+    assert (trained_demo["bundle"] / "plots" / "heatmaps.png").stat().st_size > 20_000
+    assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
+
+
+def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) -> None:
+    """bf16 and int8 were scored two-stage on the test split, and the allow/deny decision
+    follows the stated limits (AUROC drop <= 0.005, <= 1% flips, at least one)."""
+    bundle = trained_demo["bundle"]
+    manifest = verify_bundle(bundle)
+    test_images = int((pd.read_csv(bundle / "split.csv")["split"] == "test").sum())
+    for name in ("bf16", "int8"):
+        spec = manifest.precisions[name]
+        print(f"{name}: {spec.reason}")
+        if not spec.measured:  # needs OpenVINO (and NNCF for int8) on a bf16/int8 CPU
+            assert not spec.allowed
+            continue
+        measured = spec.measured
+        assert measured["decisions"] == test_images  # every routable test image, two-stage
+        assert set(measured["parts"]) == set(manifest.parts)
+        assert {"study_auroc_fp32", f"study_auroc_{name}"} <= set(measured["two_stage"])
+        limit = max(1, int(0.01 * measured["decisions"]))
+        within = measured["worst_study_auroc_drop"] <= 0.005 and measured["flipped"] <= limit
+        assert spec.allowed == within
+    int8 = manifest.precisions["int8"]
+    if int8.files:  # produced: one calibrated IR per model, hashed like every model file
+        assert set(int8.files) == {"router", *(p.lower() for p in manifest.parts)}
+        for model, coverage in int8.measured["quantisation"].items():
+            assert coverage["int8_layers"] == coverage["layers"] > 0, model
+            assert coverage["calibration_images"] >= 16
+        assert all(f in manifest.files for f in manifest.model_files())

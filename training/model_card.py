@@ -101,9 +101,24 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "the validation split, one over images (`parts.<Part>.image_threshold`, used by "
         "`/predict`), one over study means (`parts.<Part>.threshold`, used by "
         "`/predict/study`). A site that wants a different operating point (e.g. high "
-        "sensitivity for triage) should score its own labelled studies, pick the thresholds "
-        "from their ROC curves, and edit them in a copy of `manifest.json` (then re-run "
-        "`bonexr verify`: thresholds are not hashed, model files are).",
+        "sensitivity for triage) should score its own labelled studies and pick the "
+        "thresholds from their ROC curves. The thresholds are part of the bundle version "
+        "(`field_hashes`): a `manifest.json` edited by hand is refused by `bonexr verify` "
+        "and the service, naming the changed fields, so a site's operating point must come "
+        "from a new export, never a silent edit under the old version.",
+        "",
+        "## What \"not eligible\" means",
+        "",
+        "The models were trained on projection radiographs of the upper limb only. An image "
+        "whose DICOM header says it is something else (Modality other than CR or DX, such "
+        "as CT, MR, US or MG; BodyPartExamined naming a non-upper-limb part such as CHEST, "
+        "KNEE or SKULL) is refused with `422` and `code: \"not_eligible\"`, the reason "
+        "and the value that decided: no verdict on it would mean anything. "
+        "`BONEXR_ELIGIBILITY=warn` answers such images with the reason as a warning "
+        "instead. PNG, JPEG and WebP files carry no such tags and pass this gate: the "
+        "model cannot yet tell from the pixels that an image is outside what it learned "
+        "(a content gate is planned), so a photograph or a chest film sent as PNG still "
+        "gets a verdict that means nothing.",
         "",
         "## Known failure modes",
         "",

@@ -164,6 +164,20 @@ def _parse_manifest_json(path: Path) -> object:
         raise BundleError(f"cannot read {path}: not valid JSON: {first_line}") from exc
 
 
+def rewrite_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Write a changed manifest into an existing bundle as a new export would: field
+    hashes and version recomputed, so the bundle gets a **new version** and answers made
+    under the old one stay attributable. For tools that legitimately change answer fields
+    after export (the benchmarks allow a random-init bundle's reduced precisions); a hand
+    edit that skips this is refused at load."""
+    fields = field_hashes(manifest)
+    final = manifest.model_copy(
+        update={"field_hashes": fields, "version": content_version(manifest.files, fields)}
+    )
+    write_json_atomic(Path(folder) / MANIFEST_NAME, final.model_dump(mode="json"))
+    return final
+
+
 def read_manifest(folder: Path) -> Manifest:
     """Parse ``manifest.json`` without checking file hashes."""
     folder = Path(folder)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from bonexr.labels import DEFAULT_BODY_PARTS
 
@@ -28,3 +30,21 @@ def make_untrained_bundle(
         seed=seed,
     )
     return destination
+
+
+def write_as_exported(bundle: Path, raw: dict[str, Any]) -> None:
+    """Write ``raw`` as ``manifest.json`` the way an export of it would: with its field
+    hashes and version recomputed (a test's stand-in for a bundle exported that way)."""
+    from bonexr.bundle import Manifest, rewrite_manifest
+
+    rewrite_manifest(bundle, Manifest.model_validate(raw))
+
+
+def write_as_legacy(bundle: Path, raw: dict[str, Any]) -> None:
+    """Write ``raw`` as a bundle exported before field hashes: none, and a version over
+    the model files only."""
+    from bonexr.bundle import content_version
+
+    raw.pop("field_hashes", None)
+    raw["version"] = content_version(raw["files"])
+    (bundle / "manifest.json").write_text(json.dumps(raw))

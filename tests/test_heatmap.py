@@ -15,6 +15,7 @@ from PIL import Image
 
 from bonexr.heatmap import normalized, overlay, peak, to_image_grid
 from bonexr.imaging import letterbox_geometry
+from tests.bundles import write_as_exported, write_as_legacy
 from tests.service_support import assert_error, encode, make_settings, noise, running
 
 
@@ -128,13 +129,13 @@ def test_bundle_without_heatmaps_and_broken_heatmap_contract(
     manifest = json.loads((old / "manifest.json").read_text())
     for spec in manifest["parts"].values():
         spec.pop("heatmap")
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    write_as_legacy(old, manifest)
     with running(make_settings(old, tmp_path)) as (client, _):
         name = upload(client, seed=5)
         assert "no heat maps" in assert_error(client.get(f"/heatmap/{name}"), 404)["detail"]
     for spec in manifest["parts"].values():
         spec["heatmap"] = {"method": "cam", "output": 1, "grid": [7, 7]}
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    write_as_exported(old, manifest)
     with running(make_settings(old, tmp_path)) as (client, _):
         detail = assert_error(client.get("/ready"), 503)["detail"]
         assert "heatmap" in detail and "(N, 7, 7)" in detail and "(N, 4, 4)" in detail

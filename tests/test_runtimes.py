@@ -14,6 +14,7 @@ import pytest
 from bonexr.bundle import Manifest, PrecisionSpec, publish_bundle, read_manifest, verify_files
 from bonexr.errors import BundleError
 from bonexr.runtime import openvino_capabilities
+from tests.bundles import write_as_exported
 from tests.service_support import assert_error, make_settings, png_bytes, running
 from training.precision import PrecisionTestSet, measure_precision
 from training.quantize import produce_int8
@@ -39,7 +40,7 @@ def with_precision(bundle: Path, tmp_path: Path, name: str = "bf16", **spec: obj
     manifest["precisions"] = {
         name: {"allowed": True, "runtime": "openvino", "reason": "test", "tolerance": 0.05} | spec
     }
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_as_exported(copy, manifest)
     return copy
 
 
@@ -164,7 +165,7 @@ def test_int8_refusals_name_the_reason(
     spec = manifest.precisions["int8"].model_copy(update={"tolerance": 0.0})
     raw = json.loads((strict / "manifest.json").read_text())
     raw["precisions"]["int8"] = spec.model_dump(mode="json")
-    (strict / "manifest.json").write_text(json.dumps(raw))
+    write_as_exported(strict, raw)
     with running(make_settings(strict, tmp_path / "c", precision="int8")) as (c, _):
         assert "refusing it" in assert_error(c.get("/ready"), 503)["detail"]
 

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonexr.study import route_study, study_probability
+from tests.bundles import write_as_legacy
 from tests.service_support import assert_error, make_settings, png_bytes, running
 
 UNKNOWN = ["ab" * 32 + ".png", "cd" * 32 + ".png"]
@@ -134,7 +135,7 @@ def test_bundle_without_image_thresholds_still_loads_with_a_warning(
         spec.pop("image_threshold", None)
         spec.pop("image_threshold_rule", None)
         spec["threshold"] = 0.4
-    manifest_path.write_text(json.dumps(manifest))
+    write_as_legacy(legacy, manifest)
     settings = make_settings(legacy, tmp_path)
     with running(settings) as (client, _):
         ready = client.get("/ready").json()

@@ -107,12 +107,12 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "and the service, naming the changed fields, so a site's operating point must come "
         "from a new export, never a silent edit under the old version.",
         "",
-        "## What \"not eligible\" means",
+        '## What "not eligible" means',
         "",
         "The models were trained on projection radiographs of the upper limb only. An image "
         "whose DICOM header says it is something else (Modality other than CR or DX, such "
         "as CT, MR, US or MG; BodyPartExamined naming a non-upper-limb part such as CHEST, "
-        "KNEE or SKULL) is refused with `422` and `code: \"not_eligible\"`, the reason "
+        'KNEE or SKULL) is refused with `422` and `code: "not_eligible"`, the reason '
         "and the value that decided: no verdict on it would mean anything. "
         "`BONEXR_ELIGIBILITY=warn` answers such images with the reason as a warning "
         "instead. PNG, JPEG and WebP files carry no such tags and pass this gate: the "

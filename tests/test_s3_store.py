@@ -358,6 +358,18 @@ class SilentEndpoint:
             conn.close()
 
 
+def _point_at(endpoint: SilentEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS settings that send every S3 call to ``endpoint``."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.port}",
+        "AWS_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "unused",
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_a_hung_endpoint_fails_each_call_after_bounded_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -366,14 +378,7 @@ def test_a_hung_endpoint_fails_each_call_after_bounded_retries(
     instead of hanging a worker thread; ``count`` (for /metrics) still answers."""
     endpoint = SilentEndpoint()
     try:
-        for name, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.port}",
-            "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-            "AWS_SECRET_ACCESS_KEY": "unused",
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }.items():
-            monkeypatch.setenv(name, value)
+        _point_at(endpoint, monkeypatch)
         store = S3UploadStore(
             f"s3://{BUCKET}/hung", connect_timeout=0.2, read_timeout=0.2, retries=1
         )
@@ -398,14 +403,7 @@ def test_a_hung_endpoint_never_holds_up_health_model_or_metrics(
     every upload ends as a 503 naming it, none lost to a 500."""
     endpoint = SilentEndpoint()
     try:
-        for name, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint.port}",
-            "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-            "AWS_SECRET_ACCESS_KEY": "unused",
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }.items():
-            monkeypatch.setenv(name, value)
+        _point_at(endpoint, monkeypatch)
         settings = make_settings(untrained_bundle, tmp_path, upload_store=f"s3://{BUCKET}/hung")
         with running(settings) as (client, _), ThreadPoolExecutor(45) as pool:
             uploads = [

@@ -71,6 +71,16 @@ def check_model_io(manifest: Manifest, io: Mapping[str, ModelIO]) -> None:
                 f"router.classes: manifest lists {len(classes)} classes ({', '.join(classes)}) "
                 f"but the router model outputs {_shape(router.output_shape)}"
             )
+        gate = manifest.router.ood
+        if gate is not None:
+            extra = router.extra_outputs
+            score = extra[gate.output - 1] if len(extra) >= gate.output else None
+            if score is None or len(score) != 2 or score[1] != 1:
+                raise BundleError(
+                    f"router.ood: manifest promises a content score (N, 1) as output "
+                    f"{gate.output} but the router has "
+                    f"{_shape(score) if score else 'no such output'}"
+                )
     for part in manifest.parts:
         part_io = io.get(part)
         if part_io is not None and (len(part_io.output_shape) != 2 or part_io.output_shape[1] != 1):

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from bonexr.calibration import LEVELS, Calibration, Level
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
 from bonexr.labels import ROUTER, model_key
@@ -51,8 +52,31 @@ class ModelFiles(BaseModel):
     backbone: str
 
 
+class ContentGate(BaseModel):
+    """The router's out-of-distribution score and the limit above which a view is refused.
+
+    The score is the Mahalanobis distance of the router's pooled features from the nearest
+    body part's mean (class means and a shared, shrunk covariance fitted on the training
+    split), computed inside the router's ONNX graph as a second output, so every runtime
+    and precision computes it in the same pass. The limit is the ``acceptance`` quantile
+    of the validation split's scores: that share of in-distribution views is accepted.
+    """
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    output: int = Field(1, ge=1, description="Index of the router's ONNX output holding it.")
+    limit: float = Field(gt=0.0, allow_inf_nan=False, description="Refused above this score.")
+    acceptance: float = Field(
+        gt=0.5, le=1.0, description="Share of validation views at or below the limit."
+    )
+    fitted_on: str = "class means and covariance: train split; limit: validation split"
+    validation_views: int = Field(ge=1, description="Validation views the limit came from.")
+
+
 class RouterSpec(ModelFiles):
     classes: list[str] = Field(description="Body parts in output order.")
+    ood: ContentGate | None = Field(
+        None, description="The content gate; None in bundles exported before it existed."
+    )
 
 
 class HeatmapSpec(BaseModel):
@@ -65,10 +89,33 @@ class HeatmapSpec(BaseModel):
     grid: tuple[int, int] = Field(description="(rows, cols) of the map at the model input.")
 
 
+#: The operating point a bundle serves when neither the request nor the export names one.
+TRIAGE = "triage"
+#: Youden's J: sensitivity and specificity weighted alike (the default before triage).
+BALANCED = "balanced"
+
+
+class OperatingPoint(BaseModel):
+    """One decision threshold on the served (calibrated) P(abnormal), with the rule that
+    chose it and what it achieved on the validation split it was chosen on."""
+
+    threshold: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    rule: str = Field(description="How it was chosen, e.g. sensitivity>=0.95-on-validation.")
+    target_sensitivity: float | None = Field(None, gt=0.0, le=1.0)
+    validation_sensitivity: float | None = Field(None, ge=0.0, le=1.0)
+    validation_specificity: float | None = Field(None, ge=0.0, le=1.0)
+    validation_n: int | None = Field(None, ge=0, description="Images or studies it saw.")
+
+
 class PartSpec(ModelFiles):
-    """A body part's abnormality model and its two operating points, both chosen on the
-    validation split: one for single images (``/predict``), one for the mean over a study's
-    views (``/predict/study``, MURA's unit)."""
+    """A body part's abnormality model, its calibration and its operating points.
+
+    Each operating point has a threshold per level, chosen on the validation split: one
+    for single images (``/predict``), one for the study (``/predict/study``, MURA's unit).
+    ``threshold`` and ``image_threshold`` repeat the default point's values for readers of
+    older manifests; bundles written before operating points existed have only those two
+    (served as ``balanced``).
+    """
 
     threshold: float = Field(
         ge=0.0, le=1.0, description="Study operating point: threshold on the views' mean."
@@ -85,11 +132,52 @@ class PartSpec(ModelFiles):
     heatmap: HeatmapSpec | None = Field(
         None, description="Where the ONNX model outputs its heat map; None: no heat maps."
     )
+    calibration: dict[Level, Calibration] = Field(
+        default_factory=dict,
+        description="Platt scaling per level (image, study); empty: uncalibrated (bundles "
+        "exported before calibration existed).",
+    )
+    operating_points: dict[str, dict[Level, OperatingPoint]] = Field(
+        default_factory=dict,
+        description="Operating point name -> a threshold per level; empty in older bundles.",
+    )
+
+    @field_validator("calibration", "operating_points")
+    @classmethod
+    def _both_levels(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        def check(levels: dict[str, Any], where: str) -> None:
+            missing = [level for level in LEVELS if level not in levels]
+            if missing:
+                raise ValueError(f"{where}needs both levels (image, study); missing {missing}")
+
+        if info.field_name == "calibration":
+            if value:
+                check(value, "")
+        else:
+            for name, levels in value.items():
+                if not name.isidentifier():
+                    raise ValueError(f"operating point name {name!r} must be a plain word")
+                check(levels, f"operating point {name!r} ")
+        return value
 
     @property
     def single_image_threshold(self) -> float:
         """The threshold for one image: its own when the bundle has one."""
         return self.threshold if self.image_threshold is None else self.image_threshold
+
+    def points(self) -> dict[str, dict[Level, OperatingPoint]]:
+        """The operating points, older bundles' two thresholds as ``balanced``."""
+        if self.operating_points:
+            return self.operating_points
+        return {
+            BALANCED: {
+                "image": OperatingPoint(
+                    threshold=self.single_image_threshold,
+                    rule=self.image_threshold_rule or self.threshold_rule,
+                ),
+                "study": OperatingPoint(threshold=self.threshold, rule=self.threshold_rule),
+            }
+        }
 
 
 class PrecisionSpec(BaseModel):
@@ -146,6 +234,37 @@ class Manifest(BaseModel):
         default_factory=dict,
         description="Reduced precisions measured at export (fp32 is always allowed).",
     )
+    default_operating_point: str | None = Field(
+        None,
+        description="The operating point answers use unless the request names one; None in "
+        "bundles exported before operating points existed (they serve 'balanced').",
+    )
+
+    @model_validator(mode="after")
+    def _same_points_everywhere(self) -> Manifest:
+        names = {part: sorted(spec.points()) for part, spec in self.parts.items()}
+        if len({tuple(n) for n in names.values()}) > 1:
+            raise ValueError(f"parts.*.operating_points: every part needs the same ones: {names}")
+        default = self.default_operating_point
+        if default is not None and names and default not in next(iter(names.values())):
+            raise ValueError(
+                f"default_operating_point: {default!r} is not an operating point of the parts"
+            )
+        return self
+
+    @property
+    def operating_point_names(self) -> list[str]:
+        """The operating points every part has (the same for all parts)."""
+        first = next(iter(self.parts.values()), None)
+        return sorted(first.points()) if first else []
+
+    @property
+    def default_point(self) -> str:
+        return self.default_operating_point or BALANCED
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.parts) and all(spec.calibration for spec in self.parts.values())
 
     def answer_fields(self) -> dict[str, Any]:
         """Every field that can change an answer, by dotted name, as JSON values.
@@ -154,16 +273,27 @@ class Manifest(BaseModel):
         classes in their order, the part list, precision verdicts and tolerances, the
         preprocessing, the synthetic flag and the intended use. Metrics, provenance and
         library versions describe the bundle but change no answer, so they stay out.
+        Fields added later (content gate, calibration, operating points) are left out
+        while unset, so a bundle written before them keeps its recorded hashes.
         """
+        router = self.router.model_dump(mode="json")
+        if self.router.ood is None:
+            router.pop("ood")
         fields: dict[str, Any] = {
             "synthetic": self.synthetic,
             "intended_use": self.intended_use,
             "body_parts": list(self.body_parts),
             "input": self.input.model_dump(mode="json"),
-            "router": self.router.model_dump(mode="json"),
+            "router": router,
         }
+        if self.default_operating_point is not None:
+            fields["default_operating_point"] = self.default_operating_point
         for part, spec in sorted(self.parts.items()):
-            fields[f"parts.{part}"] = spec.model_dump(mode="json")
+            dumped = spec.model_dump(mode="json")
+            for later in ("calibration", "operating_points"):
+                if not dumped[later]:
+                    dumped.pop(later)
+            fields[f"parts.{part}"] = dumped
         for name, precision in sorted(self.precisions.items()):
             fields[f"precisions.{name}"] = precision.model_dump(
                 mode="json", include={"allowed", "runtime", "tolerance", "files"}

@@ -46,6 +46,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         settings,
+        operating_point=args.operating_point,
         study_by=args.study_by,
         resume=args.resume,
         chunk_size=args.chunk_size,
@@ -80,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="auto",
         help="group images into studies by their folder (auto: when an input is a MURA "
         "tree) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--operating-point",
+        help="decide at this operating point of the bundle (e.g. triage, balanced; "
+        "default: the bundle's default)",
     )
     p.add_argument("--resume", action="store_true", help="continue results already in --out")
     p.add_argument(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bonexr.bundle import Manifest, check_version, find_bundle, verify_files
+from bonexr.calibration import calibrate
 from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
@@ -63,7 +64,10 @@ class Prediction:
 
     ``scored_by`` is the part whose model gave ``abnormality_probability``: the routed part,
     unless the caller named one (a study scores every view with the study's part).
-    ``threshold`` is that part's image operating point.
+    ``abnormality_probability`` is calibrated (image level) where the bundle has a
+    calibration; ``raw_probability`` is the model's own output (what the study rule
+    averages). ``threshold`` is that part's image threshold at ``operating_point``.
+    ``content_score`` is the router's out-of-distribution score (None: no content gate).
     """
 
     bone_type: str
@@ -72,6 +76,9 @@ class Prediction:
     threshold: float
     abnormal: bool
     scored_by: str = ""  # "" when the bundle has no model for bone_type: no verdict
+    raw_probability: float = 0.0
+    operating_point: str = ""
+    content_score: float | None = None
     #: the scoring model's raw class activation map (feature grid), when it has one
     cam: np.ndarray | None = field(default=None, compare=False, repr=False)
 
@@ -303,18 +310,30 @@ class InferenceEngine:
         return outs
 
     @property
-    def threshold_warnings(self) -> list[str]:
-        """Why single-image decisions may not be what the model card advertises."""
-        if self.manifest is None:
+    def bundle_warnings(self) -> list[str]:
+        """What every answer of this bundle must say: safeguards an older bundle lacks."""
+        manifest = self.manifest
+        if manifest is None:
             return []
-        legacy = [p for p, spec in self.manifest.parts.items() if spec.image_threshold is None]
-        if not legacy:
-            return []
-        return [
-            f"bundle '{self.manifest.name}' has no image operating point for "
-            f"{', '.join(legacy)} (written before it existed): single images are decided at "
-            "the study threshold"
-        ]
+        found = []
+        legacy = [p for p, spec in manifest.parts.items() if spec.image_threshold is None]
+        if legacy:
+            found.append(
+                f"bundle '{manifest.name}' has no image operating point for "
+                f"{', '.join(legacy)} (written before it existed): single images are decided "
+                "at the study threshold"
+            )
+        if manifest.router.ood is None:
+            found.append(
+                f"bundle '{manifest.name}' has no content gate (exported before it existed): "
+                "an image that is not an upper-limb radiograph is not recognised as such"
+            )
+        if not manifest.calibrated:
+            found.append(
+                f"bundle '{manifest.name}' has uncalibrated probabilities (exported before "
+                "calibration existed): P(abnormal) is the model's raw score"
+            )
+        return found
 
     def predict_batch(
         self,
@@ -343,7 +362,14 @@ class InferenceEngine:
             return []
         x = model_input(pixels)
         classes = self.manifest.router.classes
-        router = self._run_model(ROUTER, x)
+        gate = self.manifest.router.ood
+        router_outs = self._run_outputs(ROUTER, x)
+        router = router_outs[0]
+        scores: list[float | None] = (
+            [float(v) for v in np.asarray(router_outs[gate.output]).reshape(len(pixels))]
+            if gate is not None
+            else [None] * len(pixels)
+        )
         chosen = np.argmax(router, axis=1)
         routed = [classes[int(i)] for i in chosen]
         models = self.manifest.parts
@@ -364,21 +390,27 @@ class InferenceEngine:
             if heatmap is not None:
                 for member, cam in zip(members, outs[heatmap.output], strict=True):
                     cams[int(member)] = cam
+        point = self.manifest.default_point
         results = []
-        for row, part, scorer, prob, cam in zip(
-            router, routed, scored_by, abnormal, cams, strict=True
+        for row, part, scorer, raw, cam, score in zip(
+            router, routed, scored_by, abnormal, cams, scores, strict=True
         ):
-            threshold = float(models[scorer].single_image_threshold) if scorer else 1.0
+            spec = models[scorer] if scorer else None
+            prob = calibrate(float(raw), spec.calibration.get("image")) if spec else float(raw)
+            threshold = float(spec.points()[point]["image"].threshold) if spec else 1.0
             results.append(
                 Prediction(
                     bone_type=part,
                     bone_type_probabilities={
                         c: float(p) for c, p in zip(classes, row, strict=True)
                     },
-                    abnormality_probability=float(prob),
+                    abnormality_probability=prob,
                     threshold=threshold,
                     abnormal=bool(prob >= threshold),
                     scored_by=scorer,
+                    raw_probability=float(raw),
+                    operating_point=point,
+                    content_score=score,
                     cam=cam,
                 )
             )

@@ -106,6 +106,17 @@ class NotEligibleError(ServiceError):
         self.fields = fields
 
 
+class UnknownOperatingPointError(ServiceError):
+    """The request named an operating point the bundle does not have (422, with the ones
+    it has in ``operating_points``)."""
+
+    status_code = 422
+
+    def __init__(self, detail: str, available: list[str]) -> None:
+        super().__init__(detail)
+        self.available = available
+
+
 class HeatmapUnavailableError(ServiceError):
     """The loaded bundle's models have no heat-map output (404: no such resource)."""
 
@@ -246,6 +257,8 @@ async def _known_exception(_: Request, exc: Exception) -> JSONResponse:
         body.update(code="unsupported_body_part", bone_type=exc.bone_type)
     if isinstance(exc, NotEligibleError):
         body.update(code="not_eligible", reason=exc.reason, **exc.fields)
+    if isinstance(exc, UnknownOperatingPointError):
+        body.update(code="unknown_operating_point", operating_points=exc.available)
     if isinstance(exc, OverloadedError):
         headers["Retry-After"] = str(exc.retry_after_s)
     return JSONResponse(body, status_code=status_for(exc), headers=headers)

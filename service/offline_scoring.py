@@ -13,7 +13,9 @@ hang), and every cell that a spreadsheet would run as a formula is escaped.
 Outputs, in ``--out``:
 
 * ``images.csv``: one row per scored image (path, body part, router probabilities,
-  P(abnormal), threshold, result, warnings);
+  calibrated P(abnormal), threshold and the operating point it belongs to, result, the
+  refusal code where there is no verdict (``not_eligible:content``,
+  ``unsupported_body_part``), the content score, warnings);
 * ``studies.csv`` where files group into studies (a MURA tree, or ``--study-by parent``);
 * ``errors.csv``: files that could not be read, with the reason (never fatal).
 
@@ -41,7 +43,7 @@ from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.study import route_study
 from service.eligibility import screen_metadata
 from service.engine import InferenceEngine, Prediction
-from service.errors import NotEligibleError, ServiceError
+from service.errors import NoPartModelError, NotEligibleError, ServiceError
 from service.predictor import AnswerRules
 from service.services import decode_within_limits
 from service.settings import Settings
@@ -54,7 +56,10 @@ IMAGE_COLUMNS = (
     "router_confidence",
     "abnormality_probability",
     "threshold",
+    "operating_point",
     "result",
+    "refusal",
+    "content_score",
     "warnings",
 )
 STUDY_COLUMNS = (
@@ -63,7 +68,9 @@ STUDY_COLUMNS = (
     "bone_type",
     "abnormality_probability",
     "threshold",
+    "operating_point",
     "result",
+    "refusal",
     "warnings",
 )
 ERROR_COLUMNS = ("path", "reason")
@@ -215,13 +222,17 @@ def _fmt(value: float) -> str:
 class OfflineScorer:
     """Decode, prepare and score files with a loaded engine and the service's rules."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, operating_point: str | None = None) -> None:
         self.settings = settings
         self.engine = InferenceEngine(settings)
         self.engine.load()
         assert self.engine.manifest is not None
         self.manifest = self.engine.manifest
         self.rules = AnswerRules(self.engine, settings)
+        try:
+            self.point = self.rules.operating_point(operating_point)
+        except ServiceError as exc:
+            raise ConfigError(f"--operating-point: {exc.detail}") from None
         self.classes = list(self.manifest.router.classes)
 
     def _prepare(self, path: Path) -> tuple[np.ndarray, str | None, tuple[str, ...]]:
@@ -273,14 +284,18 @@ class OfflineScorer:
             "router_confidence": _fmt(prediction.router_confidence),
             **{f"p_{c}": _fmt(prediction.bone_type_probabilities[c]) for c in self.classes},
         }
+        if prediction.content_score is not None:
+            row["content_score"] = _fmt(prediction.content_score)
         try:
-            answer = self.rules.image(name, prediction, scored.body_part)
+            answer = self.rules.image(name, prediction, scored.body_part, self.point)
         except ServiceError as refusal:
-            return row | {"warnings": refusal.detail}
+            return row | {"refusal": refusal_code(refusal), "warnings": refusal.detail}
+        decided = answer.prediction
         return row | {
-            "abnormality_probability": _fmt(prediction.abnormality_probability),
-            "threshold": _fmt(prediction.threshold),
-            "result": prediction.result,
+            "abnormality_probability": _fmt(decided.abnormality_probability),
+            "threshold": _fmt(decided.threshold),
+            "operating_point": decided.operating_point,
+            "result": decided.result,
             "warnings": "; ".join([*scored.warnings, *answer.warnings]),
         }
 
@@ -293,10 +308,15 @@ class OfflineScorer:
         names = [s.path.name for s in first]
         predictions = [s.prediction for s in first]
         try:
+            content = self.rules.screen_content(list(zip(names, predictions, strict=True)))
             part = self.rules.study_part(names, predictions, None)
         except ServiceError as refusal:
             routed = route_study([p.bone_type_probabilities for p in predictions])
-            return row | {"bone_type": routed, "warnings": refusal.detail}
+            return row | {
+                "bone_type": routed,
+                "refusal": refusal_code(refusal),
+                "warnings": refusal.detail,
+            }
         again = self.rules.to_rescore(predictions, part)
         if again:
             rescored, errors = self.score([paths[i] for i in again], [part] * len(again))
@@ -305,15 +325,31 @@ class OfflineScorer:
             for index, scored in zip(again, rescored, strict=True):
                 predictions[index] = scored.prediction
         answer = self.rules.study_answer(
-            names, predictions, [s.body_part for s in first], part=part, forced=None
+            names,
+            predictions,
+            [s.body_part for s in first],
+            part=part,
+            forced=None,
+            point=self.point,
+            content_warnings=content,
         )
         return row | {
             "bone_type": answer.bone_type,
             "abnormality_probability": _fmt(answer.abnormality_probability),
             "threshold": _fmt(answer.threshold),
+            "operating_point": answer.operating_point,
             "result": answer.result,
             "warnings": "; ".join(answer.warnings),
         }
+
+
+def refusal_code(refusal: ServiceError) -> str:
+    """The refusal's code as the API's 422 body gives it (``not_eligible:content`` ...)."""
+    if isinstance(refusal, NotEligibleError):
+        return f"not_eligible:{refusal.reason}"
+    if isinstance(refusal, NoPartModelError):
+        return "unsupported_body_part"
+    return "invalid_study"
 
 
 def predict_files(
@@ -321,6 +357,7 @@ def predict_files(
     out: Path,
     settings: Settings,
     *,
+    operating_point: str | None = None,
     study_by: StudyBy = "auto",
     resume: bool = False,
     chunk_size: int = 64,
@@ -336,7 +373,7 @@ def predict_files(
     images_csv, errors_csv = out / "images.csv", out / "errors.csv"
     if not resume and (images_csv.exists() or errors_csv.exists()):
         raise ConfigError(f"{out} already holds results; pass --resume to continue them")
-    scorer = OfflineScorer(settings)
+    scorer = OfflineScorer(settings, operating_point)
     image_rows = _read_rows(images_csv)
     error_rows = _read_rows(errors_csv)
     done = {_key(Path(str(r["path"]))) for r in (*image_rows, *error_rows)}

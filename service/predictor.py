@@ -22,22 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
+from bonexr.calibration import Level, calibrate
 from bonexr.errors import ConfigError
 from bonexr.imaging import prepare_pixels
 from bonexr.labels import display_name, normalize_body_part, result_name
+from bonexr.manifest import OperatingPoint
 from bonexr.study import route_study, study_probability
 from service.engine import InferenceEngine, Prediction
 from service.errors import (
     HeatmapUnavailableError,
     InvalidStudyError,
     NoPartModelError,
+    NotEligibleError,
     NotReadyError,
+    UnknownOperatingPointError,
     UploadNotFoundError,
 )
 from service.heatmaps import CachedCam, load_cam, render, save_cam
@@ -53,6 +58,8 @@ class ImageAnswer:
     prediction: Prediction
     warnings: list[str]
     heatmap_url: str | None = None
+    #: the image threshold applied, with its rule and what it achieved on validation
+    point: OperatingPoint | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class StudyAnswer:
     result: str
     views: list[tuple[str, Prediction]]
     warnings: list[str] = field(default_factory=list)
+    operating_point: str = ""
+    #: the study threshold applied, with its rule and what it achieved on validation
+    point: OperatingPoint | None = None
 
 
 class AnswerRules:
@@ -93,15 +103,108 @@ class AnswerRules:
             bone_type=part,
         )
 
-    def image(self, name: str, prediction: Prediction, body_part: str | None) -> ImageAnswer:
-        """The single-image answer, or the 422 :class:`NoPartModelError` to refuse with."""
+    def operating_point(self, requested: str | None) -> str:
+        """The operating point to answer at: the request's, or the bundle's default; a
+        422 naming the ones the bundle has when it lacks the one asked for."""
+        manifest = self.engine.manifest
+        if manifest is None:
+            raise NotReadyError(self.engine.not_ready_reason())
+        if requested is None:
+            return manifest.default_point
+        names = manifest.operating_point_names
+        if requested not in names:
+            raise UnknownOperatingPointError(
+                f"bundle '{manifest.name}' has no operating point '{requested[:40]}'; "
+                f"it has {', '.join(names)}",
+                names,
+            )
+        return requested
+
+    def point_spec(self, part: str, point: str, level: Level) -> OperatingPoint:
+        manifest = self.engine.manifest
+        assert manifest is not None
+        return manifest.parts[part].points()[point][level]
+
+    def at_point(self, prediction: Prediction, point: str) -> Prediction:
+        """``prediction`` decided at ``point``'s image threshold (the engine decides at the
+        bundle's default)."""
+        if not prediction.has_verdict or prediction.operating_point == point:
+            return prediction
+        threshold = self.point_spec(prediction.scored_by, point, "image").threshold
+        return dataclasses.replace(
+            prediction,
+            threshold=threshold,
+            abnormal=prediction.abnormality_probability >= threshold,
+            operating_point=point,
+        )
+
+    def screen_content(self, views: Sequence[tuple[str, Prediction]]) -> list[str]:
+        """The content gate: views whose router features lie beyond the bundle's limit were
+        never the kind of image the model learned to judge. ``enforce``: a 422 naming each;
+        ``warn``: a warning per view. [] when every view passes (or there is no gate)."""
+        manifest = self.engine.manifest
+        gate = manifest.router.ood if manifest is not None else None
+        if gate is None or manifest is None:
+            return []
+        refused = [
+            (name, p.content_score)
+            for name, p in views
+            if p.content_score is not None and p.content_score > gate.limit
+        ]
+        if not refused:
+            return []
+        why = (
+            "it does not look like the upper-limb radiographs this model was trained on "
+            f"(content score above the limit {gate.limit:.1f}, which accepts "
+            f"{gate.acceptance:.0%} of the validation views)"
+        )
+        if manifest.synthetic:
+            why += (
+                "; this demo model was trained on synthetic drawings, so a real radiograph "
+                "is outside what it knows too"
+            )
+        details = [f"{name} (score {score:.1f})" for name, score in refused]
+        if self.settings.eligibility == "enforce":
+            if len(views) == 1:
+                score = refused[0][1]
+                raise NotEligibleError(
+                    f"not eligible: {why}", "content", {"score": score, "limit": gate.limit}
+                )
+            raise NotEligibleError(
+                f"not eligible: {len(refused)} of {len(views)} views: {'; '.join(details)}: "
+                f"{why}. Send the study without them.",
+                "content",
+                {
+                    "views": [{"filename": n, "score": s} for n, s in refused],
+                    "limit": gate.limit,
+                },
+            )
+        return [
+            f"not eligible (BONEXR_ELIGIBILITY=warn, answered anyway): {d}: {why}" for d in details
+        ]
+
+    def image(
+        self,
+        name: str,
+        prediction: Prediction,
+        body_part: str | None,
+        point: str | None = None,
+    ) -> ImageAnswer:
+        """The single-image answer at ``point`` (default: the bundle's), or the 422 to
+        refuse with: not eligible (content gate), or no model for the routed part."""
+        content = self.screen_content([(name, prediction)])
         if not prediction.has_verdict:
             raise self.no_model_error(prediction.bone_type, prediction.router_confidence)
+        point = self.operating_point(point)
+        decided = self.at_point(prediction, point)
         warnings = [
+            *content,
             *self.model_warnings(prediction),
             *body_part_warnings([(name, body_part)], prediction.bone_type),
         ]
-        return ImageAnswer(name, prediction, warnings)
+        return ImageAnswer(
+            name, decided, warnings, point=self.point_spec(decided.scored_by, point, "image")
+        )
 
     def model_warnings(self, prediction: Prediction) -> list[str]:
         """What a reader must know about this answer (unsure router, demo model)."""
@@ -115,7 +218,7 @@ class AnswerRules:
                 f"{prediction.bone_type} is below the confidence floor {floor:.2f}. Check "
                 f"that the image is a radiograph of one of: {parts}."
             )
-        found.extend(engine.threshold_warnings)
+        found.extend(engine.bundle_warnings)
         if engine.manifest is not None and engine.manifest.synthetic:
             found.append(
                 f"model '{engine.model_name}' is a demo trained on synthetic images: "
@@ -178,13 +281,21 @@ class AnswerRules:
         part: str,
         forced: str | None,
         duplicates: bool = False,
+        point: str | None = None,
+        content_warnings: Sequence[str] = (),
     ) -> StudyAnswer:
         """MURA's rule: ``views`` (every one scored by ``part``'s model: :meth:`study_part`,
-        then :meth:`to_rescore`) averaged and decided at the part's study operating point."""
+        then :meth:`to_rescore`): their raw probabilities averaged, the mean calibrated by
+        the part's study map and decided at ``point``'s study threshold."""
         manifest = self.engine.manifest
         assert manifest is not None
-        probability = study_probability([v.abnormality_probability for v in views])
-        threshold = float(manifest.parts[part].threshold)
+        point = self.operating_point(point)
+        spec = manifest.parts[part]
+        mean = study_probability([v.raw_probability for v in views])
+        probability = calibrate(mean, spec.calibration.get("study"))
+        chosen = self.point_spec(part, point, "study")
+        threshold = float(chosen.threshold)
+        views = [self.at_point(v, point) for v in views]
         classes = list(manifest.router.classes)
         return StudyAnswer(
             bone_type=part,
@@ -196,7 +307,12 @@ class AnswerRules:
             threshold=threshold,
             result=result_name(probability >= threshold),
             views=list(zip(names, views, strict=True)),
-            warnings=self._study_warnings(names, views, body_parts, part, forced, duplicates),
+            warnings=[
+                *content_warnings,
+                *self._study_warnings(names, views, body_parts, part, forced, duplicates),
+            ],
+            operating_point=point,
+            point=chosen,
         )
 
     def _study_warnings(
@@ -310,25 +426,33 @@ class Predictor:
             raise UploadNotFoundError(f"no upload with filename: {', '.join(missing)}")
         return [view for view in loaded if view is not None]
 
-    async def image(self, filename: str, *, heatmap: bool = False) -> ImageAnswer:
+    async def image(
+        self, filename: str, *, heatmap: bool = False, operating_point: str | None = None
+    ) -> ImageAnswer:
         """``/predict``: route, score, and (when asked) cache the heat map."""
         engine = self.engine
+        self.rules.operating_point(operating_point)  # an unknown one is refused before work
         async with self.deadline():
             with engine.admit(1) as admission:
                 view = await run_in_threadpool(self.load, filename, engine.input_size)
                 prediction = await engine.predict(view.pixels, None, admission)
-            answer = self.rules.image(filename, prediction, view.body_part)
+            answer = self.rules.image(filename, prediction, view.body_part, operating_point)
             if not heatmap:
                 return answer
             if prediction.cam is None:
                 warning = f"bundle '{engine.model_name}' has no heat maps"
-                return ImageAnswer(filename, prediction, [*answer.warnings, warning])
+                return dataclasses.replace(answer, warnings=[*answer.warnings, warning])
             await run_in_threadpool(
                 save_cam, self.services, filename, prediction.scored_by, prediction.cam
             )
-            return ImageAnswer(filename, prediction, answer.warnings, f"/heatmap/{filename}")
+            return dataclasses.replace(answer, heatmap_url=f"/heatmap/{filename}")
 
-    async def study(self, filenames: Sequence[str], bone_type: str | None) -> StudyAnswer:
+    async def study(
+        self,
+        filenames: Sequence[str],
+        bone_type: str | None,
+        operating_point: str | None = None,
+    ) -> StudyAnswer:
         """``/predict/study``: MURA's study rule over stored views."""
         engine, settings = self.engine, self.services.settings
         names = list(dict.fromkeys(filenames))
@@ -337,6 +461,7 @@ class Predictor:
                 f"a study may have at most {settings.max_study_views} views; got {len(names)}"
             )
         forced = self.rules.client_part(bone_type)
+        self.rules.operating_point(operating_point)
         async with self.deadline():
             with engine.admit(len(names)) as admission:
                 views = await self._load_all(names, engine.input_size)
@@ -344,6 +469,7 @@ class Predictor:
                     *(engine.predict(v.pixels, forced, admission) for v in views)
                 )
 
+            content = self.rules.screen_content(list(zip(names, first, strict=True)))
             part = self.rules.study_part(names, first, forced)
             again = self.rules.to_rescore(first, part)
             rescored = await asyncio.gather(*(engine.predict(views[i].pixels, part) for i in again))
@@ -357,6 +483,8 @@ class Predictor:
                 part=part,
                 forced=forced,
                 duplicates=len(names) < len(filenames),
+                point=operating_point,
+                content_warnings=content,
             )
 
     async def heatmap(self, filename: str, *, opacity: float, raw: bool) -> tuple[str, bytes]:
@@ -376,6 +504,7 @@ class Predictor:
         with engine.admit(1) as admission:
             view = await run_in_threadpool(self.load, filename, size)
             prediction = await engine.predict(view.pixels, None, admission)
+        self.rules.screen_content([(filename, prediction)])
         if not prediction.has_verdict:
             raise self.rules.no_model_error(prediction.bone_type, prediction.router_confidence)
         if prediction.cam is None:

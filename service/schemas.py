@@ -10,8 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bonexr.manifest import OperatingPoint
+
 #: Server-chosen upload names: sha256 of the stored (re-encoded) PNG.
 FILENAME_PATTERN = r"^[0-9a-f]{64}\.png$"
+
+#: An operating point's name as a request may give it.
+OperatingPointName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")]
 
 
 class FieldError(BaseModel):
@@ -70,6 +75,11 @@ class PredictRequest(BaseModel):
         False,
         description="Also prepare the heat map (same model pass) and return its URL.",
     )
+    operating_point: OperatingPointName | None = Field(
+        None,
+        description="Decide at this operating point of the bundle (e.g. 'triage', 'balanced';"
+        " see GET /model); default: the bundle's default.",
+    )
 
 
 class StudyRequest(BaseModel):
@@ -88,6 +98,38 @@ class StudyRequest(BaseModel):
         None,
         description="Score every view with this body part's model (e.g. 'Elbow') instead "
         "of routing the study; the answer says so.",
+    )
+    operating_point: OperatingPointName | None = Field(
+        None,
+        description="Decide at this operating point of the bundle (see GET /model); default: "
+        "the bundle's default.",
+    )
+
+
+class AppliedOperatingPoint(BaseModel):
+    """The operating point an answer was decided at, and what it was chosen for."""
+
+    name: str = Field(description="'triage' (target sensitivity), 'balanced' (Youden's J).")
+    threshold: float = Field(ge=0.0, le=1.0)
+    rule: str = Field(description="How the threshold was chosen on the validation split.")
+    validation_sensitivity: float | None = Field(
+        None, description="Sensitivity it achieved on validation when chosen."
+    )
+    validation_specificity: float | None = Field(
+        None, description="Specificity it achieved on validation when chosen."
+    )
+
+
+def applied_point(name: str, point: OperatingPoint | None) -> AppliedOperatingPoint:
+    """The response block for the operating point an answer used."""
+    if point is None:
+        raise ValueError("an answer always has an operating point")
+    return AppliedOperatingPoint(
+        name=name,
+        threshold=point.threshold,
+        rule=point.rule,
+        validation_sensitivity=point.validation_sensitivity,
+        validation_specificity=point.validation_specificity,
     )
 
 
@@ -113,10 +155,19 @@ class PredictionResponse(BaseModel):
         description="Router probability per body part (sums to 1)."
     )
     abnormality_probability: float = Field(
-        ge=0.0, le=1.0, description="P(abnormal) from the chosen body part's model."
+        ge=0.0,
+        le=1.0,
+        description="P(abnormal) from the chosen body part's model, calibrated on validation "
+        "data (image level) unless a warning says the bundle is uncalibrated.",
     )
     threshold: float = Field(
-        ge=0.0, le=1.0, description="Image operating point of that body part (see /model)."
+        ge=0.0, le=1.0, description="Image threshold of that body part at operating_point."
+    )
+    operating_point: AppliedOperatingPoint
+    content_score: float | None = Field(
+        None,
+        description="The router's out-of-distribution score (refused above the bundle's "
+        "limit; see GET /model); null for a bundle without a content gate.",
     )
     model: ModelRef
     heatmap_url: str | None = Field(
@@ -134,12 +185,13 @@ class StudyView(BaseModel):
     bone_type: str = Field(description="This view's own top router part.")
     bone_type_probabilities: dict[str, float]
     abnormality_probability: float = Field(
-        ge=0.0, le=1.0, description="P(abnormal) from the study part's model."
+        ge=0.0, le=1.0, description="Calibrated P(abnormal) of this view alone (image level)."
     )
-    threshold: float = Field(ge=0.0, le=1.0, description="Image operating point of that part.")
+    threshold: float = Field(ge=0.0, le=1.0, description="Image threshold of that part.")
     result: Literal["fractured", "normal"] = Field(
-        description="This view alone at the image operating point."
+        description="This view alone at the image threshold of the operating point."
     )
+    content_score: float | None = None
 
 
 class StudyResponse(BaseModel):
@@ -154,12 +206,18 @@ class StudyResponse(BaseModel):
         description="Router probabilities averaged over the views."
     )
     abnormality_probability: float = Field(
-        ge=0.0, le=1.0, description="Mean P(abnormal) of the study part's model over the views."
+        ge=0.0,
+        le=1.0,
+        description="The study's P(abnormal): the mean of the views' raw model outputs "
+        "(MURA's rule), calibrated by the part's study-level map.",
     )
-    threshold: float = Field(ge=0.0, le=1.0, description="Study operating point of that part.")
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="Study threshold of that part at operating_point."
+    )
     result: Literal["fractured", "normal"] = Field(
         description="'fractured' when abnormality_probability >= threshold (MURA 'abnormal')."
     )
+    operating_point: AppliedOperatingPoint
     views: list[StudyView]
     model: ModelRef
     warnings: list[str] = Field(description="Reasons to distrust this result.")
@@ -201,7 +259,18 @@ class ModelInfo(BaseModel):
     synthetic: bool = Field(description="True for a demo bundle trained on synthetic images.")
     body_parts: list[str]
     thresholds: dict[str, OperatingPoints] = Field(
-        description="Both operating points per body part."
+        description="The default operating point's two thresholds per body part."
+    )
+    default_operating_point: str = Field(description="What answers use unless asked.")
+    operating_points: dict[str, dict[str, dict[str, Any]]] = Field(
+        description="Body part -> operating point -> level (image, study) -> threshold, "
+        "rule and validation sensitivity/specificity."
+    )
+    calibration: dict[str, dict[str, Any]] = Field(
+        description="Body part -> level -> Platt parameters; empty for an uncalibrated bundle."
+    )
+    content_gate: dict[str, Any] | None = Field(
+        description="The router's out-of-distribution score and its limit; null: no gate."
     )
     input_size: int = Field(description="Square side in pixels the models take.")
     preprocessing: str = Field(description="Preprocessing recipe id (bonexr.imaging).")

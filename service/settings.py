@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     eligibility: Literal["enforce", "warn"] = Field(
         "enforce",
         description="enforce: an image the model was never trained to judge (a DICOM whose "
-        "Modality is not CR/DX or whose BodyPartExamined is not an upper limb) is refused "
-        "with 422 code not_eligible; warn: it is answered, with the reason in warnings.",
+        "Modality is not CR/DX or whose BodyPartExamined is not an upper limb; any image "
+        "whose content score is beyond the bundle's content-gate limit) is refused with 422 "
+        "code not_eligible; warn: it is answered, with the reason in warnings.",
     )
     host: str = Field("127.0.0.1", description="Bind address (`bonexr serve --host`).")
     port: int = Field(8000, ge=1, le=65535, description="Port (`bonexr serve --port`).")

@@ -38,7 +38,16 @@ def check_backbone(name: str) -> str:
 
 
 #: Fields that may change between an interrupted run and its resume.
-_RESUME_FREE = {"tensorboard", "strategy", "progress", "cache"}
+#: The export-time choices (operating point, content gate) change no weight, so a run may
+#: be resumed, or re-exported, with other values.
+_RESUME_FREE = {
+    "tensorboard",
+    "strategy",
+    "progress",
+    "cache",
+    "target_sensitivity",
+    "ood_acceptance",
+}
 
 
 @dataclass
@@ -70,6 +79,11 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     synthetic: bool = False
+    #: The triage operating point: the highest threshold that still catches this share of
+    #: the validation split's abnormal images (studies, at study level).
+    target_sensitivity: float = 0.95
+    #: The content gate's limit accepts this share of in-distribution validation views.
+    ood_acceptance: float = 0.99
 
     def __post_init__(self) -> None:
         self.body_parts = normalize_body_parts(self.body_parts)
@@ -88,6 +102,10 @@ class TrainConfig:
         if self.epochs < 0 or self.head_epochs < 0:
             raise ConfigError("epoch counts cannot be negative")
         check_choice("split mode", self.split_mode, SPLIT_MODES)
+        if not 0.5 <= self.target_sensitivity < 1.0:
+            raise ConfigError("--target-sensitivity must be in [0.5, 1)")
+        if not 0.5 < self.ood_acceptance <= 1.0:
+            raise ConfigError("--ood-acceptance must be in (0.5, 1]")
         check_choice("strategy", self.strategy, STRATEGIES)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +184,14 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
         STRATEGIES,
     ),
     CliOption("tensorboard", "also write TensorBoard logs"),
+    CliOption(
+        "target_sensitivity",
+        "the default (triage) operating point: sensitivity it must reach on validation",
+    ),
+    CliOption(
+        "ood_acceptance",
+        "share of in-distribution validation views the content gate's limit accepts",
+    ),
 )
 
 

@@ -93,7 +93,7 @@ def cross_validate(
         say(f"=== fold {fold + 1}/{folds}")
         bad_images = BadImageLog()
         train_all(split, config, paths, only=None, bad_images=bad_images, distribution=distribution)
-        fold_report, _, _ = evaluate_run(split, config, paths, bad_images, Path(root))
+        fold_report = evaluate_run(split, config, paths, bad_images, Path(root)).report
         results.append(headline(fold_report))
     summary = summarize(results)
     write_json_atomic(run_dir / "cv_report.json", {"folds": results, "summary": summary})

@@ -25,7 +25,6 @@ from training.metrics import (
     IMAGE_THRESHOLD_RULE,
     STUDY_THRESHOLD_RULE,
     binary_metrics,
-    choose_threshold,
     router_metrics,
     study_level,
 )
@@ -133,20 +132,6 @@ def predict_true_part(
             probs = predict_frame(models[model_key(part)], out[rows], **common)[:, 0]
             out.loc[rows, "prob_true_part"] = probs
     return out
-
-
-def choose_thresholds(predictions: pd.DataFrame, parts: list[str]) -> dict[str, dict[str, float]]:
-    """Both operating points per part from validation predictions (``prob_true_part``):
-    ``{"image": t, "study": t}``, each maximising Youden's J at its own level."""
-    thresholds = {}
-    for part in parts:
-        rows = predictions[predictions["body_part"] == part].dropna(subset=["prob_true_part"])
-        studies = study_level(rows, "prob_true_part")
-        thresholds[part] = {
-            "image": choose_threshold(rows["label"], rows["prob_true_part"]),
-            "study": choose_threshold(studies["label"], studies["prob"]),
-        }
-    return thresholds
 
 
 def _binary_report(
@@ -272,7 +257,7 @@ def evaluate_predictions(
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a reader looks for first (also what the manifest stores)."""
     parts = report["parts"]
-    return {
+    summary: dict[str, Any] = {
         "router_accuracy": report["router"]["image"]["accuracy"],
         "study_auroc": {display_name(p): m["study"]["auroc"] for p, m in parts.items()},
         "study_kappa": {display_name(p): m["study"]["kappa"] for p, m in parts.items()},
@@ -284,11 +269,28 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "operating_points": {
             display_name(p): {
                 level: {
-                    key: m[level][key]
-                    for key in ("threshold", "sensitivity", "specificity", "kappa", "auroc")
+                    # the served threshold (calibrated when the report has calibration)
+                    "threshold": report["thresholds"][p][level]["value"],
+                    **{
+                        key: m[level][key]
+                        for key in ("sensitivity", "specificity", "kappa", "auroc")
+                    },
                 }
                 for level in ("image", "study")
             }
             for p, m in parts.items()
         },
     }
+    if "default_operating_point" in report:
+        summary["default_operating_point"] = report["default_operating_point"]
+    if "calibration" in report:
+        summary["calibrated_ece"] = {
+            display_name(p): {level: levels[level]["after"]["ece"] for level in ("image", "study")}
+            for p, levels in report["calibration"].items()
+        }
+    if report.get("eligibility"):
+        summary["content_gate"] = {
+            "test_accepted": report["eligibility"]["test"]["accepted"],
+            "ood_refused": report["eligibility"]["ood"]["refused_rate"],
+        }
+    return summary

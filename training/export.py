@@ -12,6 +12,7 @@ import io
 import logging
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,12 @@ from bonexr.bundle import (
 )
 from bonexr.errors import BundleError
 from bonexr.labels import display_name, model_key
+from bonexr.manifest import TRIAGE
 from bonexr.runtime import onnx_session
+from training.eligibility import FittedGate
 from training.models import with_cam
+from training.ood import with_content_score
+from training.operating_points import PartAnswers
 from training.precision import PrecisionTestSet, measure_precision, not_measured, unavailable
 from training.quantize import nncf_missing, produce_int8
 
@@ -66,7 +71,9 @@ def parity_providers() -> list[str]:
 def onnx_parity(
     model: keras.Model, onnx_path: Path, samples: np.ndarray, provider: str = SERVING_PROVIDERS[0]
 ) -> float:
-    """Max |Keras - ONNX Runtime| over ``samples`` (float32 ``(N, H, W, 1)``) on ``provider``."""
+    """Max |Keras - ONNX Runtime| over ``samples`` (float32 ``(N, H, W, 1)``) on
+    ``provider``, relative where an output exceeds 1 (the content score is a distance in
+    the tens: float32 rounding alone moves it by more than the tolerance)."""
     session = onnx_session(onnx_path, providers=[provider])
     input_name = session.get_inputs()[0].name
     keras_out = model(samples, training=False)
@@ -75,7 +82,7 @@ def onnx_parity(
     if len(onnx_outs) != len(keras_outs):
         raise BundleError(f"ONNX model has {len(onnx_outs)} outputs, Keras {len(keras_outs)}")
     return max(
-        float(np.max(np.abs(np.asarray(k) - np.asarray(o))))
+        float(np.max(np.abs(np.asarray(k) - np.asarray(o)) / np.maximum(1.0, np.abs(k))))
         for k, o in zip(keras_outs, onnx_outs, strict=True)
     )
 
@@ -127,6 +134,8 @@ def export_bundle(
     parity_images: np.ndarray | None = None,
     precision_test: PrecisionTestSet | None = None,
     calibration: PrecisionTestSet | None = None,
+    answers: dict[str, PartAnswers] | None = None,
+    content_gate: FittedGate | None = None,
     force: bool = False,
 ) -> Manifest:
     """Write a complete bundle to ``destination`` atomically and return its manifest.
@@ -134,7 +143,12 @@ def export_bundle(
     ``models`` maps ``router`` and lower-case part names to Keras models. ``extra_files``
     maps bundle-relative paths (``report.md``, ``plots/roc.png``, ``split.csv``) to files
     to copy in. ``calibration`` (validation images) makes int8 variants; ``precision_test``
-    (test images) scores bf16 and int8 against fp32 (:mod:`training.precision`). Raises
+    (test images) scores bf16 and int8 against fp32 (:mod:`training.precision`).
+    ``answers`` (fitted on validation, :mod:`training.operating_points`) gives each part its
+    calibration and operating points, served at ``triage`` by default (``thresholds`` then
+    holds the served values, with the raw ones under ``"raw"``); ``content_gate`` is built
+    into the router's graph as its second output and its limit written to the manifest.
+    Without them (random-init bundles) the thresholds are served as they are. Raises
     :class:`BundleError` if ONNX parity fails or the destination exists (without ``force``).
     """
     destination = Path(destination)
@@ -152,7 +166,12 @@ def export_bundle(
             keras_file, onnx_file = f"{model_name}.keras", f"{model_name}.onnx"
             model.save(staging / keras_file)
             # part models are served with their class activation map as a second output
-            served = model if model_name == "router" else with_cam(model)
+            if model_name == "router":
+                served = (
+                    model if content_gate is None else with_content_score(model, content_gate.fit)
+                )
+            else:
+                served = with_cam(model)
             export_onnx(served, staging / onnx_file)
             for provider in providers:
                 diff = onnx_parity(served, staging / onnx_file, samples, provider)
@@ -166,7 +185,7 @@ def export_bundle(
             specs[model_name] = ModelFiles(
                 keras=keras_file, onnx=onnx_file, backbone=backbones[model_name]
             )
-            if served is not model:
+            if model_name != "router":
                 grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
             log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
         precisions = reduced_precisions(
@@ -174,7 +193,11 @@ def export_bundle(
             {n: str(s.onnx) for n, s in specs.items()},
             precision_test=precision_test,
             calibration=calibration,
-            image_thresholds={p: float(thresholds[p]["image"]["value"]) for p in body_parts},
+            # the gate scores raw outputs, so it decides at the raw thresholds
+            image_thresholds={
+                p: float(thresholds[p]["image"].get("raw", thresholds[p]["image"]["value"]))
+                for p in body_parts
+            },
             router_classes=list(router_parts or body_parts),
         )
         for rel, source in (extra_files or {}).items():
@@ -189,6 +212,7 @@ def export_bundle(
             router=RouterSpec(
                 **specs["router"].model_dump(),
                 classes=[display_name(p) for p in (router_parts or body_parts)],
+                ood=None if content_gate is None else content_gate.spec,
             ),
             parts={
                 display_name(p): PartSpec(
@@ -198,9 +222,11 @@ def export_bundle(
                     image_threshold=thresholds[p]["image"]["value"],
                     image_threshold_rule=thresholds[p]["image"]["rule"],
                     heatmap=HeatmapSpec(grid=grids[model_key(p)]),
+                    **({} if answers is None else _answer_fields(answers[p])),
                 )
                 for p in body_parts
             },
+            default_operating_point=None if answers is None else TRIAGE,
             metrics=metrics,
             precisions=precisions,
             data=data,
@@ -218,6 +244,13 @@ def export_bundle(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _answer_fields(answers: PartAnswers) -> dict[str, Any]:
+    return {
+        "calibration": answers.calibration,
+        "operating_points": answers.operating_points,
+    }
 
 
 def reduced_precisions(
@@ -270,6 +303,7 @@ def export_random_init_bundle(
     router_parts: tuple[str, ...] | None = None,
     seed: int = 0,
     int8_calibration: int = 0,
+    fit_gate: Callable[[keras.Model], FittedGate] | None = None,
     force: bool = False,
 ) -> Manifest:
     """An untrained bundle with the real architecture, for benchmarks and contract tests.
@@ -277,7 +311,8 @@ def export_random_init_bundle(
     Throughput and memory do not depend on the weights, so benchmarks need no training run.
     The manifest says plainly that the models are untrained. ``int8_calibration`` > 0 makes
     int8 variants calibrated on that many random images (for speed only: never allowed to
-    serve, since there is no test split to score them on).
+    serve, since there is no test split to score them on). ``fit_gate``, given the built
+    router, returns a content gate to build into it (tests of the gate's plumbing).
     """
     from training.models import build_model
 
@@ -307,6 +342,7 @@ def export_random_init_bundle(
         training={"untrained": True, "seed": seed},
         synthetic=True,
         calibration=_random_calibration(int8_calibration, input_size, list(body_parts), seed),
+        content_gate=None if fit_gate is None else fit_gate(models["router"]),
         force=force,
     )
 

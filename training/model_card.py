@@ -10,14 +10,17 @@ from typing import Any
 
 from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
 from bonexr.labels import display_name
+from training.answers_markdown import answer_sections
 from training.config import TrainConfig
 from training.formatting import format_metric as _f
 
 KNOWN_FAILURE_MODES = [
-    "Body parts the router never learned (e.g. knee, chest) are still routed to one of its "
-    "parts; watch the router-confidence warning. Parts it knows without an abnormality model "
-    "(e.g. wrist in the demo) are answered 422 with the part named, never another part's "
-    "verdict.",
+    "Images unlike anything in training are refused by the content gate, but it was only "
+    "tried on generated stand-ins (photos, drawings, other modalities, blank and noise): a "
+    "knee or chest film close enough to the training views can still pass it and be routed "
+    "to one of the router's parts; watch the router-confidence warning. Parts it knows "
+    "without an abnormality model (e.g. wrist in the demo) are answered 422 with the part "
+    "named, never another part's verdict.",
     "Children and adolescents (open growth plates) are rare in MURA and look 'abnormal' to "
     "models trained on adults.",
     "MURA 'abnormal' includes orthopaedic hardware, degenerative change and old injuries, so "
@@ -97,29 +100,17 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "## Thresholds and how to re-choose them per site",
         "",
-        "Each part's two thresholds maximise Youden's J (sensitivity + specificity - 1) on "
-        "the validation split, one over images (`parts.<Part>.image_threshold`, used by "
-        "`/predict`), one over study means (`parts.<Part>.threshold`, used by "
-        "`/predict/study`). A site that wants a different operating point (e.g. high "
-        "sensitivity for triage) should score its own labelled studies and pick the "
-        "thresholds from their ROC curves. The thresholds are part of the bundle version "
+        "Each part has two operating points, each with an image threshold (`/predict`) "
+        "and a study threshold (`/predict/study`), chosen on the validation split: "
+        "`triage` (served by default; the highest threshold reaching the target "
+        "sensitivity) and `balanced` (Youden's J). A request picks one with "
+        "`operating_point`. A site that needs another point should score its own labelled "
+        "studies and export a bundle with thresholds chosen on them. Thresholds, "
+        "calibration and the content gate's limit are part of the bundle version "
         "(`field_hashes`): a `manifest.json` edited by hand is refused by `bonexr verify` "
-        "and the service, naming the changed fields, so a site's operating point must come "
-        "from a new export, never a silent edit under the old version.",
+        "and the service, naming the changed fields.",
         "",
-        '## What "not eligible" means',
-        "",
-        "The models were trained on projection radiographs of the upper limb only. An image "
-        "whose DICOM header says it is something else (Modality other than CR or DX, such "
-        "as CT, MR, US or MG; BodyPartExamined naming a non-upper-limb part such as CHEST, "
-        'KNEE or SKULL) is refused with `422` and `code: "not_eligible"`, the reason '
-        "and the value that decided: no verdict on it would mean anything. "
-        "`BONEXR_ELIGIBILITY=warn` answers such images with the reason as a warning "
-        "instead. PNG, JPEG and WebP files carry no such tags and pass this gate: the "
-        "model cannot yet tell from the pixels that an image is outside what it learned "
-        "(a content gate is planned), so a photograph or a chest film sent as PNG still "
-        "gets a verdict that means nothing.",
-        "",
+        *answer_sections(report),
         "## Known failure modes",
         "",
         *[f"- {item}" for item in KNOWN_FAILURE_MODES],

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from bonexr.labels import display_name
+from training.answers_markdown import answer_sections
 from training.formatting import format_metric, save_figure
 from training.metrics import study_level
 
@@ -98,9 +99,11 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "",
         "## Abnormality at both operating points (test split, true body part)",
         "",
-        "Each part has two thresholds, both chosen on the validation split (Youden's J): "
-        "the **image** one is what `POST /predict` applies to a single view, the **study** "
-        "one what `POST /predict/study` applies to the mean over a study's views.",
+        "Each part has two thresholds at the served operating point, both chosen on the "
+        "validation split: the **image** one is what `POST /predict` applies to a single "
+        "view, the **study** one what `POST /predict/study` applies to the mean over a "
+        "study's views (raw scores here; the served, calibrated thresholds are in the "
+        "operating-points table below).",
         "",
         "| body part | level | n | AUROC | kappa | sensitivity | specificity | threshold |",
         "|---|---|---|---|---|---|---|---|",
@@ -138,6 +141,7 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         for level in ("image", "study"):
             m = {"n": "", **report["two_stage"]["overall"][key][level]}
             lines.append(_row(f"**{title}** | {level}", m))
+    lines += ["", *answer_sections(report)]
     if report.get("localisation"):
         lines += ["", *localisation_markdown(report["localisation"])]
     lines += [
@@ -159,9 +163,9 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         )
     lines += [
         "",
-        "Thresholds: per body part, Youden's J (max sensitivity + specificity - 1) on the "
-        "validation split at study level. Study probability = mean of its views' "
-        "probabilities (MURA).",
+        "Kappa here is at the served (triage) study threshold, chosen on the validation "
+        "split; the MURA figures use their own. Study probability = mean of its views' "
+        "raw probabilities (MURA), then the part's study-level calibration.",
         "",
     ]
     bad = report.get("bad_images", {})
@@ -176,6 +180,8 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "![ROC](plots/roc.png)",
         "",
         "![Confusion](plots/confusion.png)",
+        "",
+        "![Reliability](plots/reliability.png)",
         "",
         "![Training curves](plots/training_curves.png)",
         "",

@@ -31,6 +31,8 @@ from bonexr.bundle import Manifest, sha256_file
 from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
 from bonexr.labels import ALL_BODY_PARTS
+from bonexr.manifest import TRIAGE
+from training.answers_markdown import plot_reliability
 from training.config import (
     DEMO_DATA,
     DEMO_PATIENTS_PER_PART,
@@ -41,8 +43,8 @@ from training.config import (
 )
 from training.dataset import index_dataset
 from training.distribute import Distribution, fingerprint_of, get_distribution
+from training.eligibility import FittedGate, evaluate_content_gate, fit_content_gate
 from training.evaluate import (
-    choose_thresholds,
     evaluate_predictions,
     headline,
     predict_split,
@@ -52,6 +54,13 @@ from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
 from training.localisation import plot_examples, pointing_game, read_boxes
 from training.model_card import render_model_card
+from training.operating_points import (
+    PartAnswers,
+    answers_report,
+    fit_answers,
+    raw_thresholds_at,
+    served_thresholds,
+)
 from training.pipeline import BadImageLog
 from training.precision import PrecisionTestSet
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
@@ -244,24 +253,45 @@ def train_all(
         )
 
 
+@dataclass(frozen=True)
+class EvaluatedRun:
+    """What the evaluation fitted and measured, for the model card and the export."""
+
+    report: dict[str, Any]
+    models: dict[str, keras.Model]
+    test: pd.DataFrame
+    answers: dict[str, PartAnswers]
+    gate: FittedGate
+
+
 def evaluate_run(
     split: pd.DataFrame,
     config: TrainConfig,
     paths: RunPaths,
     bad_images: BadImageLog,
     root: Path,
-) -> tuple[dict[str, Any], dict[str, keras.Model], pd.DataFrame]:
-    """Load the best models, choose thresholds on validation, evaluate on test (and the heat
-    maps where the dataset records defect boxes), write the report."""
+) -> EvaluatedRun:
+    """Load the best models; fit calibration, operating points and the content gate on
+    train/validation; evaluate on test (and the heat maps where the dataset records defect
+    boxes); write the report."""
     models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
     parts = list(config.body_parts)
     say("== evaluating on the validation (thresholds) and test splits")
     validation = predict_true_part(
         models, split[split["split"] == "validation"], config, bad_images
     )
-    thresholds = choose_thresholds(validation, parts)
+    answers = fit_answers(validation, parts, config.target_sensitivity)
+    # the evaluation decides on raw scores at raw thresholds: the same decisions the service
+    # makes on calibrated scores at the calibrated (served) thresholds
+    thresholds = raw_thresholds_at(answers, TRIAGE)
     test = predict_split(models, split[split["split"] == "test"], config, bad_images)
     report = evaluate_predictions(test, thresholds, parts, list(config.router_parts or parts))
+    report.update(answers_report(test, answers))
+    report["default_operating_point"] = TRIAGE
+    report["thresholds"] = served_thresholds(answers, TRIAGE)
+    say("== fitting the content gate (router features: train means, validation limit)")
+    gate = fit_content_gate(models["router"], split, config, bad_images)
+    report["eligibility"] = evaluate_content_gate(models["router"], gate, test, config, bad_images)
     report["counts"] = split_counts(split)
     report["bad_images"] = dict(bad_images.failures)
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
@@ -277,7 +307,7 @@ def evaluate_run(
             paths.report_dir / "plots" / "heatmaps.png",
         )  # fmt: skip
     write_report(report, test, config, paths)
-    return report, models, test
+    return EvaluatedRun(report, models, test, answers, gate)
 
 
 def write_report(
@@ -294,6 +324,7 @@ def write_report(
     parts = list(config.body_parts)
     plot_roc(test, parts, out / "plots" / "roc.png")
     plot_confusions(report, out / "plots" / "confusion.png")
+    plot_reliability(report, out / "plots" / "reliability.png")
     histories = {
         name: pd.read_csv(paths.root / name / HISTORY)
         for name in config.model_names()
@@ -439,7 +470,8 @@ def _evaluate_and_export(
     if missing:
         say(f"models still to train before a bundle can be exported: {', '.join(missing)}")
         return None
-    report, models, _test = evaluate_run(split, config, paths, bad_images, root)
+    evaluated = evaluate_run(split, config, paths, bad_images, root)
+    report, models = evaluated.report, evaluated.models
     write_text_atomic(
         paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
     )
@@ -462,6 +494,8 @@ def _evaluate_and_export(
         input_size=config.input_size,
         backbones={n: config.backbone_for(n) for n in config.model_names()},
         thresholds={p: report["thresholds"][p] for p in config.body_parts},
+        answers=evaluated.answers,
+        content_gate=evaluated.gate,
         metrics=headline(report),
         data=provenance,
         training={**config.to_dict(), **dist.record(config.batch_size)},

@@ -141,7 +141,7 @@ def generate_synthetic_mura(
     patients_per_part: int = 40,
     body_parts: Sequence[str] = DEFAULT_BODY_PARTS,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     valid_fraction: float = 0.2,
     min_size: int = 128,
     max_size: int = 320,
@@ -325,7 +325,12 @@ def _plan_dataset(
 
 
 def _write_dataset(
-    staging: Path, plan: list[_Study], seed: int, progress: bool, min_size: int, max_size: int
+    staging: Path,
+    plan: list[_Study],
+    seed: int,
+    progress: bool | None,
+    min_size: int,
+    max_size: int,
 ) -> None:
     """Draw and save every image, then the four header-less CSVs."""
     for split in SPLITS:
@@ -334,7 +339,9 @@ def _write_dataset(
     image_lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     study_lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     box_lines = ["rel_path,defect,x0,y0,x1,y1"]
-    with tqdm(total=n_images, disable=not progress, unit="img", desc="synth") as bar:
+    with tqdm(
+        total=n_images, disable=None if progress is None else not progress, unit="img", desc="synth"
+    ) as bar:
         for study in plan:
             folder = staging / study.rel_dir
             folder.mkdir(parents=True)

@@ -65,6 +65,7 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
     """Summary of the loaded bundle's manifest (503 while no bundle is loaded)."""
     manifest = engine.manifest
     assert manifest is not None  # a ready engine has its manifest
+    default = manifest.default_point
     return ModelInfo(
         name=manifest.name,
         version=manifest.version,
@@ -73,13 +74,27 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
         body_parts=list(manifest.body_parts),
         thresholds={
             part: OperatingPoints(
-                image=spec.single_image_threshold,
-                image_rule=spec.image_threshold_rule or f"none in bundle: {spec.threshold_rule}",
-                study=spec.threshold,
-                study_rule=spec.threshold_rule,
+                image=spec.points()[default]["image"].threshold,
+                image_rule=spec.points()[default]["image"].rule,
+                study=spec.points()[default]["study"].threshold,
+                study_rule=spec.points()[default]["study"].rule,
             )
             for part, spec in manifest.parts.items()
         },
+        default_operating_point=default,
+        operating_points={
+            part: {
+                name: {level: p.model_dump() for level, p in levels.items()}
+                for name, levels in spec.points().items()
+            }
+            for part, spec in manifest.parts.items()
+        },
+        calibration={
+            part: {level: c.model_dump() for level, c in spec.calibration.items()}
+            for part, spec in manifest.parts.items()
+            if spec.calibration
+        },
+        content_gate=manifest.router.ood.model_dump() if manifest.router.ood else None,
         input_size=manifest.input.size,
         preprocessing=manifest.input.preprocessing,
         backbones={
@@ -91,5 +106,5 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
         providers=engine.providers,
         runtime=engine.runtime.describe(),
         precisions={k: v.model_dump() for k, v in manifest.precisions.items()},
-        warnings=engine.threshold_warnings,
+        warnings=engine.bundle_warnings,
     )

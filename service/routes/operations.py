@@ -44,7 +44,7 @@ async def ready(services: ServicesDep) -> ReadyResponse | JSONResponse:
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         providers=engine.providers,
         runtime=engine.runtime.describe(),
-        warnings=engine.threshold_warnings,
+        warnings=engine.bundle_warnings,
     )
 
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.deps import PredictorDep, ReadyEngineDep
 from service.errors import error_responses
-from service.schemas import ModelRef, PredictionResponse, PredictRequest
+from service.schemas import ModelRef, PredictionResponse, PredictRequest, applied_point
 
 router = APIRouter(tags=["predict"])
 
@@ -22,10 +22,15 @@ async def predict(
 ) -> PredictionResponse:
     """Route the image to a body part, then score abnormality with that part's model.
 
-    422 for a body part the bundle has no model for; 429 (with ``Retry-After``) when the
-    queue is full, before any decoding; 503 past ``BONEXR_PREDICT_TIMEOUT_S``.
+    422 for an image that is not eligible (``code: not_eligible``: DICOM modality or body
+    part, or the content gate), a body part the bundle has no model for
+    (``unsupported_body_part``) or an unknown ``operating_point``; 429 (with
+    ``Retry-After``) when the queue is full, before any decoding; 503 past
+    ``BONEXR_PREDICT_TIMEOUT_S``.
     """
-    answer = await predictor.image(body.filename, heatmap=body.heatmap)
+    answer = await predictor.image(
+        body.filename, heatmap=body.heatmap, operating_point=body.operating_point
+    )
     prediction = answer.prediction
     return PredictionResponse(
         filename=body.filename,
@@ -34,6 +39,8 @@ async def predict(
         bone_type_probabilities=prediction.bone_type_probabilities,
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,
+        operating_point=applied_point(prediction.operating_point, answer.point),
+        content_score=prediction.content_score,
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         heatmap_url=answer.heatmap_url,
         warnings=answer.warnings,

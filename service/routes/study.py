@@ -13,7 +13,7 @@ from fastapi import APIRouter
 
 from service.deps import PredictorDep, ReadyEngineDep
 from service.errors import error_responses
-from service.schemas import ModelRef, StudyRequest, StudyResponse, StudyView
+from service.schemas import ModelRef, StudyRequest, StudyResponse, StudyView, applied_point
 
 router = APIRouter(tags=["predict"])
 
@@ -31,10 +31,11 @@ async def predict_study(
     decide the mean at the part's study operating point (MURA's rule).
 
     422 when views route to different body parts with confidence (unless ``bone_type`` is
-    given), when too many views are named, or for an unknown ``bone_type``; 404 names every
+    given), when too many views are named, for an unknown ``bone_type`` or
+    ``operating_point``, or when views are not eligible (each named); 404 names every
     unknown filename.
     """
-    answer = await predictor.study(body.filenames, body.bone_type)
+    answer = await predictor.study(body.filenames, body.bone_type, body.operating_point)
     return StudyResponse(
         bone_type=answer.bone_type,
         bone_type_source="client" if answer.bone_type_source == "client" else "router",
@@ -42,6 +43,7 @@ async def predict_study(
         abnormality_probability=answer.abnormality_probability,
         threshold=answer.threshold,
         result="fractured" if answer.result == "fractured" else "normal",
+        operating_point=applied_point(answer.operating_point, answer.point),
         views=[
             StudyView(
                 filename=name,
@@ -50,6 +52,7 @@ async def predict_study(
                 abnormality_probability=v.abnormality_probability,
                 threshold=v.threshold,
                 result=v.result,
+                content_score=v.content_score,
             )
             for name, v in answer.views
         ],

@@ -1,0 +1,125 @@
+"""The content gate: an out-of-distribution score computed by the router, and its limit.
+
+A router trained on seven upper-limb parts must name one of them for any input: the
+cameraman photo comes back "Shoulder" with confidence 1.000, so the softmax cannot say "this
+is not a radiograph". The router's pooled features can: an image unlike the training views
+lands far from every part's cluster. The score is the Mahalanobis distance to the nearest
+part's mean (Lee et al. 2018) under one shared covariance, shrunk by Ledoit-Wolf so that it
+is well conditioned with a few hundred training views per part. It was chosen by
+measurement over the maximum softmax probability (the report's ``eligibility`` block gives
+both on the same evaluation set).
+
+The score is built into the router's served graph (:func:`with_content_score`) as a
+second output, so ONNX Runtime and OpenVINO at every precision compute it in the router's
+own pass; its limit is the ``acceptance`` quantile of the validation split's scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from bonexr.manifest import ContentGate
+
+#: Share of in-distribution validation views the limit accepts.
+DEFAULT_ACCEPTANCE = 0.99
+
+
+@dataclass(frozen=True)
+class MahalanobisFit:
+    """Per-part feature means ``(C, D)`` and the shared precision matrix ``(D, D)``."""
+
+    means: np.ndarray
+    precision: np.ndarray
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Distance of each feature row to the nearest mean (float64, ``(N,)``)."""
+        diff = features[:, None, :].astype(np.float64) - self.means[None].astype(np.float64)
+        squared = np.einsum("ncd,de,nce->nc", diff, self.precision.astype(np.float64), diff)
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int) -> MahalanobisFit:
+    """Class means and a Ledoit-Wolf shared covariance of the class-centred features
+    (rows with NaN, images that did not decode, are left out)."""
+    from sklearn.covariance import LedoitWolf
+
+    features = np.asarray(features, dtype=np.float64)
+    usable = ~np.isnan(features).any(axis=1)
+    features, labels = features[usable], np.asarray(labels)[usable]
+    means = np.stack(
+        [
+            features[labels == c].mean(axis=0) if (labels == c).any() else features.mean(axis=0)
+            for c in range(n_classes)
+        ]
+    )
+    centred = features - means[labels]
+    precision = LedoitWolf().fit(centred).precision_
+    return MahalanobisFit(means.astype(np.float32), precision.astype(np.float32))
+
+
+def fit_limit(validation_scores: np.ndarray, acceptance: float = DEFAULT_ACCEPTANCE) -> float:
+    """The smallest score at or below which ``acceptance`` of the validation views lie."""
+    scores = np.asarray(validation_scores, dtype=np.float64)
+    scores = scores[~np.isnan(scores)]
+    if len(scores) == 0:
+        raise ValueError("no validation views to fit the content gate's limit on")
+    return float(np.quantile(scores, acceptance, method="higher"))
+
+
+def gate_spec(limit: float, acceptance: float, validation_views: int) -> ContentGate:
+    return ContentGate(limit=limit, acceptance=acceptance, validation_views=validation_views)
+
+
+class MahalanobisScore(layers.Layer):
+    """``min_c sqrt((f - mu_c)^T P (f - mu_c))`` over the part means ``mu_c``, as ``(N, 1)``."""
+
+    def __init__(self, fit: MahalanobisFit, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fit = fit
+
+    def build(self, input_shape: Any) -> None:
+        means, precision = self.fit.means, self.fit.precision
+        self.means = self.add_weight(
+            shape=means.shape, initializer="zeros", trainable=False, name="means"
+        )
+        self.precision = self.add_weight(
+            shape=precision.shape, initializer="zeros", trainable=False, name="precision"
+        )
+        self.means.assign(means)
+        self.precision.assign(precision)
+
+    def call(self, features: Any) -> Any:
+        diff = ops.expand_dims(features, 1) - self.means  # (N, C, D)
+        squared = ops.sum(ops.matmul(diff, self.precision) * diff, axis=-1)  # (N, C)
+        return ops.sqrt(ops.maximum(ops.min(squared, axis=-1, keepdims=True), 0.0))
+
+
+def feature_model(router: keras.Model) -> keras.Model:
+    """The router up to its pooled features (the backbone's output, before dropout)."""
+    image = keras.Input(router.input_shape[1:], name="image")
+    x = router.get_layer("gray_to_rgb")([image, image, image])
+    x = router.get_layer("normalize")(x)
+    return keras.Model(image, router.get_layer("backbone")(x), name="router_features")
+
+
+#: Name of the router's content-score output (its second output in the served graph).
+SCORE_OUTPUT = "content_score"
+
+
+def with_content_score(router: keras.Model, fit: MahalanobisFit) -> keras.Model:
+    """The router with a second output: the content score of each image, ``(N, 1)``.
+
+    Same weights, one backbone pass: the score costs a ``(C, D) x (D, D)`` product.
+    """
+    image = keras.Input(router.input_shape[1:], name="image")
+    x = router.get_layer("gray_to_rgb")([image, image, image])
+    x = router.get_layer("normalize")(x)
+    features = router.get_layer("backbone")(x)
+    probabilities = router.get_layer("probabilities")(router.get_layer("dropout")(features))
+    score = MahalanobisScore(fit, name=SCORE_OUTPUT)(features)
+    return keras.Model(image, [probabilities, score], name=f"{router.name}_gated")

@@ -163,7 +163,9 @@ class PredictionResponse(BaseModel):
     threshold: float = Field(
         ge=0.0, le=1.0, description="Image threshold of that body part at operating_point."
     )
-    operating_point: AppliedOperatingPoint
+    operating_point: AppliedOperatingPoint = Field(
+        description="The operating point the verdict was decided at, and what it was chosen for."
+    )
     content_score: float | None = Field(
         None,
         description="The router's out-of-distribution score (refused above the bundle's "
@@ -217,7 +219,9 @@ class StudyResponse(BaseModel):
     result: Literal["fractured", "normal"] = Field(
         description="'fractured' when abnormality_probability >= threshold (MURA 'abnormal')."
     )
-    operating_point: AppliedOperatingPoint
+    operating_point: AppliedOperatingPoint = Field(
+        description="The operating point the verdict was decided at, and what it was chosen for."
+    )
     views: list[StudyView]
     model: ModelRef
     warnings: list[str] = Field(description="Reasons to distrust this result.")

@@ -53,10 +53,15 @@ def parity_settings(bundle: Path, tmp_path: Path) -> Settings:
     )
 
 
-def raw_of(bundle: Path, part: str, level: str, served: float) -> float:
-    """The raw model output behind a served (calibrated) probability."""
+def served_of(bundle: Path, part: str, level: str, raw: float) -> tuple[float, float]:
+    """The served (calibrated) probability of an evaluation's raw output, and the
+    tolerance it is compared with: TOLERANCE on the raw scale carried through the map's
+    slope there (the map is steep on synthetic data: up to ~10x near its middle)."""
     calibration = verify_bundle(bundle).parts[display_name(part)].calibration[level]
-    return calibration.raw_for(served)
+    served = calibration.apply(raw)
+    r = min(max(raw, 1e-6), 1 - 1e-6)
+    slope = calibration.slope * served * (1 - served) / (r * (1 - r))
+    return served, TOLERANCE * max(1.0, slope)
 
 
 def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path) -> None:
@@ -80,9 +85,8 @@ def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path)
                 )
             assert answer["bone_type"].upper() == row.routed_part
             served = answer["abnormality_probability"]
-            assert raw_of(bundle, row.routed_part, "image", served) == pytest.approx(
-                row.prob_routed, abs=TOLERANCE
-            )
+            expected, tolerance = served_of(bundle, row.routed_part, "image", row.prob_routed)
+            assert served == pytest.approx(expected, abs=tolerance)
             threshold = answer["threshold"]
             assert answer["result"] == ("fractured" if served >= threshold else "normal")
             compared += 1
@@ -144,9 +148,8 @@ def test_service_operating_points_and_studies_match_the_report(
             assert answer.status_code == 200, answer.text
             body = answer.json()
             assert body["bone_type"].upper() == views["study_part"].iloc[0]
-            served = body["abnormality_probability"]
-            raw = raw_of(bundle, body["bone_type"], "study", served)
-            assert raw == pytest.approx(expected_prob, abs=TOLERANCE)
+            expected, tolerance = served_of(bundle, body["bone_type"], "study", expected_prob)
+            assert body["abnormality_probability"] == pytest.approx(expected, abs=tolerance)
             part_threshold = report["thresholds"][views["study_part"].iloc[0]]["study"]["value"]
             assert body["threshold"] == pytest.approx(part_threshold)
             compared += 1

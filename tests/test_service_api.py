@@ -91,8 +91,12 @@ def test_predict_contract(api) -> None:
         "threshold",
         "model",
         "heatmap_url",
+        "operating_point",
+        "content_score",
         "warnings",
     }
+    assert p["operating_point"]["name"] == "balanced"  # a bundle without operating points
+    assert p["content_score"] is None  # and without a content gate
     probs = p["bone_type_probabilities"]
     assert list(probs) == ["Elbow", "Hand", "Shoulder"]
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
@@ -176,7 +180,12 @@ def test_model_summary(client: TestClient) -> None:
         "study_rule": "fixed-0.5-untrained",
     }
     assert m["thresholds"] == {"Elbow": point, "Hand": point, "Shoulder": point}
-    assert m["warnings"] == []
+    # a random-init export has neither a content gate nor calibration, and says so
+    assert len(m["warnings"]) == 2
+    assert "has no content gate" in m["warnings"][0]
+    assert "uncalibrated probabilities" in m["warnings"][1]
+    assert m["content_gate"] is None and m["calibration"] == {}
+    assert m["default_operating_point"] == "balanced"
     assert m["input_size"] == 64
     assert isinstance(m["metrics"], dict)
     assert "synthetic" in m["intended_use"]

@@ -364,6 +364,11 @@ def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) ->
         limit = max(1, int(0.01 * measured["decisions"]))
         within = measured["worst_study_auroc_drop"] <= 0.005 and measured["flipped"] <= limit
         assert spec.allowed == within
+        # the content score comes from the router's graph: its decisions are re-checked too
+        gate = measured["content_gate"]
+        assert manifest.router.ood is not None and gate["limit"] == manifest.router.ood.limit
+        assert gate["flipped"] <= measured["flipped"]
+        assert gate["accepted_fp32"] >= 0.95 * measured["decisions"]
     int8 = manifest.precisions["int8"]
     if int8.files:  # produced: one calibrated IR per model, hashed like every model file
         assert set(int8.files) == {"router", *(p.lower() for p in manifest.parts)}

@@ -199,6 +199,7 @@ def export_bundle(
                 for p in body_parts
             },
             router_classes=list(router_parts or body_parts),
+            content_limit=None if content_gate is None else content_gate.spec.limit,
         )
         for rel, source in (extra_files or {}).items():
             target = staging / rel
@@ -261,6 +262,7 @@ def reduced_precisions(
     calibration: PrecisionTestSet | None,
     image_thresholds: dict[str, float],
     router_classes: list[str],
+    content_limit: float | None = None,
 ) -> dict[str, PrecisionSpec]:
     """bf16 and int8, each produced where possible and scored on the test split."""
     int8_files: dict[str, str] = {}
@@ -287,6 +289,7 @@ def reduced_precisions(
                 image_thresholds,
                 router_classes,
                 variant_files=files,
+                content_limit=content_limit,
             )
         if precision == "int8" and coverage:
             precisions[precision].measured["quantisation"] = coverage

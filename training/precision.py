@@ -71,16 +71,32 @@ def _run(session: Model, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros((0, 1))
 
 
-def _ort(path: Path) -> Model:
+def _ort(path: Path, output: int = 0) -> Model:
     """The fp32 reference, opened as the service opens it (:mod:`bonexr.runtime`)."""
     session = OnnxRuntimeSession(path)
-    return lambda x: session.run(x)[0]
+    return lambda x: session.run(x)[output]
 
 
-def _openvino(path: Path, precision: str) -> Model:
+def _openvino(path: Path, precision: str, output: int = 0) -> Model:
     """``precision`` in OpenVINO, opened as the service opens it (hint, latency mode)."""
     session = OpenVinoSession(path, precision=precision)
-    return lambda x: session.run(x)[0]
+    return lambda x: session.run(x)[output]
+
+
+def _content_gate(
+    staging: Path, router: str, variant: str, precision: str, x: np.ndarray, limit: float
+) -> dict[str, Any]:
+    """The content gate's accept/refuse decisions on the test views at fp32 and at
+    ``precision``: the score is computed by the router's graph, so it changes with it."""
+    fp32 = _run(_ort(staging / router, 1), x)[:, 0]
+    reduced = _run(_openvino(staging / variant, precision, 1), x)[:, 0]
+    return {
+        "limit": limit,
+        "flipped": int(np.sum((fp32 <= limit) != (reduced <= limit))),
+        "accepted_fp32": int(np.sum(fp32 <= limit)),
+        f"accepted_{precision}": int(np.sum(reduced <= limit)),
+        "max_abs_score_change": float(np.max(np.abs(fp32 - reduced))) if len(x) else 0.0,
+    }
 
 
 def unavailable(precision: str) -> str | None:
@@ -120,12 +136,15 @@ def measure_precision(
     *,
     variant_files: dict[str, str] | None = None,
     auroc_tolerance: float = AUROC_TOLERANCE,
+    content_limit: float | None = None,
 ) -> PrecisionSpec:
     """The gate for ``precision`` (``bf16`` or ``int8``) of the models in ``staging``.
 
     ``onnx_files`` maps model name (``router``, ``elbow`` ...) to its ONNX file, the fp32
     reference; ``variant_files`` to the file served at ``precision`` (default: the ONNX
     file itself, as for bf16). ``router_classes`` are the router's outputs, canonical.
+    ``content_limit``: the router's content gate; its flipped accept/refuse decisions
+    count with the two-stage flips.
     """
     files = variant_files or {}
     why_not = unavailable(precision)
@@ -176,6 +195,14 @@ def measure_precision(
     )
     worst_drop = max(worst_drop, _drop(auc32, auc_low))
     flips, decisions = int(two_stage["flipped"].sum()), len(x)
+    gate_flips = 0
+    if content_limit is not None:
+        router = onnx_files[ROUTER]
+        measured["content_gate"] = _content_gate(
+            staging, router, files.get(ROUTER, router), precision, x, content_limit
+        )
+        gate_flips = measured["content_gate"]["flipped"]
+        flips += gate_flips
     allowed_flips = max(1, math.floor(FLIP_SHARE * decisions))
     allowed = worst_drop <= auroc_tolerance and flips <= allowed_flips
     measured.update(
@@ -192,7 +219,9 @@ def measure_precision(
     )
     reason = (
         f"test split: worst study AUROC drop {worst_drop:.4f} (limit {auroc_tolerance}), "
-        f"{flips} of {decisions} two-stage decisions flipped (limit {allowed_flips}), "
+        f"{flips} of {decisions} two-stage decisions flipped (limit {allowed_flips}"
+        + (f"; {gate_flips} of them the content gate's" if content_limit is not None else "")
+        + "), "
         f"max |dP| {max_diff:.4f}"
     )
     return PrecisionSpec(

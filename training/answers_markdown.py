@@ -16,11 +16,8 @@ import matplotlib.pyplot as plt
 
 from bonexr.labels import display_name
 from training.calibrate import BOOTSTRAP_SAMPLES, ECE_BINS
+from training.formatting import format_metric as _f
 from training.formatting import save_figure
-
-
-def _f(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def with_ci(value: float | None, ci: tuple[float, float] | list[float] | None) -> str:
@@ -139,7 +136,7 @@ def eligibility_markdown(report: dict[str, Any]) -> list[str]:
     ]
     for kind, c in ood["kinds"].items():
         lines.append(
-            f"| {kind} | {c['n']} | {_f(c['refused_rate'], 2)} | {c['metadata']} | {c['content']} |"
+            f"| {kind} | {c['n']} | {_f(c['refused_rate'])} | {c['metadata']} | {c['content']} |"
         )
     lines += [
         "",

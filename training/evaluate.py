@@ -22,8 +22,6 @@ from bonexr.labels import display_name, model_key
 from bonexr.study import route_study
 from training.config import TrainConfig
 from training.metrics import (
-    IMAGE_THRESHOLD_RULE,
-    STUDY_THRESHOLD_RULE,
     binary_metrics,
     router_metrics,
     study_level,
@@ -202,7 +200,8 @@ def evaluate_predictions(
     parts: list[str],
     router_classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The full metrics report from per-image test predictions (see :func:`predict_split`).
+    """The full metrics report from per-image test predictions (see :func:`predict_split`),
+    decided at ``thresholds`` (raw scores); the caller records which thresholds they were.
 
     The router is judged over all its parts; abnormality over ``parts`` (those with a
     model). Two-stage figures cover images of those parts; an image the router sends to a
@@ -212,13 +211,6 @@ def evaluate_predictions(
     usable = test.dropna(subset=["routed_part"])
     study_router = usable.groupby("study_id")[["study_part", "body_part"]].first()
     report: dict[str, Any] = {
-        "thresholds": {
-            p: {
-                "image": {"value": thresholds[p]["image"], "rule": IMAGE_THRESHOLD_RULE},
-                "study": {"value": thresholds[p]["study"], "rule": STUDY_THRESHOLD_RULE},
-            }
-            for p in parts
-        },
         "router": {
             "image": router_metrics(usable["body_part"], usable["routed_part"], classes),
             "study": router_metrics(study_router["body_part"], study_router["study_part"], classes),

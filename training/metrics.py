@@ -13,10 +13,6 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
-#: How each part's two operating points are chosen (stored in the manifest).
-STUDY_THRESHOLD_RULE = "youden-j-on-validation-study-level"
-IMAGE_THRESHOLD_RULE = "youden-j-on-validation-image-level"
-
 
 def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
     """One row per study: the mean of its views' probabilities (as in the MURA paper).

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers, ops
+from sklearn.covariance import LedoitWolf
 
 from bonexr.manifest import ContentGate
 
@@ -46,8 +47,6 @@ class MahalanobisFit:
 def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, n_classes: int) -> MahalanobisFit:
     """Class means and a Ledoit-Wolf shared covariance of the class-centred features
     (rows with NaN, images that did not decode, are left out)."""
-    from sklearn.covariance import LedoitWolf
-
     features = np.asarray(features, dtype=np.float64)
     usable = ~np.isnan(features).any(axis=1)
     features, labels = features[usable], np.asarray(labels)[usable]

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint fmt bench demo clean-venv
+.PHONY: run test test-fast lint fmt bench figures demo clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ bench: $(STAMP)
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.heatmap_bench
 	$(PY) -m bench.upload_bench
+
+## figures: every quality figure in the README and docs/figures.md, regenerated from this
+## commit: the demo bundle (trained if missing), fresh data, five seeds, then the tables
+figures: $(STAMP)
+	@test -f models/demo/manifest.json || $(VENV)/bin/bonexr demo
+	$(PY) -m bench.fresh_data --bundle models/demo --patients 80 --seed 2027
+	$(PY) -m bench.seed_spread --run runs/demo --seeds 0,1,2,3,4
+	$(PY) -m bench.figures --run runs/demo --bundle models/demo
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,7 +6,11 @@ both operating points, and reports per part, with study-bootstrap 95% intervals:
 
 * image and study expected calibration error of the served (calibrated) P;
 * AUROC, and sensitivity / specificity at the served thresholds;
-* the share of views the content gate refused (in distribution: should be ~1%).
+* the share of views the content gate refused (in distribution: should be ~1%);
+* the pointing game of the bundle's ONNX heat maps (what ``/heatmap`` serves) on every
+  abnormal view with a drawn box, beside the centre, random-point, training-mean and
+  brightness baselines, overall, per part and per defect type, and the verdict against
+  :data:`training.localisation.TARGET`.
 
 Usage (the README's figures)::
 
@@ -30,9 +34,24 @@ from sklearn.metrics import roc_auc_score
 from bench.common import write_result
 from bonexr.bundle import read_manifest
 from bonexr.cli import main as bonexr_main
+from bonexr.heatmap import to_image_grid
+from bonexr.imaging import decode_image, model_input, prepare_pixels
 from bonexr.labels import display_name
-from training.answers_markdown import with_ci
-from training.calibrate import bootstrap_ci, expected_calibration_error, rates
+from bonexr.runtime import OnnxRuntimeSession
+from training.bootstrap import bootstrap_ci
+from training.calibrate import expected_calibration_error, rates
+from training.config import DEMO_DATA
+from training.dataset import index_dataset
+from training.formatting import format_with_ci
+from training.localisation import (
+    Pointed,
+    judge,
+    localisation_report,
+    mean_box_centres,
+    read_boxes,
+)
+from training.report import localisation_markdown
+from training.split import read_split
 from training.synthetic import generate_synthetic_mura
 
 PARTS = ("ELBOW", "HAND", "SHOULDER")
@@ -142,6 +161,41 @@ def score(data: Path, bundle: Path, point: str, out: Path) -> dict[str, Any]:
     return result
 
 
+def localise(data: Path, bundle: Path, train_root: Path | None) -> dict[str, Any]:
+    """The pointing game of the bundle's served (ONNX) maps on the fresh data."""
+    manifest = read_manifest(bundle)
+    boxes = read_boxes(data)
+    if boxes is None:
+        return {}
+    index, _ = index_dataset(data, body_parts=list(PARTS))
+    split_csv = bundle / "split.csv"
+    means: dict[str, Any] = {}
+    if train_root is not None and train_root.is_dir() and split_csv.is_file():
+        train = read_split(split_csv, train_root)
+        means = mean_box_centres(
+            train[train["split"] == "train"], read_boxes(train_root), train_root
+        )
+    size = manifest.input.size
+    results: list[Pointed] = []
+    located = index[index["label"] == 1].merge(boxes, on="rel_path", how="inner")
+    for part in PARTS:
+        spec = manifest.parts[display_name(part)]
+        if spec.heatmap is None:
+            continue
+        session = OnnxRuntimeSession(bundle / str(spec.onnx))
+        for row in located[located["body_part"] == part].to_dict("records"):
+            image = decode_image((data / str(row["rel_path"])).read_bytes())
+            cam = session.run(model_input(prepare_pixels(image, size)))[spec.heatmap.output][0]
+            heat = to_image_grid(cam, image.width, image.height, size)
+            box = (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
+            guess, hit, baselines = judge(heat, image, box, means.get(part))
+            results.append(
+                Pointed(str(row["rel_path"]), part, str(row["study_id"]), str(row["defect"]),
+                        np.zeros((1, 1)), guess, box, hit, baselines)
+            )  # fmt: skip
+    return localisation_report(results, with_training_mean=bool(means))
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| point | body part | level | n (abnormal) | ECE raw | ECE served | AUROC | sensitivity "
@@ -159,10 +213,10 @@ def markdown(results: dict[str, Any]) -> str:
                 )
                 lines.append(
                     f"| {point} | {display_name(part)} | {level} | {m['n']} ({m['n_abnormal']}) | "
-                    f"{with_ci(m['ece_raw'], m['ece_raw_ci'])} | "
-                    f"{with_ci(m['ece'], m['ece_ci'])} | {with_ci(m['auroc'], m['auroc_ci'])} | "
-                    f"{with_ci(m['sensitivity'], m['sensitivity_ci'])} | "
-                    f"{with_ci(m['specificity'], m['specificity_ci'])} | {refused} |"
+                    f"{format_with_ci(m, 'ece_raw')} | "
+                    f"{format_with_ci(m, 'ece')} | {format_with_ci(m, 'auroc')} | "
+                    f"{format_with_ci(m, 'sensitivity')} | "
+                    f"{format_with_ci(m, 'specificity')} | {refused} |"
                 )
     return "\n".join(lines)
 
@@ -173,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=80, help="patients per part")
     parser.add_argument("--seed", type=int, default=2027, help="an unused data seed")
     parser.add_argument("--points", default="triage,balanced")
+    parser.add_argument(
+        "--train-data", type=Path, default=DEMO_DATA, help="the bundle's data (training mean)"
+    )
     parser.add_argument("--result", type=Path, default=Path("bench/results/fresh_data.json"))
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
@@ -186,14 +243,18 @@ def main(argv: list[str] | None = None) -> int:
             point: score(data, bundle, point, Path(work) / f"out-{point}")
             for point in args.points.split(",")
         }
+        localisation = localise(data, bundle, args.train_data)
     results = {
         "bundle": str(args.bundle),
         "patients_per_part": args.patients,
         "seed": args.seed,
         "points": points,
+        "localisation": localisation,
     }
     write_result(args.result, results)
     print(markdown(results))
+    if localisation:
+        print("\n".join(localisation_markdown(localisation)))
     return 0
 
 

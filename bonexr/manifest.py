@@ -83,7 +83,10 @@ class HeatmapSpec(BaseModel):
     """A part model's heat map: a second ONNX output, computed in the same pass."""
 
     method: Literal["cam"] = Field(
-        "cam", description="Class activation map of the global-pooling head."
+        "cam",
+        description="The global-pooling head's exact attribution: CAM for average pooling, "
+        "the average branch as CAM plus the max branch at each channel's arg-max for "
+        "average + max pooling (it sums to the logit).",
     )
     output: int = Field(1, ge=1, description="Index of the ONNX output holding the map.")
     grid: tuple[int, int] = Field(description="(rows, cols) of the map at the model input.")
@@ -181,7 +184,8 @@ class PartSpec(ModelFiles):
 
 
 class PrecisionSpec(BaseModel):
-    """A reduced precision measured on the bundle's own test split at export."""
+    """A reduced precision decided at export on a label-free pool and validation, then
+    scored once on test for the record (``training.precision``)."""
 
     allowed: bool = Field(description="Within the accuracy gate; only then may it serve.")
     runtime: str = Field(description="The runtime that was measured (e.g. openvino).")

@@ -286,6 +286,12 @@ class ModelInfo(BaseModel):
     precisions: dict[str, Any] = Field(
         default_factory=dict, description="Reduced precisions measured at export, with the gate."
     )
+    served_precision: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The precision serving now and, for a reduced one, its test study AUROC "
+        "per part beside fp32 (scored once at export, after the label-free verdict); for "
+        "fp32 the evaluation's figures in `metrics` apply.",
+    )
     warnings: list[str] = Field(
         default_factory=list, description="What a user of this bundle must know."
     )

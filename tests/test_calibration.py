@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from bonexr.calibration import Calibration, calibrate
 from bonexr.manifest import BALANCED, TRIAGE, PartSpec
+from training.bootstrap import bootstrap_ci
 from training.calibrate import (
     apply,
-    bootstrap_ci,
     calibration_metrics,
     expected_calibration_error,
     fit_platt,

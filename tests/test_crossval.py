@@ -65,6 +65,13 @@ def test_summary_of_a_single_value_has_zero_spread() -> None:
     assert summarize([{"kappa": 0.5}]) == {"kappa": {"mean": 0.5, "std": 0.0, "n": 1}}
 
 
+def test_summary_skips_names_and_intervals_of_a_headline() -> None:
+    """A fold's headline carries its operating point's name and bootstrap intervals:
+    neither is a figure to average over folds."""
+    fold = {"kappa": 0.5, "kappa_ci": [0.2, 0.7], "default_operating_point": "triage"}
+    assert summarize([fold, fold]) == {"kappa": {"mean": 0.5, "std": 0.0, "n": 2}}
+
+
 def test_fewer_than_three_folds_is_refused_before_any_work(tmp_path) -> None:
     with pytest.raises(ConfigError, match="at least 3"):
         cross_validate(tmp_path / "nowhere", TrainConfig(), folds=2, run_dir=tmp_path / "cv")

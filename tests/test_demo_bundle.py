@@ -345,12 +345,13 @@ def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
     assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
 
 
-def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) -> None:
-    """bf16 and int8 were scored two-stage on the test split, and the allow/deny decision
-    follows the stated limits (AUROC drop <= 0.005, <= 1% flips, at least one)."""
+def test_reduced_precision_is_decided_without_the_test_labels(trained_demo: dict) -> None:
+    """bf16 and int8 were judged two-stage on a label-free pool of training and validation
+    images (image and study answers, Clopper-Pearson bound <= 1%) and by validation
+    non-inferiority, and scored on test only afterwards; the verdict follows the criteria."""
     bundle = trained_demo["bundle"]
     manifest = verify_bundle(bundle)
-    test_images = int((pd.read_csv(bundle / "split.csv")["split"] == "test").sum())
+    split = pd.read_csv(bundle / "split.csv")
     for name in ("bf16", "int8"):
         spec = manifest.precisions[name]
         print(f"{name}: {spec.reason}")
@@ -358,17 +359,22 @@ def test_reduced_precision_was_measured_on_the_test_split(trained_demo: dict) ->
             assert not spec.allowed
             continue
         measured = spec.measured
-        assert measured["decisions"] == test_images  # every routable test image, two-stage
-        assert set(measured["parts"]) == set(manifest.parts)
-        assert {"study_auroc_fp32", f"study_auroc_{name}"} <= set(measured["two_stage"])
-        limit = max(1, int(0.01 * measured["decisions"]))
-        within = measured["worst_study_auroc_drop"] <= 0.005 and measured["flipped"] <= limit
-        assert spec.allowed == within
+        # the pool: validation whole, training studies up to the limit; never test images
+        assert (split["split"] == "validation").sum() <= measured["pool_images"] <= 4000
+        assert measured["pool_images"] > 5 * (split["split"] == "test").sum()
+        flips = measured["flips"]
+        bounds_ok = all(flips[level]["upper_95"] <= 0.01 for level in ("image", "study"))
+        margins = measured["validation_noninferiority"]
+        assert set(margins) == set(manifest.parts)
+        auroc_ok = all(m["change_ci"][0] >= -0.01 for m in margins.values())
+        assert spec.allowed == (bounds_ok and auroc_ok)
+        assert set(measured["test"]) == set(manifest.parts)  # the record, after the verdict
+        assert spec.tolerance == pytest.approx(measured["reference_max_abs_diff"] + 0.01, abs=1e-6)
         # the content score comes from the router's graph: its decisions are re-checked too
         gate = measured["content_gate"]
         assert manifest.router.ood is not None and gate["limit"] == manifest.router.ood.limit
-        assert gate["flipped"] <= measured["flipped"]
-        assert gate["accepted_fp32"] >= 0.95 * measured["decisions"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "## Reduced precision" in card and "test study AUROC fp32" in card
     int8 = manifest.precisions["int8"]
     if int8.files:  # produced: one calibrated IR per model, hashed like every model file
         assert set(int8.files) == {"router", *(p.lower() for p in manifest.parts)}

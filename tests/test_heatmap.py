@@ -64,7 +64,7 @@ def test_onnx_heatmap_equals_keras(untrained_bundle: Path) -> None:
     from training.models import with_cam
 
     manifest = json.loads((untrained_bundle / "manifest.json").read_text())
-    assert manifest["parts"]["Hand"]["heatmap"] == {"method": "cam", "output": 1, "grid": [4, 4]}
+    assert manifest["parts"]["Hand"]["heatmap"] == {"method": "cam", "output": 1, "grid": [8, 8]}
     model = with_cam(keras.models.load_model(untrained_bundle / "hand.keras"))
     x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)
     keras_prob, keras_cam = (np.asarray(o) for o in model(x))
@@ -138,7 +138,7 @@ def test_bundle_without_heatmaps_and_broken_heatmap_contract(
     write_as_exported(old, manifest)
     with running(make_settings(old, tmp_path)) as (client, _):
         detail = assert_error(client.get("/ready"), 503)["detail"]
-        assert "heatmap" in detail and "(N, 7, 7)" in detail and "(N, 4, 4)" in detail
+        assert "heatmap" in detail and "(N, 7, 7)" in detail and "(N, 8, 8)" in detail
 
 
 @pytest.mark.parametrize("opacity", [0.0, 0.5, 1.0])
@@ -151,3 +151,30 @@ def test_opacity_is_monotone(api, opacity: float) -> None:
     )
     spread = np.abs(picture[..., 0] - picture[..., 2]).mean()  # colour only where blended
     assert (spread == 0) == (opacity == 0.0)
+
+
+def test_the_map_of_an_average_and_max_head_is_its_exact_attribution() -> None:
+    """The tiny backbone pools average and max: the map sums to the logit over the grid
+    (nothing is spread or lost), and the max branch sits where the maximum was taken."""
+    import keras
+
+    from training.models import SplitPoolingCam, build_model, with_cam
+
+    model = build_model("abnormality", backbone="tiny", input_size=64, weights="none")
+    head = model.get_layer("probabilities")
+    kernel, bias = head.get_weights()
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(size=kernel.shape).astype("float32"), bias + 0.3])
+    x = rng.uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)
+    probability, cam = (np.asarray(o) for o in with_cam(model)(x))
+    logit = np.log(probability[:, 0] / (1 - probability[:, 0]))
+    np.testing.assert_allclose(cam.sum(axis=(1, 2)), logit, atol=1e-4)
+
+    # one channel, max weight only: all of the max branch lands on the arg-max cell
+    features = np.zeros((1, 5, 5, 2), np.float32)
+    features[0, 3, 1, 0] = 4.0
+    features[0, :, :, 1] = 1.0  # flat: shared evenly, contributes its max over the grid
+    split = SplitPoolingCam(np.zeros(2), np.array([1.0, 0.5]), 0.0)
+    out = np.asarray(split(keras.ops.convert_to_tensor(features)))[0]
+    assert out[3, 1] == pytest.approx(4.0 + 0.5 / 25)
+    assert out[0, 0] == pytest.approx(0.5 / 25) and out.sum() == pytest.approx(4.5)

@@ -1,6 +1,6 @@
 """The heat-map evaluation's mechanics on random-init models (the trained demo's score is
 asserted in tests/test_demo_bundle.py): boxes from the generator, one guess per abnormal
-image, the blank-map baseline, the report section and the example grid."""
+image, the baselines (centre, random, brightest), the report section and the example grid."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
+from PIL import Image
 
 from training.dataset import index_dataset
-from training.localisation import plot_examples, pointing_game, read_boxes
+from training.localisation import (
+    _inside,
+    brightest_point,
+    plot_examples,
+    pointing_game,
+    random_hit_probability,
+    read_boxes,
+    target_verdict,
+)
 from training.report import localisation_markdown
 
 
@@ -44,9 +54,18 @@ def test_pointing_game_scores_every_boxed_abnormal_image(
             <= y
             <= item.box[3] + 0.05 * max(item.heat.shape)
         )
-    assert 0.0 <= report["overall"]["heatmap"] <= 1.0
-    assert 0.0 <= report["overall"]["centre"] <= 1.0
-    assert "| **overall** |" in "\n".join(localisation_markdown(report))
+    overall = report["overall"]
+    for method in ("heatmap", "centre", "random", "brightest"):
+        low, high = overall[f"{method}_ci"]
+        assert 0.0 <= low <= overall[method] <= high <= 1.0
+    assert "training_mean" not in overall  # no training split given
+    assert set(report["defects"]) <= {"fracture", "hardware"}
+    assert sum(m["n"] for m in report["defects"].values()) == overall["n"]
+    gap = overall["difference"]["brightest"]
+    assert gap["value"] == pytest.approx(overall["heatmap"] - overall["brightest"])
+    assert isinstance(report["target"]["met"], bool)
+    markdown = "\n".join(localisation_markdown(report))
+    assert "| **overall** |" in markdown and "brightest (blurred)" in markdown
     thresholds = {p: {"image": 0.5, "study": 0.5} for p in parts}
     grid = tmp_path / "heatmaps.png"
     plot_examples(pointed, models, test, thresholds, synthetic_small, 64, grid)
@@ -55,3 +74,26 @@ def test_pointing_game_scores_every_boxed_abnormal_image(
 
 def test_a_dataset_without_boxes_is_skipped(tmp_path: Path) -> None:
     assert read_boxes(tmp_path) is None
+
+
+def test_baselines_know_where_bright_metal_and_a_box_are() -> None:
+    """The brightness baseline finds a bright blob; the random point's hit rate is the
+    grown box's share of the image; the verdict needs every part of the target."""
+    pixels = np.full((100, 200), 40, np.uint8)
+    pixels[60:70, 150:160] = 250  # drawn "metal"
+    assert _inside(brightest_point(Image.fromarray(pixels)), (150, 60, 160, 70), 0)
+    assert random_hit_probability((0, 0, 20, 10), 200, 100, slack=0) == pytest.approx(0.01)
+    assert random_hit_probability((-5, -5, 300, 300), 200, 100, slack=10) == 1.0
+    passing = {
+        "overall": {"n": 10, "heatmap": 0.9, "brightest": 0.8},
+        "defects": {"fracture": {"heatmap": 0.8, "brightest": 0.8}},
+        "parts": {"ELBOW": {"heatmap": 0.5}, "HAND": {"heatmap": 0.95}},
+    }
+    assert target_verdict(passing)["met"]
+    passing["parts"]["ELBOW"]["heatmap"] = 0.49
+    verdict = target_verdict(passing)
+    assert not verdict["met"] and verdict["checks"] == {
+        "beat_brightest_overall": True,
+        "beat_brightest_fracture": True,
+        "part_minimum": False,
+    }

@@ -1,6 +1,6 @@
 """Runtimes and precision: OpenVINO beside ONNX Runtime, bf16 and int8 only where the
-bundle's own test-split measurement allows them, checked against fp32 at load, refused
-with a reason."""
+export's label-free gate allows them, checked against fp32 at load, refused with a
+reason."""
 
 from __future__ import annotations
 
@@ -44,14 +44,19 @@ def with_precision(bundle: Path, tmp_path: Path, name: str = "bf16", **spec: obj
     return copy
 
 
-def images(count: int, size: int, seed: int) -> PrecisionTestSet:
-    """Random images spread over the three parts, two views per study."""
+THRESHOLDS = {p: {"image": 0.5, "study": 0.5} for p in PARTS}
+
+
+def images(count: int, size: int, seed: int, split: str = "validation") -> PrecisionTestSet:
+    """Random images spread over the three parts, two views per study, labels alternating
+    by study (so every part has both classes)."""
     rng = np.random.default_rng(seed)
     return PrecisionTestSet(
         rng.integers(0, 256, (count, size, size), dtype=np.uint8),
-        [PARTS[i % 3] for i in range(count)],
-        np.array([0, 1] * (count // 2)),
+        [PARTS[(i // 2) % 3] for i in range(count)],
+        np.array([(i // 6) % 2 for i in range(count)]),
         [f"s{i // 2}" for i in range(count)],
+        [split] * count,
     )
 
 
@@ -68,9 +73,10 @@ def int8_bundle(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory
         staging,
         ONNX_FILES,
         images(24, 64, seed=2),
-        dict.fromkeys(PARTS, 0.5),
+        THRESHOLDS,
         PARTS,
         variant_files=files,
+        test=images(12, 64, seed=3, split="test"),
     )
     manifest = read_manifest(untrained_bundle)
     allowed = spec.model_copy(update={"allowed": True, "reason": "allowed: test fixture"})
@@ -85,10 +91,19 @@ def int8_bundle(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def served(bundle: Path, tmp_path: Path, precision: str) -> tuple[str, list[float]]:
-    """The runtime the service chose for ``precision`` and its answers for four uploads."""
+    """The runtime the service chose for ``precision`` and its answers for four uploads;
+    ``/model`` names the same precision with its test figures beside fp32."""
     settings = make_settings(bundle, tmp_path, precision=precision)
     with running(settings) as (client, _):
         runtime = client.get("/ready").json()["runtime"]
+        block = client.get("/model").json()["served_precision"]
+        assert runtime.split(":")[0].endswith(block["precision"])
+        if block["precision"] != "fp32":
+            recorded = read_manifest(bundle).precisions[block["precision"]].measured
+            assert set(block["test_study_auroc"]) == set(recorded.get("test", {}))
+            assert all(
+                {"fp32", block["precision"]} <= set(m) for m in block["test_study_auroc"].values()
+            )
         probabilities = []
         for seed in range(4):
             data = png_bytes(96, 80, seed=seed)
@@ -98,16 +113,38 @@ def served(bundle: Path, tmp_path: Path, precision: str) -> tuple[str, list[floa
     return runtime, probabilities
 
 
-def test_bf16_gate_measures_the_test_split(untrained_bundle: Path) -> None:
+def test_bf16_gate_is_decided_on_the_pool_and_scored_on_test(untrained_bundle: Path) -> None:
+    pool, test = images(48, 64, 0), images(24, 64, 5, split="test")
     spec = measure_precision(
-        "bf16", untrained_bundle, ONNX_FILES, images(24, 64, 0), dict.fromkeys(PARTS, 0.5), PARTS
+        "bf16", untrained_bundle, ONNX_FILES, pool, THRESHOLDS, PARTS, test=test
     )
-    assert spec.measured["decisions"] == 24
+    flips = spec.measured["flips"]
+    assert flips["image"]["decisions"] == 48 and flips["study"]["decisions"] == 24
+    for level in ("image", "study"):  # the bound is exact Clopper-Pearson, above the rate
+        assert flips[level]["upper_95"] > flips[level]["flipped"] / flips[level]["decisions"]
+    # 48 images cannot show a flip rate under 1%: the gate refuses, whatever bf16 did
+    assert flips["image"]["upper_95"] > 0.01 and not spec.allowed
     assert 0 < spec.measured["max_abs_probability_change"] < 0.05  # bf16 moves, a little
-    assert spec.tolerance > spec.measured["reference_max_abs_diff"]
-    assert spec.reason.startswith("allowed" if spec.allowed else "not allowed")
-    assert set(spec.measured["parts"]) == {"Elbow", "Hand", "Shoulder"}
+    assert spec.tolerance == pytest.approx(spec.measured["reference_max_abs_diff"] + 0.01, abs=1e-6)
+    assert set(spec.measured["validation_noninferiority"]) == {"Elbow", "Hand", "Shoulder"}
+    assert set(spec.measured["test"]) == {"Elbow", "Hand", "Shoulder"}  # for the record
     assert spec.files == {}  # bf16 serves the ONNX files
+
+
+def test_the_precision_verdict_never_reads_test_labels(untrained_bundle: Path) -> None:
+    """Same pool, same test images, the test labels flipped: the verdict and every gate
+    figure are the same; only the test record changes."""
+    pool, test = images(48, 64, 0), images(24, 64, 5, split="test")
+    flipped = PrecisionTestSet(test.pixels, test.parts, 1 - test.labels, test.studies, test.splits)
+    a, b = (
+        measure_precision("bf16", untrained_bundle, ONNX_FILES, pool, THRESHOLDS, PARTS, test=t)
+        for t in (test, flipped)
+    )
+    assert (a.allowed, a.reason, a.tolerance) == (b.allowed, b.reason, b.tolerance)
+    assert a.measured["flips"] == b.measured["flips"]
+    assert a.measured["validation_noninferiority"] == b.measured["validation_noninferiority"]
+    elbow_a, elbow_b = a.measured["test"]["Elbow"], b.measured["test"]["Elbow"]
+    assert elbow_a["study_auroc_fp32"] == pytest.approx(1 - elbow_b["study_auroc_fp32"])
 
 
 def test_int8_gate_scores_the_quantised_files_two_stage(int8_bundle: Path, tmp_path: Path) -> None:
@@ -117,9 +154,9 @@ def test_int8_gate_scores_the_quantised_files_two_stage(int8_bundle: Path, tmp_p
     assert {f"int8/{m}.bin" for m in ONNX_FILES} <= set(manifest.files)
     # int8 really changes the numbers (it is not the fp32 model under another name) ...
     assert spec.measured["max_abs_probability_change"] > 1e-4
-    # ... and the gate counts two-stage decisions, routing included
-    assert spec.measured["decisions"] == 24
-    assert 0 <= spec.measured["two_stage"]["routing_changed"] <= 24
+    # ... and the gate counts two-stage answers, image and study
+    assert spec.measured["flips"]["image"]["decisions"] == 24
+    assert spec.measured["flips"]["study"]["decisions"] == 12
     # swapping an int8 file is caught like any model file
     tampered = tmp_path / "tampered"
     shutil.copytree(int8_bundle, tampered)

@@ -5,18 +5,23 @@ Nothing is mocked: the models are trained here and measured on the held-out test
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from bonexr.bundle import verify_bundle
 from bonexr.errors import ConfigError, DataError
 from training.config import TrainConfig
+from training.metrics import study_level
 from training.models import build_model, resolve_weights
+from training.pipeline import BadImageLog, predict_frame
 from training.run import run_training
+from training.split import read_split
 from training.train import model_frames
 
 pytestmark = pytest.mark.slow
@@ -212,6 +217,18 @@ def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) 
         runs.append(tmp_path / attempt / "run" / "elbow")
     first, second = (pd.read_csv(run / "history.csv") for run in runs)
     pd.testing.assert_frame_equal(first, second, check_exact=True)
+    # a part model is selected by the AUROC of validation *studies* (view means): the kept
+    # checkpoint scores the best value the history logged, recomputed from scratch
+    done = json.loads((runs[0] / "done.json").read_text())
+    assert done["monitor"] == "val_study_auc"
+    assert done["best_value"] == first["val_study_auc"].max()
+    split = read_split(tmp_path / "a" / "run" / "split.csv", synthetic_small)
+    val = split[(split["split"] == "validation") & (split["body_part"] == "ELBOW")]
+    best = keras.models.load_model(runs[0] / "best.keras")
+    probs = predict_frame(best, val, size=48, batch_size=8, bad_images=BadImageLog())[:, 0]
+    studies = study_level(val.assign(prob=probs))
+    recomputed = roc_auc_score(studies["label"], studies["prob"])
+    assert recomputed == pytest.approx(done["best_value"], abs=1e-6)
     weights = [keras.models.load_model(run / "best.keras").get_weights() for run in runs]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -15,16 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bonexr.labels import display_name
-from training.calibrate import BOOTSTRAP_SAMPLES, ECE_BINS
+from training.bootstrap import BOOTSTRAP_SAMPLES
+from training.calibrate import ECE_BINS
 from training.formatting import format_metric as _f
-from training.formatting import save_figure
-
-
-def with_ci(value: float | None, ci: tuple[float, float] | list[float] | None) -> str:
-    """``0.912 [0.85, 0.97]``: a figure and its 95% interval."""
-    if value is None:
-        return "n/a"
-    return _f(value) if not ci else f"{_f(value)} [{ci[0]:.2f}, {ci[1]:.2f}]"
+from training.formatting import format_with_ci, save_figure
 
 
 def calibration_markdown(report: dict[str, Any]) -> list[str]:
@@ -49,8 +43,8 @@ def calibration_markdown(report: dict[str, Any]) -> list[str]:
             before, after = m["before"], m["after"]
             lines.append(
                 f"| {display_name(part) if level == 'image' else ''} | {level} | {after['n']} | "
-                f"{with_ci(before['ece'], before['ece_ci'])} | "
-                f"{with_ci(after['ece'], after['ece_ci'])} | {_f(before['brier'])} | "
+                f"{format_with_ci(before, 'ece')} | "
+                f"{format_with_ci(after, 'ece')} | {_f(before['brier'])} | "
                 f"{_f(after['brier'])} | {_f(after['mean_p'])} | {_f(after['prevalence'])} |"
             )
     unfitted = [
@@ -91,8 +85,8 @@ def operating_points_markdown(report: dict[str, Any]) -> list[str]:
                 first = level == "image" and name == "triage"
                 lines.append(
                     f"| {display_name(part) if first else ''} | {level} | {name} | "
-                    f"{_f(m['threshold'])} | {with_ci(m['sensitivity'], m['sensitivity_ci'])} | "
-                    f"{with_ci(m['specificity'], m['specificity_ci'])} | "
+                    f"{_f(m['threshold'])} | {format_with_ci(m, 'sensitivity')} | "
+                    f"{format_with_ci(m, 'specificity')} | "
                     f"{m['n']} ({m['n_abnormal']}) |"
                 )
     lines += [
@@ -126,7 +120,7 @@ def eligibility_markdown(report: dict[str, Any]) -> list[str]:
         "with the reason as a warning).",
         "",
         f"- In-distribution test views accepted: "
-        f"**{with_ci(test['accepted'], test['accepted_ci'])}** ({test['refused']} of "
+        f"**{format_with_ci(test, 'accepted')}** ({test['refused']} of "
         f"{test['n']} refused).",
         f"- Out-of-distribution evaluation set refused: **{_f(ood['refused_rate'])}** "
         f"({ood['refused']} of {ood['n']}), by kind:",

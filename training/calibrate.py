@@ -15,7 +15,6 @@ apart by construction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,12 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
 from bonexr.calibration import EPSILON, Calibration
+from training.bootstrap import BOOTSTRAP_SAMPLES, bootstrap_ci
 
 #: Equal-mass bins of the expected calibration error and the reliability diagrams.
 ECE_BINS = 15
-#: Bootstrap resamples (by study) behind every interval, and their seed.
-BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_SEED = 0
 #: The triage operating point's default target sensitivity (``--target-sensitivity``).
 DEFAULT_TARGET_SENSITIVITY = 0.95
 
@@ -118,31 +115,6 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "brier": float(brier_score_loss(labels, probs)),
         "log_loss": float(log_loss(labels, clipped, labels=[0, 1])),
     }
-
-
-def bootstrap_ci(
-    groups: ArrayLike,
-    statistic: Callable[[np.ndarray], float | None],
-    *,
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float] | None:
-    """95% percentile interval of ``statistic(rows)`` over resamples of whole groups
-    (studies): the rows of a study stay together, as they are not independent."""
-    groups = np.asarray(groups)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        picked = rng.integers(0, len(members), len(members))
-        value = statistic(np.concatenate([members[g] for g in picked]))
-        if value is not None and not math.isnan(value):
-            values.append(value)
-    if not values:
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def calibration_metrics(

@@ -44,8 +44,8 @@ def summarize(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         if isinstance(value, dict):
             for sub, v in value.items():
                 collect(f"{prefix}.{sub}" if prefix else str(sub), v)
-        elif value is not None:
-            flat.setdefault(prefix, []).append(float(value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat.setdefault(prefix, []).append(float(value))  # names and intervals are skipped
 
     for fold in per_fold:
         collect("", fold)

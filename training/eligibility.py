@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from bonexr.eligibility import metadata_refusal
 from bonexr.imaging import model_input, prepare_pixels
 from bonexr.manifest import ContentGate
-from training.calibrate import bootstrap_ci
+from training.bootstrap import bootstrap_ci
 from training.config import TrainConfig
 from training.ood import MahalanobisFit, feature_model, fit_limit, fit_mahalanobis, gate_spec
 from training.ood_set import OodImage, ood_evaluation_set

@@ -28,22 +28,21 @@ from training.metrics import (
 )
 from training.pipeline import BadImageLog, predict_frame
 
-#: Published anchors printed beside our figures, labelled for what they are: the paper's
-#: figures are on MURA's hidden test set with an ensemble, not comparable with one model
-#: on a split of the public data.
-REFERENCE_KAPPA = {
-    "MURA paper: DenseNet169 ensemble, hidden test set, study level": {
-        "ELBOW": 0.710,
-        "HAND": 0.851,
-        "SHOULDER": 0.729,
-    },
-    "open-source single ResNet50: MURA public validation set, study level": {
-        "ELBOW": 0.63,
-        "HAND": 0.47,
-        "SHOULDER": 0.47,
-    },
+#: The published anchor printed beside a real-data bundle's figures, cited: Rajpurkar et al.,
+#: "MURA: Large Dataset for Abnormality Detection in Musculoskeletal Radiographs", arXiv
+#: 1712.06957 (2017), Table 1, model row (a DenseNet169 ensemble, kappa at study level on
+#: MURA's hidden test set of 207 studies). Not comparable with one model on a split of the
+#: public data, and never printed beside synthetic figures.
+MURA_PAPER = (
+    "Rajpurkar et al. 2017 (arXiv:1712.06957), Table 1: DenseNet169 ensemble, hidden test set"
+)
+REFERENCE_KAPPA = {MURA_PAPER: {"ELBOW": 0.710, "HAND": 0.851, "SHOULDER": 0.729}}
+REFERENCE_AUROC_OVERALL = {MURA_PAPER: 0.929}
+#: MURA v1.1's public counts (the paper's 14,863 studies less the 207 hidden test studies).
+MURA_V11_PUBLIC = {
+    "train": {"images": 36808, "studies": 13457},
+    "valid": {"images": 3197, "studies": 1199},
 }
-REFERENCE_AUROC_OVERALL = {"MURA paper: DenseNet169 ensemble, hidden test set, study level": 0.929}
 
 
 def predict_split(
@@ -139,17 +138,22 @@ def _binary_report(
     usable = frame.dropna(subset=[prob_column])
     studies = study_level(frame, prob_column)
     return {
-        "image": binary_metrics(usable["label"], usable[prob_column], thresholds["image"]),
-        "study": binary_metrics(studies["label"], studies["prob"], thresholds["study"]),
+        "image": binary_metrics(
+            usable["label"], usable[prob_column], thresholds["image"], usable["study_id"]
+        ),
+        "study": binary_metrics(
+            studies["label"], studies["prob"], thresholds["study"], studies["study_id"]
+        ),
     }
 
 
-def _decided(labels: pd.Series, probs: pd.Series, decisions: pd.Series) -> dict[str, Any]:
+def _decided(
+    labels: pd.Series, probs: pd.Series, decisions: pd.Series, studies: pd.Series
+) -> dict[str, Any]:
     """Pooled metrics of decisions each made at its own part's threshold: no single
     threshold exists, so none is reported."""
-    metrics = binary_metrics(labels, decisions.astype(float), 0.5)
+    metrics = binary_metrics(labels, probs, 0.5, studies, decided=decisions)
     metrics.pop("threshold")
-    metrics["auroc"] = binary_metrics(labels, probs, 0.5)["auroc"]
     return metrics
 
 
@@ -169,8 +173,15 @@ def _two_stage(
     studies = study_level(usable.assign(body_part=usable[study_part_column]), study_prob_column)
     study_cut = studies["body_part"].map({p: t["study"] for p, t in thresholds.items()})
     return {
-        "image": _decided(images["label"], images[prob_column], images[prob_column] >= image_cut),
-        "study": _decided(studies["label"], studies["prob"], studies["prob"] >= study_cut),
+        "image": _decided(
+            images["label"],
+            images[prob_column],
+            images[prob_column] >= image_cut,
+            images["study_id"],
+        ),
+        "study": _decided(
+            studies["label"], studies["prob"], studies["prob"] >= study_cut, studies["study_id"]
+        ),
     }
 
 
@@ -212,8 +223,15 @@ def evaluate_predictions(
     study_router = usable.groupby("study_id")[["study_part", "body_part"]].first()
     report: dict[str, Any] = {
         "router": {
-            "image": router_metrics(usable["body_part"], usable["routed_part"], classes),
-            "study": router_metrics(study_router["body_part"], study_router["study_part"], classes),
+            "image": router_metrics(
+                usable["body_part"], usable["routed_part"], classes, usable["study_id"]
+            ),
+            "study": router_metrics(
+                study_router["body_part"],
+                study_router["study_part"],
+                classes,
+                study_router.index.to_numpy(),
+            ),
         },
         "parts": {},
         "two_stage": {"parts": {}},
@@ -250,9 +268,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a reader looks for first (also what the manifest stores)."""
     parts = report["parts"]
     summary: dict[str, Any] = {
+        "interval": "95% study bootstrap, 1000 resamples, seed 0 (the *_ci entries)",
         "router_accuracy": report["router"]["image"]["accuracy"],
+        "router_accuracy_ci": report["router"]["image"].get("accuracy_ci"),
         "study_auroc": {display_name(p): m["study"]["auroc"] for p, m in parts.items()},
+        "study_auroc_ci": {display_name(p): m["study"].get("auroc_ci") for p, m in parts.items()},
         "study_kappa": {display_name(p): m["study"]["kappa"] for p, m in parts.items()},
+        "study_kappa_ci": {display_name(p): m["study"].get("kappa_ci") for p, m in parts.items()},
         "image_auroc": {display_name(p): m["image"]["auroc"] for p, m in parts.items()},
         "image_kappa": {display_name(p): m["image"]["kappa"] for p, m in parts.items()},
         "overall_study_auroc": report["overall"]["pooled"]["study"]["auroc"],
@@ -264,8 +286,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
                     # the served threshold (calibrated when the report has calibration)
                     "threshold": report["thresholds"][p][level]["value"],
                     **{
-                        key: m[level][key]
+                        name: m[level].get(name)
                         for key in ("sensitivity", "specificity", "kappa", "auroc")
+                        for name in (key, f"{key}_ci")
                     },
                 }
                 for level in ("image", "study")

@@ -39,7 +39,13 @@ from training.eligibility import FittedGate
 from training.models import with_cam
 from training.ood import with_content_score
 from training.operating_points import PartAnswers
-from training.precision import PrecisionTestSet, measure_precision, not_measured, unavailable
+from training.precision import (
+    PrecisionTestSet,
+    measure_precision,
+    not_measured,
+    precision_markdown,
+    unavailable,
+)
 from training.quantize import nncf_missing, produce_int8
 
 log = logging.getLogger(__name__)
@@ -132,6 +138,7 @@ def export_bundle(
     synthetic: bool,
     extra_files: dict[str, Path] | None = None,
     parity_images: np.ndarray | None = None,
+    precision_pool: PrecisionTestSet | None = None,
     precision_test: PrecisionTestSet | None = None,
     calibration: PrecisionTestSet | None = None,
     answers: dict[str, PartAnswers] | None = None,
@@ -142,8 +149,10 @@ def export_bundle(
 
     ``models`` maps ``router`` and lower-case part names to Keras models. ``extra_files``
     maps bundle-relative paths (``report.md``, ``plots/roc.png``, ``split.csv``) to files
-    to copy in. ``calibration`` (validation images) makes int8 variants; ``precision_test``
-    (test images) scores bf16 and int8 against fp32 (:mod:`training.precision`).
+    to copy in. ``calibration`` (training images) makes int8 variants; ``precision_pool``
+    (training and validation images) decides bf16 and int8 against fp32 without test
+    labels, and ``precision_test`` scores them once on test for the record
+    (:mod:`training.precision`).
     ``answers`` (fitted on validation, :mod:`training.operating_points`) gives each part its
     calibration and operating points, served at ``triage`` by default (``thresholds`` then
     holds the served values, with the raw ones under ``"raw"``); ``content_gate`` is built
@@ -191,11 +200,15 @@ def export_bundle(
         precisions = reduced_precisions(
             staging,
             {n: str(s.onnx) for n, s in specs.items()},
-            precision_test=precision_test,
+            pool=precision_pool,
+            test=precision_test,
             calibration=calibration,
             # the gate scores raw outputs, so it decides at the raw thresholds
-            image_thresholds={
-                p: float(thresholds[p]["image"].get("raw", thresholds[p]["image"]["value"]))
+            thresholds={
+                p: {
+                    level: float(thresholds[p][level].get("raw", thresholds[p][level]["value"]))
+                    for level in ("image", "study")
+                }
                 for p in body_parts
             },
             router_classes=list(router_parts or body_parts),
@@ -205,6 +218,10 @@ def export_bundle(
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        card = staging / "MODEL_CARD.md"
+        if card.is_file() and any(spec.measured for spec in precisions.values()):
+            text = card.read_text().rstrip("\n") + "\n\n"
+            card.write_text(text + "\n".join(precision_markdown(precisions)))
         manifest = Manifest(
             name=name,
             synthetic=synthetic,
@@ -258,13 +275,15 @@ def reduced_precisions(
     staging: Path,
     onnx_files: dict[str, str],
     *,
-    precision_test: PrecisionTestSet | None,
+    pool: PrecisionTestSet | None,
+    test: PrecisionTestSet | None,
     calibration: PrecisionTestSet | None,
-    image_thresholds: dict[str, float],
+    thresholds: dict[str, dict[str, float]],
     router_classes: list[str],
     content_limit: float | None = None,
 ) -> dict[str, PrecisionSpec]:
-    """bf16 and int8, each produced where possible and scored on the test split."""
+    """bf16 and int8, each produced where possible, decided on the label-free ``pool`` and
+    validation, then scored on ``test`` for the record."""
     int8_files: dict[str, str] = {}
     coverage: dict[str, dict[str, int]] = {}
     why_no_int8 = nncf_missing() or unavailable("int8")
@@ -276,20 +295,21 @@ def reduced_precisions(
     for precision, files in (("bf16", {}), ("int8", int8_files)):
         if precision == "int8" and why_no_int8:
             precisions[precision] = not_measured(precision, f"not produced: {why_no_int8}")
-        elif precision_test is None:
+        elif pool is None:
             precisions[precision] = not_measured(
-                precision, f"not allowed: {precision} was not scored (no test split)", files
+                precision, f"not allowed: {precision} was not scored (no image pool)", files
             )
         else:
             precisions[precision] = measure_precision(
                 precision,
                 staging,
                 onnx_files,
-                precision_test,
-                image_thresholds,
+                pool,
+                thresholds,
                 router_classes,
                 variant_files=files,
                 content_limit=content_limit,
+                test=test,
             )
         if precision == "int8" and coverage:
             precisions[precision].measured["quantisation"] = coverage

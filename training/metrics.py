@@ -13,6 +13,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
+from training.bootstrap import binary_intervals, bootstrap_ci
+
 
 def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
     """One row per study: the mean of its views' probabilities (as in the MURA paper).
@@ -48,11 +50,24 @@ def choose_threshold(labels: ArrayLike, probs: ArrayLike) -> float:
     return float(min(max(threshold, 0.0), 1.0))
 
 
-def binary_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float) -> dict[str, Any]:
-    """AUROC, kappa, sensitivity, specificity, accuracy and the confusion matrix at a threshold."""
+def binary_metrics(
+    labels: ArrayLike,
+    probs: ArrayLike,
+    threshold: float,
+    groups: ArrayLike | None = None,
+    decided: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """AUROC, kappa, sensitivity, specificity, accuracy and the confusion matrix at a threshold.
+
+    With ``groups`` (each row's study or patient) every rate also gets its 95% bootstrap
+    interval (``auroc_ci``, ``kappa_ci``, ...), resampling whole groups. ``decided``
+    overrides ``probs >= threshold`` (decisions made at several parts' thresholds).
+    """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
-    predicted = (probs >= threshold).astype(int)
+    predicted = (
+        (probs >= threshold).astype(int) if decided is None else np.asarray(decided).astype(int)
+    )
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both = len(np.unique(labels)) == 2
     return {
@@ -65,6 +80,14 @@ def binary_metrics(labels: ArrayLike, probs: ArrayLike, threshold: float) -> dic
         "accuracy": float((tp + tn) / len(labels)) if len(labels) else None,
         "threshold": float(threshold),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+        **(
+            {}
+            if groups is None
+            else {
+                f"{key}_ci": interval
+                for key, interval in binary_intervals(labels, probs, predicted, groups).items()
+            }
+        ),
     }
 
 
@@ -77,14 +100,25 @@ def _kappa(labels: np.ndarray, predicted: np.ndarray) -> float | None:
 
 
 def router_metrics(
-    true_parts: pd.Series, predicted_parts: pd.Series, classes: list[str]
+    true_parts: pd.Series,
+    predicted_parts: pd.Series,
+    classes: list[str],
+    groups: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    """Accuracy and confusion matrix (rows: true part, columns: predicted part)."""
+    """Accuracy (with its bootstrap interval when ``groups`` are given) and confusion
+    matrix (rows: true part, columns: predicted part)."""
     matrix = confusion_matrix(true_parts, predicted_parts, labels=classes)
     total = int(matrix.sum())
+    correct = np.asarray(true_parts) == np.asarray(predicted_parts)
+    interval = (
+        bootstrap_ci(groups, lambda rows: float(correct[rows].mean()))
+        if groups is not None and total
+        else None
+    )
     return {
         "n": total,
         "accuracy": float(np.trace(matrix) / total) if total else None,
+        **({} if groups is None else {"accuracy_ci": interval}),
         "classes": classes,
         "confusion_matrix": matrix.astype(int).tolist(),
     }

@@ -1,7 +1,8 @@
 """The per-bundle model card (``MODEL_CARD.md``), generated from the evaluation report.
 
-It says what the bundle is for, what it was trained on and how well it did, next to the
-published MURA figures, so nobody has to dig through JSON to decide whether to trust it.
+It says what the bundle is for, what it was trained on and how well it did, with the
+intervals that say how sure that is (and, for real MURA data only, the published MURA
+figures for context), so nobody has to dig through JSON to decide whether to trust it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
 from bonexr.labels import display_name
 from training.answers_markdown import answer_sections
 from training.config import TrainConfig
+from training.evaluate import MURA_V11_PUBLIC
 from training.formatting import format_metric as _f
+from training.formatting import format_with_ci
+from training.report import localisation_markdown, published_comparison
+from training.stratify import stratification_markdown
 
 KNOWN_FAILURE_MODES = [
     "Images unlike anything in training are refused by the content gate, but it was only "
@@ -34,7 +39,6 @@ KNOWN_FAILURE_MODES = [
 
 def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[str, Any]) -> str:
     parts = list(report["parts"])
-    refs = report["reference"]["kappa"]
     lines = [
         f"# Model card: {config.name}",
         "",
@@ -44,7 +48,8 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "Output: the body part (router) and, for that part, P(abnormal) with a decision "
         "threshold; `fractured` in the API means MURA 'abnormal' (any finding), `normal` "
-        "means no abnormality detected. It does not localise findings.",
+        "means no abnormality detected. Heat maps show where the evidence lies; whether "
+        "they localise is measured below (synthetic data only: MURA has no boxes).",
         "",
         "## Training data",
         "",
@@ -58,6 +63,13 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
             f"- {split}: {counts['images']} images, {counts['studies']} studies "
             f"({counts['abnormal_studies']} abnormal), {counts['patients']} patients"
         )
+    if not config.synthetic:
+        public = MURA_V11_PUBLIC
+        lines.append(
+            f"- For reference, MURA v1.1's public release: train {public['train']['images']:,} "
+            f"images / {public['train']['studies']:,} studies, valid "
+            f"{public['valid']['images']:,} / {public['valid']['studies']:,}."
+        )
     lines += [
         "",
         "## Models",
@@ -70,34 +82,37 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "Two operating points per part: `POST /predict` decides a single image at the "
         "**image** threshold; `POST /predict/study` decides the mean over a study's views "
-        "at the **study** threshold. Study-level kappa is the figure comparable with MURA.",
+        "at the **study** threshold. 95% intervals: 1000 study-bootstrap resamples, seed 0.",
         "",
-        "| body part | level | AUROC | kappa | sensitivity | specificity | threshold | "
-        + " | ".join(f"kappa, {name}" for name in refs)
-        + " |",
-        "|---" * (7 + len(refs)) + "|",
+        "| body part | level | AUROC | kappa | sensitivity | specificity | threshold |",
+        "|---|---|---|---|---|---|---|",
     ]
     for part in parts:
         for level in ("image", "study"):
             m = report["parts"][part][level]
-            ref_values = " | ".join(
-                _f(r.get(part)) if level == "study" else "" for r in refs.values()
+            cells = " | ".join(
+                format_with_ci(m, k) for k in ("auroc", "kappa", "sensitivity", "specificity")
             )
             lines.append(
-                f"| {display_name(part) if level == 'image' else ''} | {level} | "
-                f"{_f(m['auroc'])} | {_f(m['kappa'])} | {_f(m['sensitivity'])} | "
-                f"{_f(m['specificity'])} | {_f(m['threshold'])} | {ref_values} |"
+                f"| {display_name(part) if level == 'image' else ''} | {level} | {cells} | "
+                f"{_f(m['threshold'])} |"
             )
-    router = report["router"]["image"]["accuracy"]
+    router = report["router"]["image"]
     two_stage = report["two_stage"]["overall"]["pooled"]["study"]
     lines += [
         "",
-        f"Router accuracy (images): {_f(router)}. Two-stage as the service answers "
-        f"(study routed once, that part's model on every view), all parts pooled: study "
-        f"kappa {_f(two_stage['kappa'])}, AUROC {_f(two_stage['auroc'])}. For context only: "
-        "the MURA paper's DenseNet169 ensemble reached overall AUROC 0.929 on MURA's hidden "
-        "test set.",
+        f"Router accuracy (images): {format_with_ci(router, 'accuracy')}. Two-stage as the "
+        f"service answers (study routed once, that part's model on every view), all parts "
+        f"pooled: study kappa {format_with_ci(two_stage, 'kappa')}, AUROC "
+        f"{format_with_ci(two_stage, 'auroc')}.",
         "",
+        *published_comparison(report, parts, config.synthetic),
+        *(
+            stratification_markdown(report["stratification"])
+            if report.get("stratification")
+            else []
+        ),
+        *(localisation_markdown(report["localisation"]) if report.get("localisation") else []),
         "## Thresholds and how to re-choose them per site",
         "",
         "Each part has two operating points, each with an image threshold (`/predict`) "

@@ -14,10 +14,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
 from bonexr.errors import ConfigError
 from bonexr.labels import ROUTER
@@ -46,11 +47,12 @@ def _tiny_backbone(input_shape: tuple[int, int, int], weights: str | None = None
         raise ConfigError("the 'tiny' backbone has no pretrained weights; use --weights none")
     inputs = keras.Input(input_shape)
     x = inputs
-    for filters in (16, 32, 64, 128):
+    for block, filters in enumerate((16, 32, 64, 128)):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)  # short runs: stats must settle fast
         x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D()(x)
+        if block < 3:  # no pooling after the last block: a 12x12 map at 96 px, not 6x6
+            x = layers.MaxPooling2D()(x)
     # Max pooling finds a small defect anywhere in the image; average pooling sees global shape.
     x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
     return keras.Model(inputs, x, name="tiny")
@@ -164,18 +166,56 @@ def backbone_of(model: keras.Model) -> keras.Model:
 CAM_OUTPUT = "cam"
 
 
+class SplitPoolingCam(layers.Layer):
+    """The exact attribution of an average-and-max pooled head, one value per grid cell.
+
+    The head's logit is ``b + sum_k a_k mean(F_k) + sum_k m_k max(F_k)``. The average
+    branch is spread over the grid as CAM does (``a_k F_k[y, x] / (h w)``); the max branch
+    is placed where it is taken, at each channel's arg-max (shared equally between tied
+    cells). So the map sums to the logit over the grid, and a defect that only the max
+    branch sees shows where it is instead of being spread evenly over the map.
+    """
+
+    def __init__(
+        self, average: np.ndarray, maximum: np.ndarray, bias: float, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.average = np.asarray(average, dtype="float32")
+        self.maximum = np.asarray(maximum, dtype="float32")
+        self.bias = float(bias)
+
+    def call(self, features: Any) -> Any:
+        cells = float(features.shape[1] * features.shape[2])
+        average = ops.tensordot(features, ops.convert_to_tensor(self.average), axes=1) / cells
+        peak = ops.max(features, axis=(1, 2), keepdims=True)
+        at_peak = ops.cast(ops.equal(features, peak), features.dtype)
+        share = at_peak / ops.sum(at_peak, axis=(1, 2), keepdims=True)
+        maximum = ops.tensordot(features * share, ops.convert_to_tensor(self.maximum), axes=1)
+        return average + maximum + self.bias / cells
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "average": self.average.tolist(),
+            "maximum": self.maximum.tolist(),
+            "bias": self.bias,
+        }
+
+
 def with_cam(model: keras.Model) -> keras.Model:
-    """The abnormality ``model`` with a second output: its class activation map.
+    """The abnormality ``model`` with a second output: where its evidence lies.
 
     CAM (Zhou et al. 2016, the maps of the MURA paper): the head is a global pooling of the
-    backbone's last feature maps ``F`` followed by one dense unit, so
-    ``cam[y, x] = sum_k w_k F_k[y, x] + b`` shows where the evidence for "abnormal" lies;
-    for an average-pooled head its mean over the grid is exactly the logit. The tiny
-    backbone pools average *and* max of the same maps, so each channel's two weights are
-    added. Same weights, one backbone pass: the map costs a 1x1 convolution.
+    backbone's last feature maps ``F`` followed by one dense unit. For an average-pooled
+    head (ResNet50, DenseNet169) ``cam[y, x] = sum_k w_k F_k[y, x] + b`` is exact: its mean
+    over the grid is the logit. The tiny backbone pools average *and* max of the same maps;
+    adding each channel's two weights (the old map) spread the max branch evenly over the
+    grid, which is not what the model uses, so :class:`SplitPoolingCam` splits the two
+    branches exactly instead. Same weights, one backbone pass.
 
-    Outputs ``[probabilities (N, 1), cam (N, h, w)]`` at the feature grid (e.g. 7x7 for
-    ResNet50 at 224 px); :func:`bonexr.heatmap.to_image_grid` maps it onto the image.
+    Outputs ``[probabilities (N, 1), cam (N, h, w)]`` at the feature grid (7x7 for
+    ResNet50 at 224 px, 12x12 for the tiny backbone at 96 px);
+    :func:`bonexr.heatmap.to_image_grid` maps it onto the image.
     """
     backbone = backbone_of(model)
     pools = [layer for layer in backbone.layers if isinstance(layer, layers.GlobalAveragePooling2D)]
@@ -193,12 +233,15 @@ def with_cam(model: keras.Model) -> keras.Model:
     kernel, bias = (np.asarray(v) for v in head.get_weights())
     channels = int(features.shape[-1])
     weights = kernel[:, 0]
+    grid = tuple(int(d) for d in features.shape[1:3])
     if len(weights) == 2 * channels:  # [average; max] pooled features of the same maps
-        weights = weights[:channels] + weights[channels:]
+        split = SplitPoolingCam(weights[:channels], weights[channels:], float(bias[0]))
+        cam = layers.Reshape(grid, name=CAM_OUTPUT)(split(features))
+        return keras.Model(image, [probabilities, cam], name=f"{model.name}_cam")
     if len(weights) != channels:
         raise ConfigError(f"head has {len(weights)} weights for {channels} feature maps")
     conv = layers.Conv2D(1, 1, name="cam_weights")
     cam = conv(features)
     conv.set_weights([weights.reshape(1, 1, channels, 1).astype("float32"), bias.astype("float32")])
-    cam = layers.Reshape(tuple(int(d) for d in features.shape[1:3]), name=CAM_OUTPUT)(cam)
+    cam = layers.Reshape(grid, name=CAM_OUTPUT)(cam)
     return keras.Model(image, [probabilities, cam], name=f"{model.name}_cam")

@@ -62,7 +62,8 @@ from training.operating_points import (
     served_thresholds,
 )
 from training.pipeline import BadImageLog
-from training.precision import PrecisionTestSet
+from training.precision import POOL_LIMIT, PrecisionTestSet
+from training.quantize import CALIBRATION_IMAGES
 from training.report import plot_confusions, plot_roc, plot_training_curves, render_markdown
 from training.split import (
     SPLIT_FILE_COLUMNS,
@@ -71,6 +72,7 @@ from training.split import (
     split_summary,
     write_split,
 )
+from training.stratify import hidden_stratification
 from training.train import BEST_MODEL, HISTORY, load_done, train_model
 
 log = logging.getLogger(__name__)
@@ -297,11 +299,13 @@ def evaluate_run(
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
     report["localisation"] = None
     boxes = read_boxes(root)
+    report["stratification"] = hidden_stratification(test, thresholds, parts, boxes)
     if boxes is not None:
         say("== scoring the heat maps against the drawn defect boxes (pointing game)")
         report["localisation"], pointed = pointing_game(
-            models, test, boxes, Path(root), parts, config.input_size
-        )
+            models, test, boxes, Path(root), parts, config.input_size,
+            train=split[split["split"] == "train"],
+        )  # fmt: skip
         plot_examples(
             pointed, models, test, thresholds, Path(root), config.input_size,
             paths.report_dir / "plots" / "heatmaps.png",
@@ -334,11 +338,29 @@ def write_report(
         plot_training_curves(histories, out / "plots" / "training_curves.png")
 
 
+def precision_pool_rows(split: pd.DataFrame, limit: int = POOL_LIMIT) -> pd.DataFrame:
+    """The reduced-precision gate's label-free pool: every validation image (the
+    non-inferiority check reads their labels) and training images, whole studies sampled
+    (seeded) until :data:`training.precision.POOL_LIMIT` images."""
+    validation = split[split["split"] == "validation"]
+    train = split[split["split"] == "train"]
+    studies = train["study_id"].drop_duplicates().sample(frac=1.0, random_state=0)
+    sizes = train.groupby("study_id").size().reindex(studies).cumsum()
+    keep = sizes[sizes <= max(0, limit - len(validation))].index
+    return pd.concat([validation, train[train["study_id"].isin(keep)]])
+
+
+def calibration_rows(split: pd.DataFrame, per_part: int = CALIBRATION_IMAGES) -> pd.DataFrame:
+    """Training images to calibrate int8 with, up to ``per_part`` per body part (seeded)."""
+    train = split[split["split"] == "train"].sample(frac=1.0, random_state=0)
+    return train.groupby("body_part", sort=False).head(per_part)
+
+
 def precision_images(frame: pd.DataFrame, config: TrainConfig) -> PrecisionTestSet:
-    """Images of every part the router knows, prepared (unreadable ones skipped): the test
-    split's for the export's reduced-precision gate (two-stage, so routing counts), the
-    validation split's to calibrate int8 with."""
-    pixels, parts, labels, studies = [], [], [], []
+    """Images of every part the router knows, prepared (unreadable ones skipped): the
+    label-free pool and the test split of the export's reduced-precision gate (two-stage,
+    so routing counts), and training images to calibrate int8 with."""
+    pixels, parts, labels, studies, splits = [], [], [], [], []
     known = config.router_parts or config.body_parts
     for row in frame[frame["body_part"].isin(known)].to_dict("records"):
         try:
@@ -348,12 +370,14 @@ def precision_images(frame: pd.DataFrame, config: TrainConfig) -> PrecisionTestS
         parts.append(str(row["body_part"]))
         labels.append(int(row["label"]))
         studies.append(str(row["study_id"]))
+        splits.append(str(row["split"]))
     size = config.input_size
     return PrecisionTestSet(
         np.stack(pixels) if pixels else np.zeros((0, size, size), np.uint8),
         parts,
         np.asarray(labels),
         studies,
+        splits,
     )
 
 
@@ -502,8 +526,11 @@ def _evaluate_and_export(
         synthetic=config.synthetic,
         extra_files=extra,
         parity_images=parity,
+        precision_pool=precision_images(precision_pool_rows(split), config),
         precision_test=precision_images(split[split["split"] == "test"], config),
-        calibration=precision_images(split[split["split"] == "validation"], config),
+        # int8 is calibrated on training images: validation already chooses the
+        # checkpoint, thresholds and calibration, and now judges the precision
+        calibration=precision_images(calibration_rows(split), config),
         force=force,
     )
     say((paths.report_dir / "report.md").read_text())

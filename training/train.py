@@ -29,14 +29,22 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
 from bonexr.atomic import write_json_atomic
 from bonexr.errors import DataError
 from bonexr.labels import ROUTER
 from training.config import TrainConfig
 from training.distribute import Distribution, SyncBatchNormStatistics, get_distribution
+from training.metrics import study_level
 from training.models import backbone_of, build_model
-from training.pipeline import BadImageLog, abnormality_weights, make_dataset, router_targets
+from training.pipeline import (
+    BadImageLog,
+    abnormality_weights,
+    make_dataset,
+    predict_frame,
+    router_targets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +87,36 @@ def fit_verbosity(progress: bool) -> int:
     return 1 if progress and sys.stdout.isatty() else 2
 
 
+#: What a part model's checkpoint and early stopping follow: the AUROC of study means
+#: (the level MURA is judged at and the service's study answer), not of single images.
+STUDY_AUC = "val_study_auc"
+
+
 def _monitor(model_name: str) -> tuple[str, str]:
-    return ("val_accuracy", "max") if model_name == ROUTER else ("val_auc", "max")
+    return ("val_accuracy", "max") if model_name == ROUTER else (STUDY_AUC, "max")
+
+
+class StudyAuc(keras.callbacks.Callback):
+    """Adds ``val_study_auc`` to each epoch's logs: the validation studies' AUROC, each
+    study scored by the mean of its views (as the evaluation and the service do).
+
+    Listed before the checkpoint, early stopping and CSV logger, which read the same logs.
+    Every worker of a multi-worker run scores the whole validation split with the same
+    weights, so all see the same value and stop at the same epoch.
+    """
+
+    def __init__(self, val: pd.DataFrame, *, size: int, batch_size: int, bad_images: BadImageLog):
+        super().__init__()
+        self.val = val
+        self.common: dict[str, Any] = dict(size=size, batch_size=batch_size, bad_images=bad_images)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        probs = predict_frame(self.model, self.val, **self.common)[:, 0]
+        studies = study_level(self.val.assign(prob=probs))
+        both = studies["label"].nunique() == 2
+        logs[STUDY_AUC] = float(roc_auc_score(studies["label"], studies["prob"])) if both else 0.5
 
 
 def _best_so_far(history: Path, monitor: str) -> float | None:
@@ -298,8 +334,21 @@ def train_model(
                 save_best_only=True,
                 initial_value_threshold=best,
             )
+            study_auc = (
+                []
+                if model_name == ROUTER
+                else [
+                    StudyAuc(
+                        val,
+                        size=config.input_size,
+                        batch_size=global_batch,
+                        bad_images=bad_images,
+                    )
+                ]
+            )
             callbacks = [
                 *([SyncBatchNormStatistics(strategy)] if dist.replicas > 1 else []),
+                *study_auc,  # before everything that reads val_study_auc
                 _backup_callback(out, model_dir, phase),
                 checkpoint,
                 keras.callbacks.EarlyStopping(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from bonexr.manifest import Manifest
 from service.deps import ReadyEngineDep, ServicesDep
 from service.errors import error_responses
 from service.rules import build_rules, render_rules_png
@@ -31,6 +34,19 @@ def prefers_json(accept: str) -> bool:
     json_q = best.get("application/json", 0.0)
     png_q = max(best.get("image/png", 0.0), best.get("image/*", 0.0))
     return json_q > 0 and json_q > png_q
+
+
+def served_precision(manifest: Manifest, precision: str) -> dict[str, Any]:
+    """What the serving precision scored on the test split, next to fp32."""
+    spec = manifest.precisions.get(precision)
+    test = spec.measured.get("test", {}) if spec is not None else {}
+    return {
+        "precision": precision,
+        "test_study_auroc": {
+            part: {"fp32": m["study_auroc_fp32"], precision: m["study_auroc_reduced"]}
+            for part, m in test.items()
+        },
+    }
 
 
 @router.get(
@@ -106,5 +122,6 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
         providers=engine.providers,
         runtime=engine.runtime.describe(),
         precisions={k: v.model_dump() for k, v in manifest.precisions.items()},
+        served_precision=served_precision(manifest, engine.runtime.precision),
         warnings=engine.bundle_warnings,
     )

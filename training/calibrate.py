@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
 from bonexr.calibration import EPSILON, Calibration
-from training.bootstrap import BOOTSTRAP_SAMPLES, bootstrap_ci
+from training.bootstrap import BOOTSTRAP_SAMPLES, bootstrap_ci, rate_interval
 
 #: Equal-mass bins of the expected calibration error and the reliability diagrams.
 ECE_BINS = 15
@@ -141,15 +141,25 @@ def calibration_metrics(
 def rate_ci(
     labels: ArrayLike, probs: ArrayLike, threshold: float, groups: ArrayLike
 ) -> dict[str, Any]:
-    """Sensitivity and specificity at ``threshold`` with study-bootstrap 95% intervals."""
+    """Sensitivity and specificity at ``threshold`` with study-bootstrap 95% intervals
+    (exact ones where every resample agrees, :func:`training.bootstrap.rate_interval`)."""
     y = np.asarray(labels).astype(int)
     p = np.asarray(probs, dtype=np.float64)
     sens, spec = rates(y, p, threshold)
+    abnormal, normal = int(y.sum()), int(len(y) - y.sum())
+    caught, cleared = (
+        int(np.sum((p >= threshold) & (y == 1))),
+        int(np.sum((p < threshold) & (y == 0))),
+    )
     return {
         "sensitivity": sens,
-        "sensitivity_ci": bootstrap_ci(groups, lambda r: rates(y[r], p[r], threshold)[0]),
+        "sensitivity_ci": rate_interval(
+            sens, bootstrap_ci(groups, lambda r: rates(y[r], p[r], threshold)[0]), caught, abnormal
+        ),
         "specificity": spec,
-        "specificity_ci": bootstrap_ci(groups, lambda r: rates(y[r], p[r], threshold)[1]),
+        "specificity_ci": rate_interval(
+            spec, bootstrap_ci(groups, lambda r: rates(y[r], p[r], threshold)[1]), cleared, normal
+        ),
         "n": len(y),
         "n_abnormal": int(y.sum()),
     }

@@ -21,9 +21,11 @@ from bonexr.labels import DEFAULT_BODY_PARTS, model_key, normalize_body_parts
 Backbone = Literal["resnet50", "densenet169", "tiny"]
 SplitMode = Literal["random", "official"]
 Strategy = Literal["default", "mirrored", "multiworker"]
+Device = Literal["auto", "cpu", "gpu"]
 BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
 SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DEVICES: tuple[str, ...] = get_args(Device)
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
@@ -47,6 +49,10 @@ _RESUME_FREE = {
     "cache",
     "target_sensitivity",
     "ood_acceptance",
+    "device",
+    "jit_compile",
+    "deterministic",
+    "cache_memory_gb",
 }
 
 
@@ -84,6 +90,20 @@ class TrainConfig:
     target_sensitivity: float = 0.95
     #: The content gate's limit accepts this share of in-distribution validation views.
     ood_acceptance: float = 0.99
+    #: Where to train: ``auto`` uses a GPU when TensorFlow sees one; ``gpu`` refuses to
+    #: start without one (before any data is read); ``cpu`` hides the GPUs.
+    device: Device = "auto"
+    #: Keras mixed precision: float16 compute on a GPU, bfloat16 on a CPU (fast with AMX);
+    #: variables and the output layer stay float32, and the export is float32.
+    mixed_precision: bool = False
+    #: XLA-compile the training step (often faster on GPUs; first epoch slower).
+    jit_compile: bool = False
+    #: Deterministic TensorFlow ops: a seeded run repeats exactly. Free on the CPU; on a GPU
+    #: some kernels (e.g. cuDNN's fastest convolutions) are slower when deterministic.
+    deterministic: bool = True
+    #: Decoded images are cached in memory up to this many GB per dataset, on disk in the
+    #: run folder (``cache/``, reused by later runs on the same images) beyond it.
+    cache_memory_gb: float = 4.0
 
     def __post_init__(self) -> None:
         self.body_parts = normalize_body_parts(self.body_parts)
@@ -107,6 +127,9 @@ class TrainConfig:
         if not 0.5 < self.ood_acceptance <= 1.0:
             raise ConfigError("--ood-acceptance must be in (0.5, 1]")
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("device", self.device, DEVICES)
+        if self.cache_memory_gb < 0:
+            raise ConfigError("--cache-memory-gb cannot be negative")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -191,6 +214,17 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption(
         "ood_acceptance",
         "share of in-distribution validation views the content gate's limit accepts",
+    ),
+    CliOption(
+        "device", "train on: auto (a GPU if visible), cpu, or gpu (refuse without)", (), DEVICES
+    ),
+    CliOption(
+        "mixed_precision", "float16 (GPU) / bfloat16 (CPU) compute, float32 weights and export"
+    ),
+    CliOption("jit_compile", "XLA-compile the training step"),
+    CliOption("deterministic", "deterministic TensorFlow ops (slower on some GPU kernels)"),
+    CliOption(
+        "cache_memory_gb", "decoded-image cache in memory up to this size, on disk beyond it"
     ),
 )
 

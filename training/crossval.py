@@ -23,7 +23,7 @@ from training.distribute import get_distribution
 from training.formatting import format_metric
 from training.io import say, write_text_atomic
 from training.pipeline import BadImageLog
-from training.run import evaluate_run, prepare_run, train_all, with_router_parts
+from training.run import evaluate_run, prepare_run, start_device, train_all, with_router_parts
 from training.split import assign_folds, write_split
 
 
@@ -76,6 +76,7 @@ def cross_validate(
         raise ConfigError("--folds must be at least 3 (test, validation and training folds)")
     from training.evaluate import headline
 
+    start_device(config)
     distribution = get_distribution(config.strategy)
     run_dir = Path(run_dir)
     index, report = index_dataset(root, body_parts=config.router_parts or ALL_BODY_PARTS)

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from bonexr.eligibility import metadata_refusal
 from bonexr.imaging import model_input, prepare_pixels
 from bonexr.manifest import ContentGate
-from training.bootstrap import bootstrap_ci
+from training.bootstrap import bootstrap_ci, rate_interval
 from training.config import TrainConfig
 from training.ood import MahalanobisFit, feature_model, fit_limit, fit_mahalanobis, gate_spec
 from training.ood_set import OodImage, ood_evaluation_set
@@ -127,7 +127,12 @@ def evaluate_content_gate(
         "test": {
             "n": len(test_scores),
             "accepted": float(accepted.mean()) if len(accepted) else None,
-            "accepted_ci": bootstrap_ci(studies, lambda r: float(accepted[r].mean())),
+            "accepted_ci": rate_interval(
+                float(accepted.mean()) if len(accepted) else None,
+                bootstrap_ci(studies, lambda r: float(accepted[r].mean())),
+                int(accepted.sum()),
+                len(accepted),
+            ),
             "refused": int((~accepted).sum()),
         },
         "ood": {

@@ -39,7 +39,7 @@ from PIL import Image, ImageFilter
 from bonexr.heatmap import overlay, peak, to_image_grid
 from bonexr.imaging import decode_image, model_input, prepare_pixels
 from bonexr.labels import display_name, model_key
-from training.bootstrap import bootstrap_ci
+from training.bootstrap import bootstrap_ci, rate_interval
 from training.formatting import save_figure
 from training.models import with_cam
 
@@ -226,7 +226,10 @@ def hit_rates(results: list[Pointed], baselines: tuple[str, ...] = BASELINES) ->
             columns[name] = np.asarray([r.baselines[name] for r in results])
     for name, hits in columns.items():
         out[name] = float(hits.mean())
-        out[f"{name}_ci"] = bootstrap_ci(groups, _mean_of(hits))
+        interval = bootstrap_ci(groups, _mean_of(hits))
+        if name != "random":  # a hit or a miss per image; random's are probabilities
+            interval = rate_interval(out[name], interval, int(hits.sum()), n)
+        out[f"{name}_ci"] = interval
     out["difference"] = {}
     for name, hits in columns.items():
         if name == "heatmap":

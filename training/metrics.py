@@ -13,7 +13,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
-from training.bootstrap import binary_intervals, bootstrap_ci
+from training.bootstrap import binary_intervals, bootstrap_ci, rate_interval
 
 
 def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
@@ -70,7 +70,7 @@ def binary_metrics(
     )
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both = len(np.unique(labels)) == 2
-    return {
+    metrics: dict[str, Any] = {
         "n": len(labels),
         "n_abnormal": int(labels.sum()),
         "auroc": float(roc_auc_score(labels, probs)) if both else None,
@@ -80,15 +80,15 @@ def binary_metrics(
         "accuracy": float((tp + tn) / len(labels)) if len(labels) else None,
         "threshold": float(threshold),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
-        **(
-            {}
-            if groups is None
-            else {
-                f"{key}_ci": interval
-                for key, interval in binary_intervals(labels, probs, predicted, groups).items()
-            }
-        ),
     }
+    if groups is not None:
+        intervals = binary_intervals(labels, probs, predicted, groups)
+        counts = {"sensitivity": (int(tp), int(tp + fn)), "specificity": (int(tn), int(tn + fp))}
+        for key, interval in intervals.items():
+            if key in counts:
+                interval = rate_interval(metrics[key], interval, *counts[key])
+            metrics[f"{key}_ci"] = interval
+    return metrics
 
 
 def _kappa(labels: np.ndarray, predicted: np.ndarray) -> float | None:
@@ -111,7 +111,12 @@ def router_metrics(
     total = int(matrix.sum())
     correct = np.asarray(true_parts) == np.asarray(predicted_parts)
     interval = (
-        bootstrap_ci(groups, lambda rows: float(correct[rows].mean()))
+        rate_interval(
+            float(correct.mean()),
+            bootstrap_ci(groups, lambda rows: float(correct[rows].mean())),
+            int(correct.sum()),
+            total,
+        )
         if groups is not None and total
         else None
     )

@@ -149,13 +149,46 @@ def build_model(
     base.name = "backbone"
     x = base(x, training=False) if resolved else base(x)
     x = layers.Dropout(dropout, name="dropout")(x)
+    # the output layer computes in float32 under mixed precision (a softmax / sigmoid in
+    # float16 saturates); a no-op under the default float32 policy
     if task == ROUTER:
         if not classes or len(classes) < 2:
             raise ConfigError("the router needs at least two body parts")
-        out = layers.Dense(len(classes), activation="softmax", name="probabilities")(x)
+        out = layers.Dense(
+            len(classes), activation="softmax", name="probabilities", dtype="float32"
+        )(x)
     else:
-        out = layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+        out = layers.Dense(1, activation="sigmoid", name="probabilities", dtype="float32")(x)
     return keras.Model(image, out, name=f"bonexr_{task.lower()}")
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
+def is_mixed(model: keras.Model) -> bool:
+    """Whether any layer computes in a reduced float (a ``--mixed-precision`` model)."""
+    return any(layer.dtype_policy.compute_dtype != "float32" for layer in _all_layers(model))
+
+
+def as_float32(model: keras.Model, rebuild: Callable[[], keras.Model]) -> keras.Model:
+    """``model`` itself, or for a mixed-precision model a float32 copy with its weights.
+
+    Mixed precision keeps the variables in float32, so the copy (built by ``rebuild``
+    under the float32 policy) computes what the trained model computes, without the
+    reduced-precision rounding: evaluation and the ONNX export then run float32 graphs.
+    """
+    if not is_mixed(model):
+        return model
+    keras.mixed_precision.set_global_policy("float32")
+    copy = rebuild()
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

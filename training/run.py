@@ -30,7 +30,7 @@ from bonexr.atomic import write_json_atomic
 from bonexr.bundle import Manifest, sha256_file
 from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
-from bonexr.labels import ALL_BODY_PARTS
+from bonexr.labels import ALL_BODY_PARTS, ROUTER
 from bonexr.manifest import TRIAGE
 from training.answers_markdown import plot_reliability
 from training.config import (
@@ -42,6 +42,13 @@ from training.config import (
     save_config,
 )
 from training.dataset import index_dataset
+from training.devices import (
+    LARGE_DATASET,
+    DeviceChoice,
+    TimeEstimate,
+    apply_precision,
+    choose_device,
+)
 from training.distribute import Distribution, fingerprint_of, get_distribution
 from training.eligibility import FittedGate, evaluate_content_gate, fit_content_gate
 from training.evaluate import (
@@ -54,6 +61,7 @@ from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
 from training.localisation import plot_examples, pointing_game, read_boxes
 from training.model_card import render_model_card
+from training.models import as_float32, build_model
 from training.operating_points import (
     PartAnswers,
     answers_report,
@@ -226,6 +234,30 @@ def split_counts(split: pd.DataFrame) -> dict[str, dict[str, int]]:
     }
 
 
+def start_device(config: TrainConfig) -> DeviceChoice:
+    """Choose and log the training device and the Keras precision policy (before any data
+    is read: ``--device gpu`` without a GPU stops here with one line)."""
+    device = choose_device(config.device, mixed_precision=config.mixed_precision)
+    say(f"== {device.describe()}")
+    apply_precision(device)
+    return device
+
+
+def cpu_time_estimate(
+    device: DeviceChoice, split: pd.DataFrame, config: TrainConfig, only: list[str] | None
+) -> tuple[TimeEstimate, ...]:
+    """On a CPU with a large dataset, the callback that estimates the run's time."""
+    train = split[split["split"] == "train"]
+    names = [n for n in config.model_names() if not only or n in only]
+    images = sum(
+        len(train) if n == ROUTER else int((train["body_part"] == n.upper()).sum()) for n in names
+    )
+    if device.kind != "cpu" or len(train) <= LARGE_DATASET:
+        return ()
+    epochs = config.epochs + (config.head_epochs if config.weights not in ("none", "") else 0)
+    return (TimeEstimate(batch_size=config.batch_size, images=images, epochs=epochs),)
+
+
 def train_all(
     split: pd.DataFrame,
     config: TrainConfig,
@@ -266,6 +298,23 @@ class EvaluatedRun:
     gate: FittedGate
 
 
+def load_trained(path: Path, name: str, config: TrainConfig) -> keras.Model:
+    """A trained model as the evaluation and the export use it: float32 (a mixed-precision
+    model is copied into the float32 architecture with its float32 weights)."""
+    model = keras.models.load_model(path)
+
+    def rebuild() -> keras.Model:
+        return build_model(
+            name if name == ROUTER else "abnormality",
+            classes=list(config.router_parts or config.body_parts),
+            backbone=config.backbone_for(name),
+            input_size=config.input_size,
+            weights="none",
+        )
+
+    return as_float32(model, rebuild)
+
+
 def evaluate_run(
     split: pd.DataFrame,
     config: TrainConfig,
@@ -276,7 +325,7 @@ def evaluate_run(
     """Load the best models; fit calibration, operating points and the content gate on
     train/validation; evaluate on test (and the heat maps where the dataset records defect
     boxes); write the report."""
-    models = {name: keras.models.load_model(paths.model(name)) for name in config.model_names()}
+    models = {name: load_trained(paths.model(name), name, config) for name in config.model_names()}
     parts = list(config.body_parts)
     say("== evaluating on the validation (thresholds) and test splits")
     validation = predict_true_part(
@@ -432,7 +481,9 @@ def run_training(
     On a non-chief worker of a multi-worker run: train, wait for the chief to evaluate and
     export, return None; nothing is written.
     """
-    # First: a multi-worker strategy must exist before TensorFlow runs any op.
+    # First the device (hiding GPUs must precede their initialisation), then the strategy
+    # (a multi-worker strategy must exist before TensorFlow runs any op).
+    device = start_device(config)
     dist = get_distribution(config.strategy)
     out = Path(out)
     paths = RunPaths(Path(run_dir))
@@ -463,7 +514,7 @@ def run_training(
         paths,
         only=only,
         bad_images=bad_images,
-        callbacks=callbacks,
+        callbacks=(*callbacks, *cpu_time_estimate(device, split, config, only)),
         distribution=dist,
     )
 

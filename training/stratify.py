@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.bootstrap import binary_intervals
+from training.bootstrap import binary_intervals, rate_interval
 from training.formatting import format_with_ci
 from training.metrics import binary_metrics, study_level
 
@@ -27,10 +27,12 @@ def _sensitivity(labels: np.ndarray, decided: np.ndarray, groups: np.ndarray) ->
     y = labels.astype(int)
     d = decided.astype(bool)
     interval = binary_intervals(y, d.astype(float), d, groups)
+    caught, abnormal = int(d[y == 1].sum()), int(y.sum())
+    sensitivity = caught / abnormal if abnormal else None
     return {
-        "n_abnormal": int(y.sum()),
-        "sensitivity": float(d[y == 1].mean()) if y.sum() else None,
-        "sensitivity_ci": interval.get("sensitivity"),
+        "n_abnormal": abnormal,
+        "sensitivity": sensitivity,
+        "sensitivity_ci": rate_interval(sensitivity, interval.get("sensitivity"), caught, abnormal),
     }
 
 

@@ -75,11 +75,14 @@ def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def make_deterministic(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and make TF ops deterministic: a seeded run on the
-    CPU then repeats exactly (initial weights, input order, augmentation, gradients)."""
+def make_deterministic(seed: int, ops: bool = True) -> None:
+    """Seed Python, NumPy and TensorFlow and (``ops``) make TF ops deterministic: a seeded
+    run on the CPU then repeats exactly (initial weights, input order, augmentation,
+    gradients). ``--no-deterministic`` keeps the seeds but lets a GPU use its fastest,
+    non-deterministic kernels."""
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if ops:
+        tf.config.experimental.enable_op_determinism()
 
 
 def fit_verbosity(progress: bool) -> int:
@@ -158,16 +161,23 @@ def _compile(
     model: keras.Model,
     model_name: str,
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    jit_compile: bool = False,
 ) -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
     if model_name == ROUTER:
-        model.compile(optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer,
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=jit_compile,
+        )
     else:
         model.compile(
             optimizer,
             loss="binary_crossentropy",
             weighted_metrics=[],
             metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+            jit_compile=jit_compile,
         )
 
 
@@ -263,7 +273,7 @@ def train_model(
         w_train = train["label"].map(weights).to_numpy()
         w_val = val["label"].map(weights).to_numpy()
 
-    make_deterministic(config.seed)
+    make_deterministic(config.seed, config.deterministic)
     # --batch-size is per replica: the pipeline yields global batches, tf.distribute splits
     # each among the replicas (and, with several workers, among the workers).
     global_batch = dist.global_batch(config.batch_size)
@@ -320,7 +330,7 @@ def train_model(
                     epochs=max(1, epochs_in_phase),
                     steps_per_epoch=math.ceil(len(train) / global_batch),
                 )
-                _compile(model, model_name, schedule)
+                _compile(model, model_name, schedule, config.jit_compile)
             if phase == "finetune":
                 # this task's own file when it trained the head (a worker must not wait for
                 # the chief's), the chief's when resuming after the head phase

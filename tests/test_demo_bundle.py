@@ -212,13 +212,13 @@ def test_pipeline_learns_both_tasks(trained_demo: dict) -> None:
     router_accuracy = report["router"]["image"]["accuracy"]
     aurocs = {part: m["study"]["auroc"] for part, m in report["parts"].items()}
     print(f"router accuracy {router_accuracy:.3f}; study AUROC {aurocs}")
-    # Spread of the demo recipe over three seeds each (docs/benchmarks.md "Demo recipe, spread over
-    # seeds"): router accuracy 0.992-1.000, study AUROC elbow 0.990-1.000, shoulder
-    # 0.943-1.000, hand 1.000. The fixture is fixed-seed; the bounds sit below the worst
-    # seed (router by 0.09, parts by 0.09).
+    # Spread of the demo recipe over five training seeds on one split (docs/figures.md
+    # "Seed spread", bench/seed_spread.py): study AUROC elbow 0.857-0.905, hand
+    # 0.968-1.000, shoulder 1.000; router accuracy 1.000 (the base run). The fixture is
+    # fixed-seed but has one corrupt image; the bounds sit ~0.1 below the worst seed.
     assert router_accuracy >= 0.9
     for part, auroc in aurocs.items():
-        assert auroc >= 0.85, f"{part} study-level AUROC {auroc:.3f} < 0.85"
+        assert auroc >= 0.75, f"{part} study-level AUROC {auroc:.3f} < 0.75"
     assert (
         report["two_stage"]["overall"]["pooled"]["study"]["n"]
         == report["overall"]["pooled"]["study"]["n"]
@@ -326,23 +326,35 @@ def test_existing_bundle_is_refused_before_training(trained_demo: dict) -> None:
 
 
 def test_heatmaps_localise_the_drawn_defects(trained_demo: dict) -> None:
-    """The demo's CAMs are scored against the defect the generator drew, beside a blank
-    map (whose guess is the image centre).
+    """The demo's maps are scored against the defect the generator drew, beside the
+    centre, random-point, training-mean and brightness baselines.
 
-    Measured basis for the bound (pointing game, this fixture's recipe and data size):
-    heat map vs centre 0.537 vs 0.315 (README run at a5779a9), 0.352 vs 0.315 (a fresh
-    clone of c089347, issue 18): the margin over the centre ranged 0.04-0.22 in two runs.
-    A margin of 0.15 therefore does not hold reliably and was dropped; what both runs
-    support is "not worse than the centre". That the maps localise usefully is NOT
-    established by this recipe (see docs/benchmarks.md: heat maps are unvalidated).
+    Measured basis for the bounds (bench/seed_spread.py, five training seeds on one split,
+    54 boxed test images): the map hits 0.852-0.963 (centre 0.315, brightest blurred pixel
+    0.907 in every seed); on fresh data (bench/fresh_data.py, 290 views) 0.903 against
+    0.866 for the brightness baseline. On 54 images the map does not beat the brightness
+    baseline in every seed, so that is checked on fresh data (docs/figures.md), not here.
     """
     report = json.loads((trained_demo["bundle"] / "report.json").read_text())
-    overall = report["localisation"]["overall"]
-    print(f"pointing game: heat map {overall['heatmap']:.3f}, centre {overall['centre']:.3f}")
+    located = report["localisation"]
+    overall = located["overall"]
+    print(
+        f"pointing game: heat map {overall['heatmap']:.3f}, brightest {overall['brightest']:.3f}, "
+        f"centre {overall['centre']:.3f}, random {overall['random']:.3f}"
+    )
     assert overall["n"] >= 30
-    assert overall["heatmap"] >= overall["centre"]  # spread above: margin 0.04-0.22
+    assert overall["heatmap"] >= 0.75  # ~0.1 below the worst seed
+    assert overall["heatmap"] >= overall["centre"] + 0.3  # worst seed's margin: 0.54
+    assert overall["heatmap"] >= overall["random"] + 0.5
+    assert set(located["defects"]) == {"fracture", "hardware"}
+    assert {"centre", "random", "training_mean", "brightest"} <= set(overall)
+    assert isinstance(located["target"]["met"], bool)
     assert (trained_demo["bundle"] / "plots" / "heatmaps.png").stat().st_size > 20_000
-    assert "Where the model looked" in (trained_demo["bundle"] / "report.md").read_text()
+    report_md = (trained_demo["bundle"] / "report.md").read_text()
+    assert "Where the model looked" in report_md and "brightest (blurred)" in report_md
+    card = (trained_demo["bundle"] / "MODEL_CARD.md").read_text()
+    assert "Where the model looked" in card and "Hidden stratification" in card
+    assert "Rajpurkar" not in card  # synthetic: no comparison with the MURA paper
 
 
 def test_reduced_precision_is_decided_without_the_test_labels(trained_demo: dict) -> None:

@@ -6,6 +6,7 @@ Nothing is mocked: the models are trained here and measured on the held-out test
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -241,3 +242,40 @@ def test_seeded_training_is_reproducible(synthetic_small: Path, tmp_path: Path) 
         only=["elbow"],
     )
     assert not pd.read_csv(other / "run" / "elbow" / "history.csv").equals(first)
+
+
+def test_models_train_in_separate_processes_and_one_run_gathers_them(
+    synthetic_small: Path, tmp_path: Path
+) -> None:
+    """The multi-GPU pattern (docs/training.md, "Partial runs"): one ``--only`` process per
+    model, each stopping with no bundle (exit 3), then one run without ``--only`` that
+    trains nothing and exports the bundle of all of them."""
+    import subprocess
+    import sys
+
+    run, out = tmp_path / "run", tmp_path / "models" / "gathered"
+    common = [str(synthetic_small), "--run-dir", str(run), "--size", "48", "--backbone", "tiny",
+              "--router-backbone", "tiny", "--weights", "none", "--epochs", "1",
+              "--batch-size", "32"]  # fmt: skip
+
+    def train(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bonexr.cli", "train", *common, *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+
+    first = train("--only", "router")
+    assert first.returncode == 3, first.stderr
+    assert train("--resume", "--only", "elbow,hand,shoulder").returncode == 3
+    assert not out.exists()
+    trained = {p.parent.name: p.stat().st_mtime for p in run.glob("*/best.keras")}
+    assert set(trained) == {"router", "elbow", "hand", "shoulder"}
+    final = train("--resume", "--out", str(out))
+    assert final.returncode == 0, final.stderr
+    assert "already trained; skipping" in final.stdout + final.stderr
+    assert {p.parent.name: p.stat().st_mtime for p in run.glob("*/best.keras")} == trained
+    manifest = verify_bundle(out)
+    assert set(manifest.parts) == {"Elbow", "Hand", "Shoulder"}

@@ -26,6 +26,7 @@ from training.config import (
     SPLIT_MODES,
     TrainConfig,
     demo_config,
+    with_recipe,
 )
 
 PARTS_HELP = "comma-separated body parts; any of " + ", ".join(p.lower() for p in ALL_BODY_PARTS)
@@ -56,6 +57,30 @@ def add_parts_option(parser: argparse.ArgumentParser, default: tuple[str, ...]) 
     )
 
 
+GIVEN = "_given_options"
+
+
+def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
+    setattr(namespace, GIVEN, {*getattr(namespace, GIVEN, set()), dest})
+
+
+class _Store(argparse.Action):
+    """``store`` that also records that the flag was given (a recipe must not override it,
+    even when its value equals the default)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _Flag(argparse.BooleanOptionalAction):
+    """``--x / --no-x`` that also records that it was given."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _mark_given(namespace, self.dest)
+
+
 def add_training_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     """One flag per :data:`training.config.CLI_OPTIONS` entry, dest = the field name."""
     group = parser.add_argument_group("model and optimisation")
@@ -67,17 +92,20 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: TrainConfig)
         elif option.field == "router_parts":
             kwargs.update(default="", help=option.help + "; empty: every part in the data")
         elif isinstance(default, bool):
-            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+            kwargs.update(action=_Flag, default=default)
         else:
             kwargs.update(type=type(default), default=default, choices=option.choices)
+        kwargs.setdefault("action", _Store)
         kwargs["help"] += " (default: %(default)s)"
         group.add_argument(*option.flags, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig, **overrides: Any) -> TrainConfig:
-    """``base`` with every CLI option the user gave (by field name) and ``overrides``."""
+    """``base`` with every CLI option the user gave (by field name) and ``overrides``, then
+    the ``--recipe`` preset for the fields the user left at their defaults."""
     values = {option.field: getattr(args, option.field) for option in CLI_OPTIONS}
-    return TrainConfig(**{**base.to_dict(), **values, **overrides})
+    config = TrainConfig(**{**base.to_dict(), **values, **overrides})
+    return with_recipe(config, set(getattr(args, GIVEN, set())) | set(overrides))
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

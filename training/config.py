@@ -22,10 +22,14 @@ Backbone = Literal["resnet50", "densenet169", "tiny"]
 SplitMode = Literal["random", "official"]
 Strategy = Literal["default", "mirrored", "multiworker"]
 Device = Literal["auto", "cpu", "gpu"]
+Recipe = Literal["default", "mura-paper"]
+Schedule = Literal["cosine", "plateau"]
 BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
 SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEVICES: tuple[str, ...] = get_args(Device)
+RECIPES: tuple[str, ...] = get_args(Recipe)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
@@ -104,6 +108,16 @@ class TrainConfig:
     #: Decoded images are cached in memory up to this many GB per dataset, on disk in the
     #: run folder (``cache/``, reused by later runs on the same images) beyond it.
     cache_memory_gb: float = 4.0
+    #: Which recipe filled the fields below (``mura-paper``: :data:`RECIPE_PRESETS`).
+    recipe: Recipe = "default"
+    #: ``cosine``: warm-up then cosine decay; ``plateau``: the learning rate divided by 10
+    #: when the validation loss stops improving (the MURA paper).
+    lr_schedule: Schedule = "cosine"
+    #: Contrast and brightness jitter on top of flips and rotations (up to 30 degrees).
+    jitter: bool = True
+    #: Each part model is the average of this many checkpoints, the ones with the lowest
+    #: validation loss, exported as one graph (1: the single best checkpoint).
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         self.body_parts = normalize_body_parts(self.body_parts)
@@ -128,6 +142,10 @@ class TrainConfig:
             raise ConfigError("--ood-acceptance must be in (0.5, 1]")
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("device", self.device, DEVICES)
+        check_choice("recipe", self.recipe, RECIPES)
+        check_choice("learning-rate schedule", self.lr_schedule, SCHEDULES)
+        if self.ensemble < 1:
+            raise ConfigError("--ensemble must be at least 1")
         if self.cache_memory_gb < 0:
             raise ConfigError("--cache-memory-gb cannot be negative")
 
@@ -226,7 +244,43 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption(
         "cache_memory_gb", "decoded-image cache in memory up to this size, on disk beyond it"
     ),
+    CliOption(
+        "recipe",
+        "default, or mura-paper (DenseNet169, 320 px, batch 8, Adam 1e-4 / 10 on plateau, "
+        "flips + rotation, 5-checkpoint ensemble); explicit flags override it",
+        choices=RECIPES,
+    ),
+    CliOption("lr_schedule", "cosine (warm-up, decay) or plateau (/10)", choices=SCHEDULES),
+    CliOption("jitter", "contrast / brightness jitter besides flips and rotation"),
+    CliOption("ensemble", "checkpoints (lowest validation loss) averaged per part model"),
 )
+
+#: The fields each recipe sets. ``mura-paper``: Rajpurkar et al. 2017 (arXiv:1712.06957),
+#: section 3: DenseNet169 from ImageNet weights, 320 x 320 inputs, batch 8, Adam with an
+#: initial learning rate of 1e-4 divided by 10 when the validation loss plateaus, random
+#: lateral inversions and rotations of up to 30 degrees, an ensemble of five models.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "mura-paper": {
+        "router_backbone": "densenet169",
+        "part_backbone": "densenet169",
+        "input_size": 320,
+        "batch_size": 8,
+        "head_epochs": 0,
+        "learning_rate": 1e-4,
+        "fine_tune_learning_rate": 1e-4,
+        "lr_schedule": "plateau",
+        "jitter": False,
+        "ensemble": 5,
+    },
+}
+
+
+def with_recipe(config: TrainConfig, given: set[str] | frozenset[str] = frozenset()) -> TrainConfig:
+    """``config`` with its recipe's preset applied, except the fields in ``given`` (flags
+    the user set explicitly win over the preset)."""
+    preset = {k: v for k, v in RECIPE_PRESETS[config.recipe].items() if k not in given}
+    return TrainConfig(**{**config.to_dict(), **preset})
 
 
 #: Where ``bonexr demo`` / ``bonexr run`` generate the synthetic data, and how much.

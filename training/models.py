@@ -197,6 +197,29 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 #: Name of the class-activation-map output of an exported part model (its second output).
 CAM_OUTPUT = "cam"
+#: Layer-name prefix of an ensemble's members.
+MEMBER = "member_"
+
+
+def build_ensemble(members: list[keras.Model], name: str = "bonexr_abnormality") -> keras.Model:
+    """One model whose output is the mean of ``members``' probabilities (one input, one
+    pass: the service and every runtime serve the ensemble as a single graph)."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    image = keras.Input(members[0].input_shape[1:], name="image")
+    outputs = []
+    for i, member in enumerate(members):
+        member.name = f"{MEMBER}{i}"
+        outputs.append(member(image))
+    mean = layers.Average(name="probabilities")(outputs)
+    return keras.Model(image, mean, name=f"{name}_ensemble{len(members)}")
+
+
+def members_of(model: keras.Model) -> list[keras.Model]:
+    """An ensemble's member models in order (empty for a single model)."""
+    return [layer for layer in model.layers if layer.name.startswith(MEMBER)]
 
 
 class SplitPoolingCam(layers.Layer):
@@ -250,6 +273,13 @@ def with_cam(model: keras.Model) -> keras.Model:
     ResNet50 at 224 px, 12x12 for the tiny backbone at 96 px);
     :func:`bonexr.heatmap.to_image_grid` maps it onto the image.
     """
+    members = members_of(model)
+    if members:  # the ensemble's map is the mean of its members' maps, as its output is
+        image = keras.Input(model.input_shape[1:], name="image")
+        pairs = [with_cam(member)(image) for member in members]
+        probabilities = layers.Average(name="probabilities")([p for p, _ in pairs])
+        cam = layers.Average(name=CAM_OUTPUT)([c for _, c in pairs])
+        return keras.Model(image, [probabilities, cam], name=f"{model.name}_cam")
     backbone = backbone_of(model)
     pools = [layer for layer in backbone.layers if isinstance(layer, layers.GlobalAveragePooling2D)]
     if not pools:

@@ -8,15 +8,19 @@ decodes and resizes). Unreadable images are filtered out and remembered in a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from bonexr.atomic import write_json_atomic
 from bonexr.errors import ImageError
 from bonexr.imaging import preprocess_file
 
@@ -37,6 +41,47 @@ class BadImageLog:
             if path not in self.failures:
                 log.warning("skipping unreadable image %s: %s", path, reason)
             self.failures[path] = reason
+
+
+def disk_cache_prefix(cache_dir: Path, paths: np.ndarray, columns: tuple, size: int) -> Path:
+    """Where a dataset's decoded images are cached on disk: named by a hash of exactly what
+    is cached (image paths, targets and weights, input size), so another model or run over
+    the same images at the same size reuses it and anything else gets its own."""
+    digest = hashlib.sha256(f"{size}\n".encode())
+    digest.update("\n".join(map(str, paths)).encode())
+    for column in columns:
+        digest.update(np.ascontiguousarray(column).tobytes())
+    return Path(cache_dir) / f"decoded-{size}px-{digest.hexdigest()[:16]}"
+
+
+def _filled_disk_cache(
+    ds: tf.data.Dataset, prefix: Path, bad_images: BadImageLog
+) -> tf.data.Dataset:
+    """``ds`` cached in the files at ``prefix``, decoding only when they are not complete.
+
+    TensorFlow marks a finished cache with ``prefix.index``; an interrupted one leaves
+    lock and shard files behind, which are removed and the cache written again. The first
+    pass runs here, so the skipped images' reasons are known and saved beside the cache
+    (``prefix.bad.json``): a later run that reuses it still reports them.
+    """
+    bad_file = prefix.with_name(prefix.name + ".bad.json")
+    index = prefix.with_name(prefix.name + ".index")
+    if index.is_file() and bad_file.is_file():
+        for path, reason in json.loads(bad_file.read_text()).items():
+            bad_images.add(path, reason)
+        log.info("reusing the decoded-image cache %s", prefix)
+        return ds.cache(str(prefix))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for stale in prefix.parent.glob(prefix.name + "*"):
+        stale.unlink()
+    before = set(bad_images.failures)
+    cached = ds.cache(str(prefix))
+    log.info("decoding into the disk cache %s (once; later runs reuse it)", prefix)
+    for _ in cached:  # the cold pass: fills the cache
+        pass
+    new = {k: v for k, v in bad_images.failures.items() if k not in before}
+    write_json_atomic(bad_file, new)
+    return cached
 
 
 def _loader(size: int, bad_images: BadImageLog):
@@ -118,17 +163,20 @@ def _rotate(images: tf.Tensor, angles: tf.Tensor, interpolation: str) -> tf.Tens
     )
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Flip, rotate (up to 30 degrees), then jitter contrast and brightness of the image only.
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, jitter: bool = True) -> tf.Tensor:
+    """Flip, rotate (up to 30 degrees), then (``jitter``) vary contrast and brightness of the
+    image only.
 
     Stateless and seeded per batch, so a seeded run sees the same augmentation every time
     whatever the thread scheduling. The jitter is applied inside the letterbox only: the
     bars stay exactly 0, as the service will see them.
     """
-    return apply_augmentation(images, augmentation_params(seed, tf.shape(images)[0]))
+    return apply_augmentation(images, augmentation_params(seed, tf.shape(images)[0]), jitter)
 
 
-def apply_augmentation(images: tf.Tensor, draw: dict[str, tf.Tensor]) -> tf.Tensor:
+def apply_augmentation(
+    images: tf.Tensor, draw: dict[str, tf.Tensor], jitter: bool = True
+) -> tf.Tensor:
     """:func:`augment_batch` with given draws (see :func:`augmentation_params`)."""
     mask = letterbox_mask(images)
     flip = draw["flip"][:, None, None, None]
@@ -136,6 +184,8 @@ def apply_augmentation(images: tf.Tensor, draw: dict[str, tf.Tensor]) -> tf.Tens
     mask = tf.where(flip, tf.reverse(mask, axis=[2]), mask)
     images = _rotate(images, draw["angle"], "BILINEAR")
     mask = _rotate(mask, draw["angle"], "NEAREST")
+    if not jitter:
+        return images * mask
     area = tf.maximum(tf.reduce_sum(mask, axis=[1, 2, 3], keepdims=True), 1.0)
     mean = tf.reduce_sum(images * mask, axis=[1, 2, 3], keepdims=True) / area
     contrast = draw["contrast"][:, None, None, None]
@@ -178,12 +228,20 @@ def make_dataset(
     cache: bool = True,
     augment: bool = True,
     min_batch: int = 1,
+    disk_cache: Path | None = None,
+    memory_budget_gb: float = 4.0,
+    jitter: bool = True,
 ) -> tf.data.Dataset:
     """Build ``(image, target[, weight])`` batches; images float32 ``(N, size, size, 1)``.
 
     ``batch_size`` is the *global* batch under a distribution strategy (per-replica batch x
     replicas); tf.distribute splits every batch among the replicas. The dataset carries an
     explicit auto-shard policy for multi-worker training, :func:`distribute_options`.
+
+    ``cache``: decoded images are kept after the first pass: in memory while they fit in
+    ``memory_budget_gb`` (``N x size x size`` bytes), else in files under ``disk_cache``
+    (:func:`disk_cache_prefix`; without a folder, in memory anyway). MURA at 320 px is
+    ~3.8 GB decoded for the router, more than a small training host should hold per model.
 
     ``min_batch`` (the number of replicas) skips a last batch with fewer images than
     replicas: tf.distribute would hand some replica an empty batch, whose BatchNormalization
@@ -209,7 +267,12 @@ def make_dataset(
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.filter(lambda *item: item[-1]).map(lambda *item: item[:-1])
     if cache:
-        ds = ds.cache()
+        decoded_gb = len(paths) * size * size / 1e9
+        if disk_cache is not None and decoded_gb > memory_budget_gb:
+            prefix = disk_cache_prefix(disk_cache, paths, columns[1:], size)
+            ds = _filled_disk_cache(ds, prefix, bad_images)
+        else:
+            ds = ds.cache()
         if training:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -223,7 +286,7 @@ def make_dataset(
         # one stateless seed pair per batch: deterministic for a seed, new every epoch
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, pair: (augment_batch(to_float(*batch)[0], pair), *batch[1:]),
+            lambda batch, pair: (augment_batch(to_float(*batch)[0], pair, jitter), *batch[1:]),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

@@ -61,7 +61,7 @@ from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
 from training.localisation import plot_examples, pointing_game, read_boxes
 from training.model_card import render_model_card
-from training.models import as_float32, build_model
+from training.models import as_float32, build_ensemble, build_model, members_of
 from training.operating_points import (
     PartAnswers,
     answers_report,
@@ -302,8 +302,9 @@ def load_trained(path: Path, name: str, config: TrainConfig) -> keras.Model:
     """A trained model as the evaluation and the export use it: float32 (a mixed-precision
     model is copied into the float32 architecture with its float32 weights)."""
     model = keras.models.load_model(path)
+    count = len(members_of(model))
 
-    def rebuild() -> keras.Model:
+    def single() -> keras.Model:
         return build_model(
             name if name == ROUTER else "abnormality",
             classes=list(config.router_parts or config.body_parts),
@@ -311,6 +312,9 @@ def load_trained(path: Path, name: str, config: TrainConfig) -> keras.Model:
             input_size=config.input_size,
             weights="none",
         )
+
+    def rebuild() -> keras.Model:
+        return build_ensemble([single() for _ in range(count)]) if count else single()
 
     return as_float32(model, rebuild)
 
@@ -517,6 +521,15 @@ def run_training(
         callbacks=(*callbacks, *cpu_time_estimate(device, split, config, only)),
         distribution=dist,
     )
+
+    if only:
+        # a partial run (one of several processes, e.g. one per GPU) only trains: the
+        # final run without --only evaluates and exports, once, when every model exists
+        say(
+            f"== trained {', '.join(only)}; run again with --resume and without --only to "
+            "evaluate and export once every model is trained"
+        )
+        return None
 
     def evaluate_and_export() -> Manifest | None:
         return _evaluate_and_export(

@@ -37,7 +37,7 @@ from bonexr.labels import ROUTER
 from training.config import TrainConfig
 from training.distribute import Distribution, SyncBatchNormStatistics, get_distribution
 from training.metrics import study_level
-from training.models import backbone_of, build_model
+from training.models import backbone_of, build_ensemble, build_model
 from training.pipeline import (
     BadImageLog,
     abnormality_weights,
@@ -56,6 +56,12 @@ BEST_MODEL = "best.keras"
 DONE_MARKER = "done.json"
 HISTORY = "history.csv"
 HEAD_WEIGHTS = "head.weights.h5"
+#: The run folder's decoded-image cache (used when a split exceeds --cache-memory-gb).
+CACHE_DIR = "cache"
+#: A part model's ensemble members (``--ensemble``): the lowest-validation-loss epochs.
+MEMBERS_DIR = "members"
+#: Epochs without a lower validation loss before ``plateau`` divides the rate by 10.
+PLATEAU_PATIENCE = 2
 
 
 def model_frames(split: pd.DataFrame, model_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -282,6 +288,10 @@ def train_model(
         batch_size=global_batch,
         bad_images=bad_images,
         min_batch=dist.replicas,  # no replica may get an empty batch
+        # the run folder's decoded-image cache, shared by its models and later runs; one
+        # process only (workers of a multi-worker run would write the same files)
+        disk_cache=Path(run_dir) / CACHE_DIR if dist.workers == 1 else None,
+        memory_budget_gb=config.cache_memory_gb,
     )
     train_ds = make_dataset(
         train,
@@ -291,6 +301,7 @@ def train_model(
         seed=config.seed,
         cache=config.cache,
         augment=config.augment,
+        jitter=config.jitter,
         **common,
     )
     val_ds = make_dataset(
@@ -325,10 +336,14 @@ def train_model(
             with strategy.scope():
                 backbone_of(model).trainable = train_backbone
                 epochs_in_phase = last_epoch - (first_epoch if phase == "finetune" else 0)
-                schedule = learning_rate_schedule(
-                    learning_rate,
-                    epochs=max(1, epochs_in_phase),
-                    steps_per_epoch=math.ceil(len(train) / global_batch),
+                schedule: float | keras.optimizers.schedules.LearningRateSchedule = (
+                    learning_rate
+                    if config.lr_schedule == "plateau"
+                    else learning_rate_schedule(
+                        learning_rate,
+                        epochs=max(1, epochs_in_phase),
+                        steps_per_epoch=math.ceil(len(train) / global_batch),
+                    )
                 )
                 _compile(model, model_name, schedule, config.jit_compile)
             if phase == "finetune":
@@ -368,6 +383,14 @@ def train_model(
                 ),
                 keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
             ]
+            if config.lr_schedule == "plateau":  # the MURA paper: / 10 when val loss stalls
+                callbacks.append(
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss", factor=0.1, patience=PLATEAU_PATIENCE, min_lr=1e-7
+                    )
+                )
+            if config.ensemble > 1 and model_name != ROUTER:
+                callbacks.append(KeepLowestLoss(out / MEMBERS_DIR, config.ensemble))
             if config.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
             callbacks.extend(extra_callbacks)
@@ -393,8 +416,57 @@ def train_model(
 
         if not (out / BEST_MODEL).is_file():  # zero epochs (a smoke run): keep these weights
             model.save(out / BEST_MODEL)
+        if config.ensemble > 1 and model_name != ROUTER:
+            rebuild = lambda: build_model(  # noqa: E731
+                "abnormality",
+                backbone=config.backbone_for(model_name),
+                input_size=config.input_size,
+                weights="none",
+            )
+            ensemble = assemble_ensemble(out / MEMBERS_DIR, rebuild)
+            if ensemble is not None:
+                ensemble.save(out / BEST_MODEL)
         _write_done(out, monitor, dist.record(config.batch_size))
     return best_path
+
+
+class KeepLowestLoss(keras.callbacks.Callback):
+    """Keeps the weights of the ``k`` epochs with the lowest validation loss (the MURA
+    paper's ensemble), in ``folder`` with an index (``members.json``) that a resumed run
+    continues from."""
+
+    def __init__(self, folder: Path, k: int, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.folder, self.k, self.monitor = Path(folder), k, monitor
+        index = self.folder / "members.json"
+        self.kept: list[dict[str, Any]] = json.loads(index.read_text()) if index.is_file() else []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch{epoch + 1:03d}.weights.h5"
+        self.model.save_weights(self.folder / name)
+        ranked = sorted([*self.kept, {"epoch": epoch + 1, "value": float(value), "file": name}],
+                        key=lambda m: m["value"])  # fmt: skip
+        for dropped in ranked[self.k :]:
+            (self.folder / dropped["file"]).unlink(missing_ok=True)
+        self.kept = ranked[: self.k]
+        write_json_atomic(self.folder / "members.json", self.kept)
+
+
+def assemble_ensemble(folder: Path, rebuild: Any) -> keras.Model | None:
+    """The averaging model of the members :class:`KeepLowestLoss` kept (None: none kept)."""
+    index = Path(folder) / "members.json"
+    if not index.is_file():
+        return None
+    members = []
+    for member in json.loads(index.read_text()):
+        model = rebuild()
+        model.load_weights(Path(folder) / member["file"])
+        members.append(model)
+    return build_ensemble(members) if members else None
 
 
 def _write_done(model_dir: Path, monitor: str, distribution: dict[str, int]) -> None:

@@ -284,8 +284,15 @@ def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
     assert any(s.image_threshold != s.threshold for s in manifest.parts.values())
     assert "image" in manifest.metrics["operating_points"]["Elbow"]
     assert manifest.metrics["router_accuracy"] >= 0.9
-    table = _rows((bundle / "report.md").read_text())
-    assert "MURA paper" in table and "| Hand |" in table
+    report_md = (bundle / "report.md").read_text()
+    assert "| Hand |" in _rows(report_md)
+    # synthetic: no synthetic kappa beside the MURA paper's (real-data bundles only)
+    assert "Not shown: these figures are on synthetic images" in report_md
+    assert "Rajpurkar" not in report_md
+    # every headline figure carries its interval, into the manifest and so /model
+    for part in manifest.parts:
+        low, high = manifest.metrics["study_auroc_ci"][part]
+        assert low <= manifest.metrics["study_auroc"][part] <= high
 
 
 def test_reloaded_bundle_predicts_identically(trained_demo: dict) -> None:

@@ -37,6 +37,7 @@ from tests.tools import missing
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
+TRAIN_DOCKERFILE = REPO / "Dockerfile.train"
 VENV_BIN = Path(sys.prefix) / "bin"
 COMPOSE_BASE = "docker-compose.yml"
 COMPOSE_CPU = "docker-compose.cpu.yml"
@@ -246,9 +247,10 @@ def exposed_ports(stage: Stage) -> set[int]:
 # ---------------------------------------------------------------- static checks
 
 
-def test_hadolint_has_no_findings() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, TRAIN_DOCKERFILE], ids=lambda p: p.name)
+def test_hadolint_has_no_findings(dockerfile: Path) -> None:
     run = subprocess.run(
-        [hadolint(), "--format", "json", "--no-color", str(DOCKERFILE)],
+        [hadolint(), "--format", "json", "--no-color", str(dockerfile)],
         capture_output=True,
         text=True,
         check=False,
@@ -260,8 +262,9 @@ def test_hadolint_has_no_findings() -> None:
     assert run.returncode == 0, run.stderr
 
 
-def test_every_hadolint_ignore_says_why() -> None:
-    lines = DOCKERFILE.read_text().splitlines()
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, TRAIN_DOCKERFILE], ids=lambda p: p.name)
+def test_every_hadolint_ignore_says_why(dockerfile: Path) -> None:
+    lines = dockerfile.read_text().splitlines()
     pragmas = [i for i, line in enumerate(lines) if "hadolint ignore=" in line]
     assert pragmas, "expected the justified ignores (DL3006, DL3008, DL3013)"
     for index in pragmas:
@@ -839,3 +842,32 @@ def test_proxy_routes_only_to_ready_replicas(untrained_bundle: Path, tmp_path: P
                 outcomes[label] = statuses
     assert set(outcomes["proxy"]) <= {200, 201} and outcomes["proxy"].count(200) >= 6, outcomes
     assert 503 in outcomes["old-rule"], outcomes  # the test tells the two rules apart
+
+
+# ------------------------------------------------------------------ training image
+
+
+def test_the_training_image_trains_on_a_gpu_as_a_non_root_user() -> None:
+    text = TRAIN_DOCKERFILE.read_text()
+    assert '"/src[train-gpu]"' in text  # CUDA TensorFlow, not the CPU-only `train` extra
+    assert re.search(r"^FROM ubuntu:noble-\d{8} AS pybase$", text, re.M)  # pinned base
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
+    assert entrypoint[:4] == ["bonexr", "train", "--device", "gpu"]  # never silently CPU
+    assert 'VOLUME ["/app/runs", "/app/models"]' in text
+    for source in re.findall(r"^COPY (?!--)(\S+) ", text, re.M):
+        assert (REPO / source).exists(), source
+
+
+def test_compose_train_profile_trains_into_the_models_folder(tmp_path: Path) -> None:
+    assert "train" not in compose_model((COMPOSE_BASE,), tmp_path)["services"]  # opt-in only
+    run = compose((COMPOSE_BASE,), "--profile", "train", "config", "--format", "json",
+                  tmp_path=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    train = json.loads(run.stdout)["services"]["train"]
+    assert train["build"]["dockerfile"] == "Dockerfile.train"
+    assert _gpu_devices(train) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    mounts = {v["target"]: v for v in train["volumes"]}
+    assert mounts["/data"]["read_only"] is True
+    assert mounts["/app/runs"]["type"] == "volume"  # checkpoints survive for --resume
+    assert mounts["/app/models"]["source"].endswith("/models")  # where the service looks

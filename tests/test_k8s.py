@@ -616,3 +616,55 @@ def test_checkov_finds_nothing_beyond_the_justified_skips(
         assert check["resource"].startswith("Deployment."), check["resource"]
     assert summary["passed"] > 0
     assert result.returncode == 0
+
+
+# ------------------------------------------------------------------ the training Job
+
+
+@pytest.fixture(scope="module")
+def train_job() -> list[Object]:
+    return load_all(render(K8S / "jobs" / "train"))
+
+
+def test_the_training_job_validates_and_takes_one_gpu(train_job: list[Object]) -> None:
+    import kubernetes_validate
+
+    for obj in train_job:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+        assert obj["metadata"]["namespace"] == NAMESPACE
+    job = one(train_job, "Job", "bonexr-train")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    (container,) = spec["containers"]
+    assert container["image"] == "bonexr-train:gpu"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert spec["securityContext"]["runAsUser"] == 10001 and spec["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts.values()) == set(volumes)
+    claims = {mounts[p]: volumes[mounts[p]]["persistentVolumeClaim"]["claimName"]
+              for p in ("/data", "/app/runs", "/app/models")}  # fmt: skip
+    base = {o["metadata"]["name"] for o in load_all(render(K8S / "overlays" / "cpu"))
+            if o["kind"] == "PersistentVolumeClaim"}  # fmt: skip
+    assert claims["models"] in base  # the bundle lands where the service reads bundles
+    assert claims["runs"] in {o["metadata"]["name"] for o in train_job}
+    writable = {"/app/runs", "/app/models", "/tmp", "/app/.keras", "/dev/shm"}
+    assert writable <= set(mounts)  # everything training writes is a volume
+
+
+def test_the_training_job_arguments_are_bonexr_train_options(train_job: list[Object]) -> None:
+    """The image's ENTRYPOINT plus the Job's args parse as a real ``bonexr train`` command
+    line (a renamed flag would otherwise surface only on the GPU node)."""
+    from bonexr.cli import build_parser
+    from training.cli import config_from_args
+    from training.config import TrainConfig
+
+    dockerfile = (REPO / "Dockerfile.train").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M).group(1))
+    (container,) = one(train_job, "Job")["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args([*entrypoint[1:], *container["args"]])
+    config = config_from_args(args, TrainConfig())
+    assert (config.device, config.recipe, config.mixed_precision) == ("gpu", "mura-paper", True)
+    assert config.part_backbone == "densenet169" and args.resume

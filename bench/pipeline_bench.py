@@ -5,8 +5,11 @@ Measures, in one run on the same data:
   * the training step alone on an in-memory batch (no input pipeline), images/s;
   * both together (``model.fit`` on the pipeline), images/s.
 The pipeline is fast enough when its rate comfortably exceeds the training step rate.
+And, for the disk cache of decoded images (what a MURA-scale split uses when it exceeds
+``--cache-memory-gb``), one full pass per ``--cache-sizes`` size with the cache cold
+(decode + write) and warm (read back), images/s.
 
-    python -m bench.pipeline_bench --size 224 --backbone resnet50
+    python -m bench.pipeline_bench --size 224 --backbone resnet50 --cache-sizes 224,320
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8, help="batches timed per measurement")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
+    parser.add_argument("--cache-sizes", default="224,320", help="disk-cache passes at these sizes")
     args = parser.parse_args(argv)
 
     import keras
@@ -97,6 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
     model.fit(pipeline().take(args.steps), verbose=0)
     fit_rate = _rate(n_images, time.perf_counter() - start)
 
+    cache_rates = {}
+    for size in (int(v) for v in args.cache_sizes.split(",") if v):
+        with tempfile.TemporaryDirectory(prefix="bonexr-cache-") as folder:
+            rates = {}
+            for state in ("cold", "warm"):
+                start = time.perf_counter()
+                ds = make_dataset(frame, targets=labels, size=size, batch_size=args.batch_size,
+                                  training=True, bad_images=BadImageLog(), augment=False,
+                                  disk_cache=Path(folder), memory_budget_gb=0.0)  # fmt: skip
+                images = sum(int(batch[0].shape[0]) for batch in ds)
+                rates[state] = round(_rate(images, time.perf_counter() - start), 1)
+            cache_rates[str(size)] = rates
+
     result = {
         "size": args.size,
         "backbone": args.backbone,
@@ -106,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_step_images_per_s": round(step_rate, 1),
         "fit_with_pipeline_images_per_s": round(fit_rate, 1),
         "pipeline_headroom": round(pipeline_rate / step_rate, 2),
+        "disk_cache_images_per_s": cache_rates,
+        "images": len(frame),
     }
     print(
         f"\nInput pipeline vs training step ({args.backbone}, {args.size}px, "
@@ -116,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'training step alone (in-memory batch)':<38}{step_rate:>10.1f}")
     print(f"{'model.fit on the pipeline':<38}{fit_rate:>10.1f}")
     print(f"pipeline headroom: {pipeline_rate / step_rate:.1f}x the training step rate")
+    for size, rates in cache_rates.items():
+        print(f"disk cache, {size}px, one pass of {len(frame)} images: cold {rates['cold']} "
+              f"images/s (decode + write), warm {rates['warm']} images/s (read)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

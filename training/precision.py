@@ -31,6 +31,8 @@ inputs (:func:`load_tolerance`).
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +40,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from bonexr.bundle import PrecisionSpec
 from bonexr.contract import reference_inputs
 from bonexr.imaging import model_input
 from bonexr.labels import ROUTER, display_name, model_key
 from bonexr.runtime import (
+    CPU_PROVIDERS,
     REDUCED,
     OnnxRuntimeSession,
     OpenVinoSession,
@@ -87,14 +91,29 @@ class PrecisionTestSet:
 
 
 def _run(session: Model, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    outs = [session(x[i : i + batch]) for i in range(0, len(x), batch)]
+    """``session`` over ``x`` in batches; a progress bar on a terminal (thousands of pool
+    images per model and precision at MURA scale), none in logs."""
+    starts = range(0, len(x), batch)
+    shown = tqdm(starts, desc="precision gate", unit="batch", leave=False,
+                 disable=not sys.stderr.isatty() or len(starts) < 20)  # fmt: skip
+    outs = [session(x[i : i + batch]) for i in shown]
     return np.concatenate(outs) if outs else np.zeros((0, 1))
 
 
 def _ort(path: Path, output: int = 0) -> Model:
-    """The fp32 reference, opened as the service opens it (:mod:`bonexr.runtime`)."""
-    session = OnnxRuntimeSession(path)
+    """The fp32 reference, opened as the service opens it (:mod:`bonexr.runtime`), on the
+    GPU when ONNX Runtime has CUDA (a GPU training host: the gate's fp32 pass is its
+    largest cost), else on the CPU."""
+    session = OnnxRuntimeSession(path, providers=reference_providers())
     return lambda x: session.run(x)[output]
+
+
+def reference_providers() -> tuple[str, ...]:
+    """ONNX Runtime providers of the fp32 reference: CUDA first where available."""
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return ("CUDAExecutionProvider", *CPU_PROVIDERS) if cuda else CPU_PROVIDERS
 
 
 def _openvino(path: Path, precision: str, output: int = 0) -> Model:
@@ -264,6 +283,7 @@ def measure_precision(
             allowed=False, runtime="openvino", reason=why_not, tolerance=0.0, files=files
         )
     gated = content_limit is not None
+    started = time.perf_counter()
     x = model_input(pool.pixels)
     fp32 = _outputs(staging, onnx_files, files, "fp32", x, gated)
     reduced = _outputs(staging, onnx_files, files, precision, x, gated)
@@ -328,6 +348,7 @@ def measure_precision(
             _outputs(staging, onnx_files, files, precision, xt, False),
             list(thresholds),
         )
+    measured["seconds"] = round(time.perf_counter() - started, 1)
     image, study = flips["image"], flips["study"]
     reason = (
         f"label-free pool of {len(x)} images: {image['flipped']} of {image['decisions']} "

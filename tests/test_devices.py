@@ -1,6 +1,7 @@
 """The training device, said out loud: ``--device gpu`` refuses without a GPU before any
-data is read, the CPU time estimate, and ``--mixed-precision`` (bfloat16 on this CPU)
-training a bundle that exports float32 graphs passing parity and the contract."""
+data is read, ``auto`` and the precision policy it picks, and the CPU time estimate.
+``--mixed-precision`` training a bundle end to end is in tests/test_training.py (the
+one-process-per-GPU run trains in bfloat16)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import onnx
 import pytest
 import tensorflow as tf
 
-from bonexr.bundle import verify_bundle
 from bonexr.cli import main
-from training.config import TrainConfig
 from training.devices import TimeEstimate, choose_device
-from training.models import build_model, is_mixed
-from training.run import run_training
+from training.models import build_model
 
 HAS_GPU = bool(tf.config.list_physical_devices("GPU"))
 
@@ -65,32 +62,3 @@ def test_the_cpu_estimate_is_measured_from_the_first_steps(
     warnings = [r.getMessage() for r in caplog.records if "training on the CPU" in r.message]
     assert len(warnings) == 1  # once, after the timed steps
     assert "40000 images x 20 epochs" in warnings[0] and "images/s" in warnings[0]
-
-
-def test_mixed_precision_trains_and_exports_float32_graphs(
-    synthetic_small: Path, tmp_path: Path
-) -> None:
-    config = TrainConfig(
-        name="mixed",
-        input_size=48,
-        router_backbone="tiny",
-        part_backbone="tiny",
-        weights="none",
-        epochs=1,
-        batch_size=32,
-        mixed_precision=True,
-        progress=False,
-    )
-    out = tmp_path / "models" / "mixed"
-    manifest = run_training(synthetic_small, config, out=out, run_dir=tmp_path / "run")
-    assert manifest is not None
-    trained = keras.models.load_model(tmp_path / "run" / "elbow" / "best.keras")
-    assert is_mixed(trained)  # it really trained in bfloat16 ...
-    assert trained.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
-    verify_bundle(out)  # ... and the bundle passes the contract (parity checked at export)
-    for name in ("router", "elbow"):
-        graph = onnx.load(str(out / f"{name}.onnx"))
-        types = {t.type.tensor_type.elem_type for t in [*graph.graph.input, *graph.graph.output]}
-        assert types == {onnx.TensorProto.FLOAT}
-        used = {i.data_type for i in graph.graph.initializer}
-        assert onnx.TensorProto.BFLOAT16 not in used and onnx.TensorProto.FLOAT16 not in used

@@ -74,9 +74,13 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "## Models",
         "",
-        f"- Router: {config.router_backbone}; abnormality models: {config.part_backbone}; "
-        f"input {config.input_size}x{config.input_size} grayscale, "
-        f"weights start: {config.weights}.",
+        f"- Recipe: `{config.recipe}`. Router: {config.router_backbone}; abnormality "
+        f"models: {config.part_backbone}"
+        + (f", each an ensemble of {config.ensemble} checkpoints" if config.ensemble > 1 else "")
+        + f"; input {config.input_size}x{config.input_size} grayscale, "
+        f"weights start: {config.weights}; learning-rate schedule {config.lr_schedule}"
+        + (", mixed precision" if config.mixed_precision else "")
+        + ".",
         "",
         "## Results on the test split",
         "",

@@ -335,6 +335,39 @@ def _forward(model):
     return _FORWARD_FUNCTIONS[model]
 
 
+def prediction_dataset(
+    frame: pd.DataFrame,
+    *,
+    size: int,
+    batch_size: int,
+    bad_images: BadImageLog,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """``(images, row index)`` batches of ``frame`` for prediction; ``cache`` keeps the
+    decoded images for repeated passes (the per-epoch validation of :class:`StudyAuc`)."""
+    positions = np.arange(len(frame), dtype=np.float32)
+    return make_dataset(
+        frame,
+        targets=positions,
+        size=size,
+        batch_size=batch_size,
+        training=False,
+        bad_images=bad_images,
+        cache=cache,
+    )
+
+
+def predict_dataset(model, ds: tf.data.Dataset, rows: int) -> np.ndarray:
+    """Predict every batch of a :func:`prediction_dataset`; rows never yielded (undecodable
+    images) are NaN."""
+    n_out = int(model.output_shape[-1])
+    out = np.full((rows, n_out), np.nan, dtype=np.float32)
+    forward = _forward(model)
+    for images, index in ds:
+        out[index.numpy().astype(int)] = forward(images).numpy()
+    return out
+
+
 def predict_frame(
     model, frame: pd.DataFrame, *, size: int, batch_size: int, bad_images: BadImageLog
 ) -> np.ndarray:
@@ -343,19 +376,5 @@ def predict_frame(
     Returns an array with one row per frame row; rows whose image failed to decode are NaN
     (and are recorded in ``bad_images``).
     """
-    positions = np.arange(len(frame), dtype=np.float32)
-    ds = make_dataset(
-        frame,
-        targets=positions,
-        size=size,
-        batch_size=batch_size,
-        training=False,
-        bad_images=bad_images,
-        cache=False,
-    )
-    n_out = int(model.output_shape[-1])
-    out = np.full((len(frame), n_out), np.nan, dtype=np.float32)
-    forward = _forward(model)
-    for images, index in ds:
-        out[index.numpy().astype(int)] = forward(images).numpy()
-    return out
+    ds = prediction_dataset(frame, size=size, batch_size=batch_size, bad_images=bad_images)
+    return predict_dataset(model, ds, len(frame))

@@ -42,7 +42,8 @@ from training.pipeline import (
     BadImageLog,
     abnormality_weights,
     make_dataset,
-    predict_frame,
+    predict_dataset,
+    prediction_dataset,
     router_targets,
 )
 
@@ -117,12 +118,15 @@ class StudyAuc(keras.callbacks.Callback):
     def __init__(self, val: pd.DataFrame, *, size: int, batch_size: int, bad_images: BadImageLog):
         super().__init__()
         self.val = val
-        self.common: dict[str, Any] = dict(size=size, batch_size=batch_size, bad_images=bad_images)
+        # decoded once, kept for every epoch's pass
+        self.ds = prediction_dataset(
+            val, size=size, batch_size=batch_size, bad_images=bad_images, cache=True
+        )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
-        probs = predict_frame(self.model, self.val, **self.common)[:, 0]
+        probs = predict_dataset(self.model, self.ds, len(self.val))[:, 0]
         studies = study_level(self.val.assign(prob=probs))
         both = studies["label"].nunique() == 2
         logs[STUDY_AUC] = float(roc_auc_score(studies["label"], studies["prob"])) if both else 0.5

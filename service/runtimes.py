@@ -7,8 +7,8 @@ Both run the bundle's ONNX files, so nothing is converted at deploy time. The en
 
 Precision is an accuracy decision, not a speed knob: OpenVINO's int8 (the bundle's NNCF
 IR files, VNNI/AMX kernels) and bf16 (the ONNX files with the bf16 hint, AMX on this class
-of CPU) are used only when the bundle's manifest says they were measured on the bundle's
-own test split and allowed (``precisions.<name>.allowed``, written by the export), and the
+of CPU) are used only when the bundle's manifest says the export's label-free gate allowed
+them (``precisions.<name>.allowed``, written by the export), and the
 engine checks at load that they reproduce ONNX Runtime's fp32 outputs within the recorded
 tolerance.
 """

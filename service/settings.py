@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
         description="auto: the fastest precision the CPU has and the bundle allows "
-        "(int8, then bf16; each measured on the bundle's test split at export), else fp32.",
+        "(int8, then bf16; each allowed only by the export's gate, which never reads the "
+        "test labels), else fp32.",
     )
     eligibility: Literal["enforce", "warn"] = Field(
         "enforce",

@@ -70,8 +70,8 @@ Model = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class PrecisionTestSet:
-    """Prepared images with what the gate (test split) or the quantiser (validation split)
-    needs: true part, label and study of each."""
+    """Prepared images with what the gate (the label-free pool, the test record) or the
+    quantiser (training images) needs: true part, label, study and split of each."""
 
     pixels: np.ndarray  # (N, S, S) uint8
     parts: list[str]  # true body part, canonical

@@ -6,8 +6,9 @@ quantiser, which places quantisers where OpenVINO fuses them and keeps per-chann
 scales. Measured on one ResNet50 224 px here, batch 8: 33.8 ms int8 vs 48.5 ms bf16 vs
 237 ms fp32 (OpenVINO).
 
-Calibration uses **validation** images of the bundle's own split, never test images (the
-test split is what the accuracy gate in :mod:`training.precision` scores): the router on
+Calibration uses **training** images of the bundle's own split (at most 300 per part),
+never validation or test images (validation judges the precision in
+:mod:`training.precision`, test only records it afterwards): the router on
 every part's images, each part model on its own part's images, which are the only images it
 sees when served (calibrating a part model on other parts' images measurably widened its
 activation ranges and flipped more decisions). The ``MIXED`` preset quantises weights

@@ -54,6 +54,7 @@ from bonexr.runtime import (
     openvino_capabilities,
 )
 from training.bootstrap import clopper_pearson_upper, fast_auroc, paired_difference
+from training.formatting import format_metric
 
 #: The upper 95% Clopper-Pearson bound a two-stage flip rate may reach (image and study).
 FLIP_BOUND = 0.01
@@ -424,14 +425,10 @@ def precision_markdown(precisions: dict[str, PrecisionSpec]) -> list[str]:
             change = "n/a" if m["change"] is None else f"{m['change']:+.4f}"
             interval = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
             lines.append(
-                f"| {name} | {part} | {_fmt(m['study_auroc_fp32'])} | "
-                f"{_fmt(m['study_auroc_reduced'])} | {change}{interval} |"
+                f"| {name} | {part} | {format_metric(m['study_auroc_fp32'])} | "
+                f"{format_metric(m['study_auroc_reduced'])} | {change}{interval} |"
             )
     return [*lines, ""]
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def not_measured(precision: str, reason: str, files: dict[str, str] | None = None) -> PrecisionSpec:

@@ -248,12 +248,12 @@ def cpu_time_estimate(
 ) -> tuple[TimeEstimate, ...]:
     """On a CPU with a large dataset, the callback that estimates the run's time."""
     train = split[split["split"] == "train"]
+    if device.kind != "cpu" or len(train) <= LARGE_DATASET:
+        return ()
     names = [n for n in config.model_names() if not only or n in only]
     images = sum(
         len(train) if n == ROUTER else int((train["body_part"] == n.upper()).sum()) for n in names
     )
-    if device.kind != "cpu" or len(train) <= LARGE_DATASET:
-        return ()
     epochs = config.epochs + (config.head_epochs if config.weights not in ("none", "") else 0)
     return (TimeEstimate(batch_size=config.batch_size, images=images, epochs=epochs),)
 

@@ -81,10 +81,6 @@ class Pointed:
     hit: bool
     baselines: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def centre_hit(self) -> bool:
-        return bool(self.baselines.get("centre", 0.0))
-
 
 def _inside(point: tuple[float, float], box: tuple[float, ...], slack: float) -> bool:
     x, y = point
@@ -123,13 +119,10 @@ def mean_box_centres(train: pd.DataFrame, boxes: pd.DataFrame, root: Path) -> di
     return {part: tuple(np.mean(points, axis=0)) for part, points in centres.items()}
 
 
-def point(
-    cam_model: keras.Model, path: Path, size: int, box: tuple[float, float, float, float]
-) -> tuple[np.ndarray, tuple[int, int], bool, bool]:
-    """The image's map, its peak, and whether the peak / the centre falls in the box."""
-    image = decode_image(Path(path).read_bytes())
-    heat, guess, hit, baselines = score_image(cam_model, image, size, box, None)
-    return heat, guess, hit, bool(baselines["centre"])
+def heat_map(cam_model: keras.Model, image: Image.Image, size: int) -> np.ndarray:
+    """The part model's map of a decoded image, placed on it as the service places it."""
+    outputs = cam_model(model_input(prepare_pixels(image, size)), training=False)
+    return to_image_grid(np.asarray(outputs[1])[0], image.width, image.height, size)
 
 
 def score_image(
@@ -140,8 +133,7 @@ def score_image(
     training_mean: tuple[float, float] | None,
 ) -> tuple[np.ndarray, tuple[int, int], bool, dict[str, float]]:
     """The map, its peak, its hit and every baseline's hit for one decoded image."""
-    outputs = cam_model(model_input(prepare_pixels(image, size)), training=False)
-    heat = to_image_grid(np.asarray(outputs[1])[0], image.width, image.height, size)
+    heat = heat_map(cam_model, image, size)
     guess, hit, baselines = judge(heat, image, box, training_mean)
     return heat, guess, hit, baselines
 
@@ -319,13 +311,9 @@ def plot_examples(
         if positive(str(rel_path), str(part)):
             if str(part) not in cam_models:
                 cam_models[str(part)] = with_cam(models[model_key(str(part))])
-            heat, guess, _, _ = point(
-                cam_models[str(part)],
-                root / str(rel_path),
-                size,
-                (0.0, 0.0, 0.0, 0.0),
-            )
-            false_pos.append((str(rel_path), str(part), heat, guess))
+            image = decode_image((root / str(rel_path)).read_bytes())
+            heat = heat_map(cam_models[str(part)], image, size)
+            false_pos.append((str(rel_path), str(part), heat, peak(heat)))
     kinds: list[tuple[str, list[tuple[Any, ...]]]] = [
         ("true positive", [(r.rel_path, r.part, r.heat, r.guess, r.box) for r in true_pos]),
         (

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.bootstrap import binary_intervals, rate_interval
+from training.bootstrap import bootstrap_ci, decision_rates, rate_interval
 from training.formatting import format_with_ci
 from training.metrics import binary_metrics, study_level
 
@@ -26,13 +26,13 @@ VIEW_GROUPS = (("1 view", 1, 1), ("2 views", 2, 2), ("3+ views", 3, 10**6))
 def _sensitivity(labels: np.ndarray, decided: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
     y = labels.astype(int)
     d = decided.astype(bool)
-    interval = binary_intervals(y, d.astype(float), d, groups)
     caught, abnormal = int(d[y == 1].sum()), int(y.sum())
     sensitivity = caught / abnormal if abnormal else None
+    interval = bootstrap_ci(groups, lambda rows: decision_rates(y[rows], d[rows])["sensitivity"])
     return {
         "n_abnormal": abnormal,
         "sensitivity": sensitivity,
-        "sensitivity_ci": rate_interval(sensitivity, interval.get("sensitivity"), caught, abnormal),
+        "sensitivity_ci": rate_interval(sensitivity, interval, caught, abnormal),
     }
 
 

@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 import bonexr
 from service.body_limit import BodySizeLimitMiddleware
+from service.dicom_node.node import DicomNode
 from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, ServiceError, install_error_handlers
 from service.memory import tune_malloc
@@ -73,8 +74,9 @@ def retention_interval(retention_hours: float) -> float:
     return max(1.0, min(600.0, retention_hours * 3600.0 / 10.0))
 
 
-async def _retention_loop(services: Services) -> None:
-    """Delete expired uploads on startup and then periodically (runs in the threadpool)."""
+async def _retention_loop(services: Services, node: DicomNode | None = None) -> None:
+    """Delete expired uploads (and the DICOM node's expired files) on startup and then
+    periodically (runs in the threadpool)."""
     hours = services.settings.retention_hours
     max_age = hours * 3600.0 if hours else None
     while True:
@@ -83,6 +85,10 @@ async def _retention_loop(services: Services) -> None:
             if removed:
                 services.metrics.uploads_deleted.labels("retention").inc(removed)
                 log.info("retention sweep removed %d upload(s)", removed)
+            if max_age is not None and node is not None:
+                swept = await asyncio.to_thread(node.sweep, max_age)
+                if swept:
+                    log.info("retention sweep removed %d DICOM node file(s)", swept)
         except (OSError, ServiceError) as exc:  # a folder or bucket problem: try again later
             log.warning("retention sweep failed: %s", type(exc).__name__)
         if max_age is None:
@@ -98,13 +104,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except OSError as exc:  # read-only or unmounted volume: serve, and say so in /ready
         log.error("upload store cannot be created (%s): /ready reports it", type(exc).__name__)
     services.engine.start()
-    sweeper = asyncio.create_task(_retention_loop(services), name="bonexr-retention")
+    node: DicomNode = app.state.dicom_node
+    await node.start()
+    sweeper = asyncio.create_task(_retention_loop(services, node), name="bonexr-retention")
     try:
         yield
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await node.stop()
         await asyncio.to_thread(services.engine.stop)
 
 
@@ -132,11 +141,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     app.state.predictor = Predictor(services)
+    app.state.dicom_node = DicomNode(app.state.predictor)
     install_error_handlers(app)
     keys = settings.api_key_list()
     app.include_router(api_router(auth_enabled=bool(keys)))
     app.mount("/static", static_files(), name="static")
-    app.add_middleware(BodySizeLimitMiddleware, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        upload_limit=settings.max_upload_bytes,
+        stow_limit=settings.max_stow_bytes,
+    )
     app.add_middleware(ApiKeyMiddleware, keys=keys)
     # Concrete routes, for labelling responses sent before routing (401, 413).
     routes = [r for r in app.router.routes if hasattr(r, "path")]

@@ -6,8 +6,9 @@ the app runs, and for chunked bodies (no ``Content-Length``) the bytes are count
 chunk arrives, so at most one chunk past the limit is ever read.
 
 The upload route gets ``max_upload_bytes`` plus an allowance for the multipart envelope;
-the route itself then checks the file part exactly. Every other route takes small JSON
-bodies, so it gets a small limit.
+the route itself then checks the file part exactly. STOW-RS (a whole study in one body)
+gets ``max_stow_bytes``; its parser holds each instance to ``max_upload_bytes``. Every
+other route takes small JSON bodies, so it gets a small limit.
 """
 
 from __future__ import annotations
@@ -40,15 +41,28 @@ def too_large_detail(advertised: int) -> str:
 class BodySizeLimitMiddleware:
     """Refuse bodies over the route's limit: by ``Content-Length`` up front, else by counting."""
 
-    def __init__(self, app: ASGIApp, *, upload_limit: int, upload_path: str = "/upload") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        upload_limit: int,
+        upload_path: str = "/upload",
+        stow_limit: int = 512 * 1024 * 1024,
+        stow_prefix: str = "/dicom-web/studies",
+    ) -> None:
         self.app = app
         self.upload_limit = upload_limit
         self.upload_path = upload_path
+        self.stow_limit = stow_limit
+        self.stow_prefix = stow_prefix
 
     def limits_for(self, scope: Scope) -> tuple[int, int]:
         """(bytes enforced, bytes quoted to the client) for this request's path."""
-        if scope.get("path") == self.upload_path:
+        path = str(scope.get("path", ""))
+        if path == self.upload_path:
             return self.upload_limit + MULTIPART_ALLOWANCE, self.upload_limit
+        if path == self.stow_prefix or path.startswith(self.stow_prefix + "/"):
+            return self.stow_limit, self.stow_limit  # a whole study (STOW-RS)
         return SMALL_BODY_LIMIT, SMALL_BODY_LIMIT
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.dicom_node.node import DicomNode
 from service.engine import InferenceEngine
 from service.errors import NotReadyError
 from service.predictor import Predictor
@@ -29,7 +30,13 @@ async def get_predictor(request: Request) -> Predictor:
     return predictor
 
 
+async def get_dicom_node(request: Request) -> DicomNode:
+    node: DicomNode = request.app.state.dicom_node
+    return node
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+DicomNodeDep = Annotated[DicomNode, Depends(get_dicom_node)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 

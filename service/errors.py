@@ -137,6 +137,18 @@ class DuplicateFieldError(ServiceError):
     status_code = 400
 
 
+class MalformedBodyError(ServiceError):
+    """A body that is not what the endpoint takes at all (a broken multipart/related)."""
+
+    status_code = 400
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """A request or part of a media type the endpoint does not take (415)."""
+
+    status_code = 415
+
+
 class StoreUnavailableError(ServiceError):
     """The upload store is missing, read-only or not permitted: the server's fault, for now."""
 

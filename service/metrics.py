@@ -100,6 +100,39 @@ class ServiceMetrics:
             "bonexr_model_info", "Loaded bundle (value 1).", ["name", "version"], registry=r
         )
 
+        self.dicom_instances = Counter(
+            "bonexr_dicom_instances_total",
+            "DICOM instances received, by way in (stow, c-store) and outcome (eligible, "
+            "not_eligible: recorded and never scored, rejected: not taken).",
+            ["via", "outcome"],
+            registry=r,
+        )
+        self.dicom_studies = Counter(
+            "bonexr_dicom_studies_total",
+            "Received studies answered (answered, refused: a report that says why; error: "
+            "to be tried again).",
+            ["outcome"],
+            registry=r,
+        )
+        self.dicom_deliveries = Counter(
+            "bonexr_dicom_delivery_attempts_total",
+            "Result delivery attempts by destination and outcome (delivered, retry, failed).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.dicom_pending = Gauge(
+            "bonexr_dicom_deliveries_pending",
+            "Results waiting on disk for a destination (counted at scrape time).",
+            ["destination"],
+            registry=r,
+        )
+        self.dicom_failed = Gauge(
+            "bonexr_dicom_deliveries_failed",
+            "Results a destination refused for good, kept in the node's failed/ folder.",
+            ["destination"],
+            registry=r,
+        )
+
     def count_stored_with(self, counter: Callable[[], int]) -> None:
         self.uploads_stored.set_function(lambda: float(counter()))
 

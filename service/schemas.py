@@ -233,6 +233,26 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class DicomDestinationStatus(BaseModel):
+    """Where the DICOM node sends results, and how that is going."""
+
+    name: Literal["dicomweb", "dicom"]
+    target: str = Field(description="STOW-RS URL or C-STORE AE@host:port.")
+    pending: int = Field(description="Results waiting on disk to be delivered (retried).")
+    failed: int = Field(description="Results the destination refused for good (kept).")
+    last_error: str | None = Field(description="Why the last attempt failed (None: it worked).")
+
+
+class DicomNodeStatus(BaseModel):
+    """The DICOM node: its listener and its result destinations."""
+
+    listener: str | None = Field(
+        description="The Storage SCP as AE@host:port (None: BONEXR_DICOM_PORT unset)."
+    )
+    stow: str = Field("/dicom-web/studies", description="The STOW-RS endpoint (always on).")
+    destinations: list[DicomDestinationStatus]
+
+
 class ReadyResponse(BaseModel):
     """Readiness: the bundle is loaded, verified and warmed."""
 
@@ -243,6 +263,7 @@ class ReadyResponse(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="What a user of this bundle must know."
     )
+    dicom: DicomNodeStatus
 
 
 class OperatingPoints(BaseModel):

@@ -90,6 +90,60 @@ class Settings(BaseSettings):
         "whose content score is beyond the bundle's content-gate limit) is refused with 422 "
         "code not_eligible; warn: it is answered, with the reason in warnings.",
     )
+    dicom_dir: Path | None = Field(
+        None,
+        description="The DICOM node's folder: received instances (as sent, content-addressed), "
+        "study records and the results waiting for delivery; retention applies to it. "
+        "Default: `dicom` beside upload_dir.",
+    )
+    dicom_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the DICOM Storage SCP (C-STORE receiver); off when unset.",
+    )
+    dicom_host: str = Field(
+        "0.0.0.0", description="Address the DICOM Storage SCP listens on (with dicom_port)."
+    )
+    dicom_ae_title: str = Field(
+        "BONEXR", min_length=1, max_length=16, description="The node's AE title."
+    )
+    dicom_allowed_aets: str = Field(
+        "",
+        description="Comma-separated calling AE titles the SCP accepts (others: association "
+        "rejected); empty accepts any.",
+    )
+    study_settle_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A received study is analysed once no new instance has arrived for this long.",
+    )
+    max_stow_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Largest STOW-RS request body (413); each instance is also held to "
+        "max_upload_bytes.",
+    )
+    results_dicomweb_url: str | None = Field(
+        None,
+        description="STOW-RS base URL the results go to (e.g. the PACS's "
+        "http://pacs:8042/dicom-web); off when unset.",
+    )
+    results_dicom: str | None = Field(
+        None,
+        description="C-STORE destination of the results as AE@host:port (e.g. "
+        "ORTHANC@pacs:4242); off when unset.",
+    )
+    delivery_retry_s: float = Field(
+        5.0, gt=0, description="First wait before a failed delivery is tried again."
+    )
+    delivery_retry_max_s: float = Field(
+        300.0, gt=0, description="Longest wait between delivery attempts (backoff doubles)."
+    )
+    delivery_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Network timeout of one delivery attempt."
+    )
     host: str = Field("127.0.0.1", description="Bind address (`bonexr serve --host`).")
     port: int = Field(8000, ge=1, le=65535, description="Port (`bonexr serve --port`).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
@@ -99,6 +153,11 @@ class Settings(BaseSettings):
         """The decoded-memory budget in bytes (``max_decoded_mb`` MiB)."""
         return self.max_decoded_mb * 2**20
 
+    @property
+    def dicom_folder(self) -> Path:
+        """The DICOM node's folder (``dicom_dir``, else ``dicom`` beside ``upload_dir``)."""
+        return self.dicom_dir or Path(self.upload_dir).parent / "dicom"
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
@@ -107,8 +166,43 @@ class Settings(BaseSettings):
             raise ValueError("device must be auto, cpu or gpu")
         return value
 
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("results_dicom")
+    @classmethod
+    def _dicom_destination(cls, value: str | None) -> str | None:
+        if value:
+            parse_dicom_address(value)
+        return value or None
+
+    def allowed_aet_list(self) -> list[str]:
+        """The calling AE titles the SCP accepts ([] accepts any)."""
+        return [check_ae_title(t) for t in self.dicom_allowed_aets.split(",") if t.strip()]
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+def check_ae_title(value: str) -> str:
+    """An AE title as DICOM allows it: 1-16 printable ASCII characters, no backslash."""
+    title = value.strip()
+    if not 1 <= len(title) <= 16 or not title.isascii() or "\\" in title:
+        raise ValueError(f"{value!r} is not an AE title (1-16 ASCII characters, no backslash)")
+    if not all(c.isprintable() for c in title):
+        raise ValueError(f"{value!r} is not an AE title (printable characters only)")
+    return title
+
+
+def parse_dicom_address(value: str) -> tuple[str, str, int]:
+    """``AE@host:port`` -> (AE title, host, port); a ValueError saying what is wrong."""
+    ae, at, address = value.strip().partition("@")
+    host, colon, port = address.rpartition(":")
+    if not at or not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not AE@host:port (e.g. ORTHANC@pacs:4242)")
+    return check_ae_title(ae), host, int(port)
 
 
 @lru_cache

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Set by the chief in the coordination service when the run's last step ended.
+_FINISHED_KEY = "bonexr/run-finished"
+
 
 @dataclass
 class Distribution:
@@ -134,6 +137,40 @@ class Distribution:
                 f"{label}: the workers disagree ({disagree})" + (f"; {hint}" if hint else "")
             )
         return result
+
+    def finish(self, label: str, work: Callable[[], T]) -> T | None:
+        """The run's last step: ``work`` on the chief alone (evaluation and export), the
+        other tasks waiting for its outcome without any collective, then all leave.
+
+        Keeping the others in an all-gather while the chief evaluated and exported (minutes,
+        on busy cores) made the run hang on one long collective: under load a worker's
+        pending receive failed ("Socket closed") after training had succeeded. And a worker
+        that simply left was reported by the coordination service as crashed ("stopped
+        sending heartbeats") in the chief's log. So: every task agrees that training is
+        done (one quick all-gather), the peer health checks stop, and the others wait on
+        the coordination service's key-value store -- heartbeats keep flowing -- until the
+        chief publishes ``ok`` or ``failed``. Returns what ``work`` returned on the chief,
+        None elsewhere; a worker raises :class:`ConfigError` when the chief failed.
+        """
+        if self.cluster is None or self.cluster.num_workers == 1:
+            return work()
+        self.step(f"{label}: agreeing that training is done", lambda: None)
+        stop = getattr(self.strategy.extended, "_stop_check_health_thread", None)
+        if callable(stop):  # MultiWorkerMirroredStrategy's peer health checks
+            stop()
+        from tensorflow.python.eager import context
+
+        if self.is_chief:
+            outcome = "failed"
+            try:
+                result = work()
+                outcome = "ok"
+                return result
+            finally:
+                context.context().set_config_key_value(_FINISHED_KEY, outcome)
+        if context.context().get_config_key_value(_FINISHED_KEY) != "ok":
+            raise ConfigError(f"{label}: stopped because {self.cluster.tasks()[0]} failed")
+        return None
 
     def _agree(self, ok: bool, digest: str) -> tuple[list[str], str]:
         """Gather (ok, sha256 of ``digest``) from every task: the failed tasks, and a

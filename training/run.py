@@ -536,11 +536,10 @@ def run_training(
             split, provenance, config, paths, bad_images, root, out, force, dist
         )
 
-    # the other workers wait here until the chief has exported (or failed), then all exit
-    manifest = dist.step("evaluating and exporting", evaluate_and_export, chief_only=True)
+    # the chief evaluates and exports alone; the others wait for its outcome (no collective)
     if not dist.is_chief:
-        say(f"== {dist.task}: training done; the chief evaluated and exported the bundle")
-    return manifest
+        say(f"== {dist.task}: training done; the chief evaluates and exports the bundle")
+    return dist.finish("evaluating and exporting", evaluate_and_export)
 
 
 def _evaluate_and_export(

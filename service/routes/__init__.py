@@ -2,7 +2,8 @@
 
 ``upload`` (POST /upload, DELETE /uploads/{filename}), ``predict`` (POST /predict),
 ``study`` (POST /predict/study), ``heatmap`` (GET /heatmap/{filename}),
-``model`` (GET /model, GET /rules) and ``operations`` (/health, /ready, /metrics). Routes
+``model`` (GET /model, GET /rules), ``dicomweb`` (POST /dicom-web/studies, STOW-RS) and
+``operations`` (/health, /ready, /metrics). Routes
 stay thin: validate, hand work to storage / imaging / engine, shape the response.
 
 Authentication is applied here, where the routers are included: when API keys are
@@ -16,10 +17,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 
 from service.errors import error_responses
-from service.routes import heatmap, model, operations, page, predict, study, upload
+from service.routes import dicomweb, heatmap, model, operations, page, predict, study, upload
 from service.security import api_key_scheme
 
-PROTECTED = (upload.router, predict.router, study.router, heatmap.router, model.router)
+PROTECTED = (
+    upload.router,
+    predict.router,
+    study.router,
+    heatmap.router,
+    model.router,
+    dicomweb.router,
+)
 
 
 def api_router(*, auth_enabled: bool) -> APIRouter:

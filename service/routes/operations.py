@@ -10,9 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import ServicesDep
+from service.deps import DicomNodeDep, ServicesDep
 from service.errors import error_body, error_responses
-from service.schemas import HealthResponse, ModelRef, ReadyResponse
+from service.schemas import (
+    DicomDestinationStatus,
+    DicomNodeStatus,
+    HealthResponse,
+    ModelRef,
+    ReadyResponse,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -31,16 +37,36 @@ async def health() -> HealthResponse:
     summary="Readiness",
     responses=error_responses(503),
 )
-async def ready(services: ServicesDep) -> ReadyResponse | JSONResponse:
-    """200 once the bundle is loaded, verified and warmed and the upload store is writable;
-    503 with the reason otherwise."""
+async def ready(services: ServicesDep, node: DicomNodeDep) -> ReadyResponse | JSONResponse:
+    """200 once the bundle is loaded, verified and warmed, the upload store is writable and
+    the DICOM listener (when configured) listens; 503 with the reason otherwise.
+
+    A result destination that is down does not make the service unready (its results wait
+    on disk and are retried); ``dicom.destinations`` shows it, with what is pending."""
     engine = services.engine
     if not engine.ready:
         return JSONResponse(error_body(engine.not_ready_reason()), status_code=503)
     store_problem = await run_in_threadpool(services.store.problem)
     if store_problem:
         return JSONResponse(error_body(store_problem), status_code=503)
+    node_problem = node.problem()
+    if node_problem:
+        return JSONResponse(error_body(node_problem), status_code=503)
+    destinations = await run_in_threadpool(node.destinations)
     return ReadyResponse(
+        dicom=DicomNodeStatus(
+            listener=node.listener(),
+            destinations=[
+                DicomDestinationStatus(
+                    name="dicom" if d.name == "dicom" else "dicomweb",
+                    target=d.target,
+                    pending=d.pending,
+                    failed=d.failed,
+                    last_error=d.last_error,
+                )
+                for d in destinations
+            ],
+        ),
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         providers=engine.providers,
         runtime=engine.runtime.describe(),

@@ -1,0 +1,89 @@
+"""The DICOM Storage SCP: a modality or PACS sends instances by C-STORE (``pynetdicom``).
+
+Enabled by ``BONEXR_DICOM_PORT``; the node's AE title is ``BONEXR_DICOM_AE_TITLE``. With
+``BONEXR_DICOM_ALLOWED_AETS`` set, an association from any other calling AE title is
+rejected at A-ASSOCIATE (pynetdicom's ``require_calling_aet``), before any data is sent.
+It accepts every storage SOP class pynetdicom offers (so a CT slice in a study is taken,
+and then recorded as not eligible) and C-ECHO. Each C-STORE runs in pynetdicom's thread for
+that association, and is answered with the status :func:`receive` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("bonexr.dicom")
+
+#: Called with (the instance as a Part 10 file, calling AE title); returns the C-STORE status.
+Receive = Callable[[bytes, str], int]
+
+
+class StorageScp:
+    """One listening AE; :meth:`start` and :meth:`stop` from the app's lifespan."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        allowed_aets: list[str],
+        receive: Receive,
+        max_pdu: int = 65536,
+    ) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.allowed_aets = allowed_aets
+        self.receive = receive
+        self.max_pdu = max_pdu
+        self._server: Any = None
+        self.problem: str | None = "not started"
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        from pynetdicom import AE, StoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = StoragePresentationContexts
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = self.max_pdu
+        if self.allowed_aets:
+            ae.require_calling_aet = self.allowed_aets
+        try:
+            self._server = ae.start_server(
+                (self.host, self.port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            )
+        except OSError as exc:
+            self.problem = f"DICOM listener {self.address} could not start ({exc.strerror})"
+            log.error("%s", self.problem)
+            return
+        self.problem = None
+        log.info("DICOM Storage SCP listening as %s", self.address)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            self.problem = "stopped"
+
+    def _on_store(self, event: Any) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # a dataset pynetdicom cannot encode: refuse, never crash
+            log.warning("C-STORE from %s unreadable (%s)", calling, type(exc).__name__)
+            return 0xC000
+        return self.receive(data, calling)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import threading
@@ -34,8 +35,13 @@ from service.engine import InferenceEngine
 from service.errors import LastResortMiddleware, ServiceError, install_error_handlers
 from service.memory import tune_malloc
 from service.metrics import AccessMiddleware, ServiceMetrics
+from service.migration import migrate
 from service.pixel_cache import PixelCache
 from service.predictor import Predictor
+from service.records.audit import AuditLog
+from service.records.database import Database, database_url
+from service.records.practice import PracticeCollector
+from service.records.worklist import RecordStore, utcnow
 from service.routes import api_router
 from service.routes.page import static_files
 from service.security import ApiKeyMiddleware
@@ -75,11 +81,14 @@ def retention_interval(retention_hours: float) -> float:
 
 
 async def _retention_loop(services: Services, node: DicomNode | None = None) -> None:
-    """Delete expired uploads (and the DICOM node's expired files) on startup and then
-    periodically (runs in the threadpool)."""
+    """Delete expired uploads (and the DICOM node's expired files) and expired study
+    records on startup and then periodically (runs in the threadpool)."""
     hours = services.settings.retention_hours
     max_age = hours * 3600.0 if hours else None
+    record_days = services.settings.record_retention_days
     while True:
+        if record_days and services.records_migrated:
+            await _expire_records(services, record_days)
         try:
             removed = await asyncio.to_thread(services.store.sweep, max_age)
             if removed:
@@ -91,9 +100,27 @@ async def _retention_loop(services: Services, node: DicomNode | None = None) -> 
                     log.info("retention sweep removed %d DICOM node file(s)", swept)
         except (OSError, ServiceError) as exc:  # a folder or bucket problem: try again later
             log.warning("retention sweep failed: %s", type(exc).__name__)
-        if max_age is None:
+        if max_age is None and not record_days:
             return  # no retention: the startup pass only cleans stale temp files
-        await asyncio.sleep(retention_interval(hours))  # type: ignore[arg-type]
+        periods = [retention_interval(hours)] if hours else []
+        periods += [retention_interval(record_days * 24)] if record_days else []
+        await asyncio.sleep(min(periods))
+
+
+async def _expire_records(services: Services, days: float) -> None:
+    """Remove study records older than ``days`` and the uploads only they named."""
+    cutoff = utcnow() - dt.timedelta(days=days)
+    try:
+        orphans = await asyncio.to_thread(services.records.expire, cutoff)
+    except ServiceError as exc:
+        log.warning("record retention failed: %s", type(exc).__name__)
+        return
+    for name in orphans:
+        services.pixels.discard(name)
+        if await asyncio.to_thread(services.store.delete, name):
+            services.metrics.uploads_deleted.labels("retention").inc()
+    if orphans:
+        log.info("record retention removed the uploads of expired records: %d", len(orphans))
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +130,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(services.store.ensure)
     except OSError as exc:  # read-only or unmounted volume: serve, and say so in /ready
         log.error("upload store cannot be created (%s): /ready reports it", type(exc).__name__)
+    await migrate(services)
     services.engine.start()
     node: DicomNode = app.state.dicom_node
     await node.start()
@@ -115,6 +143,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await sweeper
         await node.stop()
         await asyncio.to_thread(services.engine.stop)
+        await asyncio.to_thread(services.database.dispose)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -125,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     store = open_store(settings)
     metrics.count_stored_with(store.count)
+    database = Database(database_url(settings.database_url, settings.upload_dir))
+    records = RecordStore(database)
+    metrics.registry.register(PracticeCollector(records.practice_counts))
     services = Services(
         settings=settings,
         store=store,
@@ -132,6 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         decode_slots=threading.BoundedSemaphore(max(2, os.cpu_count() or 2)),
         pixels=PixelCache(),
+        database=database,
+        records=records,
+        audit=AuditLog(database),
     )
     app = FastAPI(
         title="bonexr",
@@ -143,7 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = Predictor(services)
     app.state.dicom_node = DicomNode(app.state.predictor)
     install_error_handlers(app)
-    keys = settings.api_key_list()
+    keys = settings.named_api_keys()
     app.include_router(api_router(auth_enabled=bool(keys)))
     app.mount("/static", static_files(), name="static")
     app.add_middleware(

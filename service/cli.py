@@ -56,8 +56,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db(args: argparse.Namespace) -> int:
+    from service.records.database import Database, database_url
+    from service.server import load_settings
+
+    settings = load_settings()
+    database = Database(database_url(settings.database_url, settings.upload_dir))
+    try:
+        if args.action == "upgrade":
+            database.upgrade(args.revision)
+        print(f"records database {database.label}: schema {database.revision() or 'empty'}")
+    finally:
+        database.dispose()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``serve`` and ``predict`` to the ``bonexr`` parser."""
+    """Add ``serve``, ``predict`` and ``db`` to the ``bonexr`` parser."""
     p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
     add_server_options(p)
     p.set_defaults(handler=_cmd_serve)
@@ -93,3 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "db",
+        help="the records database (BONEXR_DATABASE_URL): upgrade runs the migrations the "
+        "service runs at start-up; current prints the schema revision",
+    )
+    p.add_argument("action", choices=("upgrade", "current"))
+    p.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    p.set_defaults(handler=_cmd_db)

@@ -155,6 +155,31 @@ class StoreUnavailableError(ServiceError):
     status_code = 503
 
 
+class RecordNotFoundError(ServiceError):
+    """No recorded study with that id (404)."""
+
+    status_code = 404
+
+
+class InvalidCursorError(ServiceError):
+    """A worklist or audit cursor that does not parse (422)."""
+
+    status_code = 422
+
+
+class ForbiddenError(ServiceError):
+    """A valid key that may not do this (403: an admin-only route)."""
+
+    status_code = 403
+
+
+class RecordsUnavailableError(ServiceError):
+    """The records database is down, read-only or full (503, naming it): nothing already
+    recorded is lost; the request can be retried."""
+
+    status_code = 503
+
+
 class StoreFullError(ServiceError):
     """No space left in the upload store (507 Insufficient Storage)."""
 
@@ -171,14 +196,16 @@ class InferenceFailedError(ServiceError):
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed request: the body is not what this endpoint takes.",
     401: "Missing or wrong X-API-Key (only when API keys are configured).",
-    404: "No upload with that filename (or no heat map in this bundle).",
+    403: "This key may not do that (GET /audit: keys named in BONEXR_ADMIN_KEYS).",
+    404: "No upload with that filename, no recorded study with that id (or no heat map in "
+    "this bundle).",
     413: "Too large: bytes (while streaming), pixels or decoded memory (from the header).",
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
     422: "Invalid value: bad filename, an image that cannot be decoded, or a body part this "
     "bundle has no abnormality model for (then `bone_type` names it).",
     429: "Too many requests waiting: retry after the seconds in the Retry-After header.",
-    503: "Not ready: model bundle not loaded (loading, refused, shutting down) or the upload "
-    "store is not writable.",
+    503: "Not ready: model bundle not loaded (loading, refused, shutting down), the upload "
+    "store is not writable, or the records database is unavailable (each named).",
     507: "The upload store is full.",
 }
 

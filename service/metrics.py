@@ -100,10 +100,25 @@ class ServiceMetrics:
             "bonexr_model_info", "Loaded bundle (value 1).", ["name", "version"], registry=r
         )
 
+        self.served_probability = Histogram(
+            "bonexr_served_probability",
+            "Calibrated study P(abnormal) of each recorded study, by body part (drift "
+            "shows here first).",
+            ["part"],
+            buckets=tuple(i / 10 for i in range(1, 11)),
+            registry=r,
+        )
+        self.reviews = Counter(
+            "bonexr_reviews_total",
+            "Reader verdicts recorded, by body part and verdict.",
+            ["part", "reader_result"],
+            registry=r,
+        )
         self.dicom_instances = Counter(
             "bonexr_dicom_instances_total",
             "DICOM instances received, by way in (stow, c-store) and outcome (eligible, "
-            "not_eligible: recorded and never scored, rejected: not taken).",
+            "not_eligible: recorded and never scored, rejected: not taken, own_result: one of "
+            "bonexr's results sent back, ignored).",
             ["via", "outcome"],
             registry=r,
         )

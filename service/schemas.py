@@ -225,6 +225,9 @@ class StudyResponse(BaseModel):
     views: list[StudyView]
     model: ModelRef
     warnings: list[str] = Field(description="Reasons to distrust this result.")
+    record_id: str | None = Field(
+        None, description="The study's id in the worklist (GET /worklist/{id})."
+    )
 
 
 class HealthResponse(BaseModel):
@@ -334,3 +337,94 @@ class Rules(BaseModel):
     synthetic: bool | None = None
     retention_hours: float | None = Field(None, description="Uploads deleted after this long.")
     api_key_required: bool
+
+
+# ------------------------------------------------------------------ worklist and audit
+
+
+class WorklistView(BaseModel):
+    """One view of a recorded study."""
+
+    position: int
+    filename: str | None = Field(description="The upload (None: a view never stored).")
+    sop_instance_uid: str | None = Field(None, description="Its DICOM instance, when received.")
+    abnormality_probability: float | None
+    threshold: float | None
+    result: Literal["abnormal", "normal"] | None
+    refused: bool
+    reason: str | None = Field(description="Why the view was not scored.")
+    heatmap_url: str | None = Field(description="GET it for the view's heat map.")
+
+
+class ReaderReview(BaseModel):
+    reader: str = Field(description="The API key's name.")
+    reader_result: Literal["abnormal", "normal"]
+    note: str | None
+    at: str = Field(description="UTC, ISO 8601.")
+
+
+class RecordedStudy(BaseModel):
+    """What every view of a recorded study shows."""
+
+    id: str
+    arrived_at: str = Field(description="UTC, ISO 8601.")
+    source: Literal["api", "dicom"]
+    body_part: str | None
+    result: Literal["abnormal", "normal"] | None = Field(
+        description="The model's study result (None: no finding, see refusal)."
+    )
+    abnormality_probability: float | None = Field(description="Calibrated, study level.")
+    threshold: float | None
+    operating_point: str | None
+    status: Literal["unread", "reviewed"]
+    refusal: str | None
+    model: ModelRef
+
+
+class WorklistItem(RecordedStudy):
+    """A recorded study in the worklist."""
+
+    views: int
+    refused_views: int
+    reviews: int
+
+
+class WorklistCounts(BaseModel):
+    unread: int
+    reviewed: int
+    all: int
+
+
+class WorklistPage(BaseModel):
+    """Studies in triage order: the model's abnormal first, then normal, then those without
+    a finding; each group by descending probability, ties by arrival."""
+
+    items: list[WorklistItem]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page.")
+    counts: WorklistCounts
+
+
+class WorklistStudy(RecordedStudy):
+    """A recorded study whole: its views with heat-map links, and every reader's review."""
+
+    views: list[WorklistView]
+    reviews: list[ReaderReview]
+    warnings: list[str]
+
+
+class ReviewRequest(BaseModel):
+    reader_result: Literal["abnormal", "normal"] = Field(description="The reader's verdict.")
+    note: str | None = Field(None, max_length=2000)
+
+
+class AuditItem(BaseModel):
+    at: str = Field(description="UTC, ISO 8601.")
+    key_name: str
+    action: str
+    study_id: str | None
+    outcome: str
+
+
+class AuditPageResponse(BaseModel):
+    items: list[AuditItem]
+    next_cursor: str | None

@@ -38,30 +38,50 @@ PUBLIC_PREFIXES = ("/static/",)
 api_key_scheme = APIKeyHeader(name=HEADER, auto_error=False, description="API key (if enabled).")
 
 
+#: Who a request is when the service has no API keys (the records and the audit name it).
+ANONYMOUS = "anonymous"
+
+
 def key_matches(presented: bytes | None, keys: list[bytes]) -> bool:
     """Constant-time check of ``presented`` against every configured key."""
+    return matching_name(presented, {str(i): k for i, k in enumerate(keys)}) is not None
+
+
+def matching_name(presented: bytes | None, keys: dict[str, bytes]) -> str | None:
+    """The name of the key ``presented`` is, compared in constant time against every key."""
     if presented is None:
-        return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
+        return None
+    found: str | None = None
+    for name, key in keys.items():
+        if hmac.compare_digest(presented, key):
+            found = name
+    return found
+
+
+def key_name(scope: Scope) -> str:
+    """Who made the request: its key's name (set by :class:`ApiKeyMiddleware`)."""
+    return str(scope.get("state", {}).get("api_key_name", ANONYMOUS))
 
 
 class ApiKeyMiddleware:
-    """Reject requests to protected paths without a valid ``X-API-Key`` (401)."""
+    """Reject requests to protected paths without a valid ``X-API-Key`` (401), and record
+    the key's name in the request state for the records and the audit."""
 
-    def __init__(self, app: ASGIApp, *, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, *, keys: dict[str, str]) -> None:
         self.app = app
-        self.keys = [k.encode("utf-8") for k in keys]
+        self.keys = {name: k.encode("utf-8") for name, k in keys.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys:
+            await self.app(scope, receive, send)
+            return
+        name = matching_name(_header(scope, b"x-api-key"), self.keys)
+        if name is not None:
+            scope.setdefault("state", {})["api_key_name"] = name
         if (
-            scope["type"] != "http"
-            or not self.keys
+            name is not None
             or scope.get("path") in PUBLIC_PATHS
             or str(scope.get("path", "")).startswith(PUBLIC_PREFIXES)
-            or key_matches(_header(scope, b"x-api-key"), self.keys)
         ):
             await self.app(scope, receive, send)
             return

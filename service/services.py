@@ -1,4 +1,5 @@
-"""The per-app :class:`Services` container: settings, store, engine, metrics, decode slots.
+"""The per-app :class:`Services` container: settings, store, engine, metrics, decode slots,
+the records database.
 
 Built once per app by :func:`service.app.create_app` and kept on ``app.state``; the route
 dependencies that hand it out live in :mod:`service.deps`.
@@ -16,6 +17,9 @@ from service.engine import InferenceEngine
 from service.memory import release_free_memory
 from service.metrics import ServiceMetrics
 from service.pixel_cache import PixelCache
+from service.records.audit import AuditLog
+from service.records.database import Database
+from service.records.worklist import RecordStore
 from service.settings import Settings
 from service.stores.base import UploadStore
 
@@ -30,6 +34,11 @@ class Services:
     metrics: ServiceMetrics
     decode_slots: threading.BoundedSemaphore
     pixels: PixelCache
+    database: Database
+    records: RecordStore
+    audit: AuditLog
+    #: set once the records database has the current schema (start-up or a later /ready)
+    records_migrated: bool = False
 
     @contextlib.contextmanager
     def decode_slot(self) -> Iterator[None]:

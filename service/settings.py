@@ -6,6 +6,7 @@ fields (``python -m service.config_docs``; a test fails when the two differ).
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -47,7 +48,22 @@ class Settings(BaseSettings):
         None, gt=0, description="Delete uploads older than this many hours (off when unset)."
     )
     api_keys: str = Field(
-        "", description="Comma-separated API keys for X-API-Key; empty disables auth."
+        "",
+        description="Comma-separated API keys for X-API-Key, each `name:key` (the name is "
+        "the reader the worklist and the audit record) or a plain key (named `key-` + a "
+        "short hash of it); empty disables auth.",
+    )
+    admin_keys: str = Field(
+        "", description="Comma-separated key names (from api_keys) that may read GET /audit."
+    )
+    database_url: str | None = Field(
+        None,
+        description="The records database: sqlite:///path (one instance) or "
+        "postgresql+psycopg://user:password@host/db (replicas sharing one worklist). "
+        "Default: bonexr.db beside upload_dir.",
+    )
+    record_retention_days: float | None = Field(
+        None, gt=0, description="Delete study records older than this many days (off when unset)."
     )
     max_study_views: int = Field(
         8, ge=1, le=64, description="Most views one POST /predict/study may name (422 above)."
@@ -94,7 +110,8 @@ class Settings(BaseSettings):
         None,
         description="The DICOM node's folder: received instances (as sent, content-addressed), "
         "study records and the results waiting for delivery; retention applies to it. "
-        "Default: `dicom` beside upload_dir.",
+        "Default: `dicom` inside upload_dir (so the uploads volume of a container holds it; "
+        "the upload store ignores it).",
     )
     dicom_port: int | None = Field(
         None,
@@ -155,8 +172,8 @@ class Settings(BaseSettings):
 
     @property
     def dicom_folder(self) -> Path:
-        """The DICOM node's folder (``dicom_dir``, else ``dicom`` beside ``upload_dir``)."""
-        return self.dicom_dir or Path(self.upload_dir).parent / "dicom"
+        """The DICOM node's folder (``dicom_dir``, else ``dicom`` inside ``upload_dir``)."""
+        return self.dicom_dir or Path(self.upload_dir) / "dicom"
 
     @field_validator("device")
     @classmethod
@@ -171,6 +188,17 @@ class Settings(BaseSettings):
     def _ae_title(cls, value: str) -> str:
         return check_ae_title(value)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _key_names(cls, value: str) -> str:
+        for item in (i.strip() for i in value.split(",")):
+            name, colon, key = item.partition(":")
+            if colon and (not name.strip() or not key.strip()):
+                raise ValueError("each API key is name:key or a plain key (nothing empty)")
+            if colon and not all(c.isalnum() or c in "-_." for c in name.strip()):
+                raise ValueError(f"API key name {name.strip()!r}: letters, digits, - _ . only")
+        return value
+
     @field_validator("results_dicom")
     @classmethod
     def _dicom_destination(cls, value: str | None) -> str | None:
@@ -183,7 +211,24 @@ class Settings(BaseSettings):
         return [check_ae_title(t) for t in self.dicom_allowed_aets.split(",") if t.strip()]
 
     def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        """The configured keys (the secrets alone)."""
+        return list(self.named_api_keys().values())
+
+    def named_api_keys(self) -> dict[str, str]:
+        """name -> key. ``name:key`` pairs; a plain key is named ``key-`` + 8 hex digits of
+        its sha256 (the name is what the records and the audit show, never the key)."""
+        found: dict[str, str] = {}
+        for item in (i.strip() for i in self.api_keys.split(",")):
+            if not item:
+                continue
+            name, colon, key = item.partition(":")
+            if not colon:
+                name, key = "key-" + hashlib.sha256(item.encode()).hexdigest()[:8], item
+            found[name.strip()] = key.strip()
+        return found
+
+    def admin_key_names(self) -> set[str]:
+        return {n.strip() for n in self.admin_keys.split(",") if n.strip()}
 
 
 def check_ae_title(value: str) -> str:

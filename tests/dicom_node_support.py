@@ -2,22 +2,33 @@
 
 Synthetic MURA radiographs written as DICOM CR instances of one study (MONOCHROME2 and
 MONOCHROME1, BodyPartExamined, the patient and study modules a PACS sends), a CT slice of
-the same study, and STOW-RS request bodies.
+the same study, STOW-RS request bodies, and ``bonexr serve`` in a subprocess with the node
+on (also used by ``bench/pacs_bench.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.service_support import free_port, wait_for
+
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+API_KEY = "pacs-secret"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -116,3 +127,77 @@ def stow_body(parts: list[bytes], *, content_type: str = "application/dicom") ->
     chunks.append(f"--{boundary}--\r\n".encode())
     header = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return b"".join(chunks), header
+
+
+class Bonexr:
+    """``bonexr serve`` in a subprocess with the DICOM node on; restartable on its folders."""
+
+    def __init__(self, models_dir: Path, root: Path, **env: str) -> None:
+        self.port, self.dicom_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "BONEXR_MODELS_DIR": str(models_dir),
+            "BONEXR_UPLOAD_DIR": str(root / "uploads"),
+            "BONEXR_DICOM_DIR": str(root / "dicom"),
+            "BONEXR_PORT": str(self.port),
+            "BONEXR_DICOM_PORT": str(self.dicom_port),
+            "BONEXR_DICOM_HOST": "127.0.0.1",
+            "BONEXR_DICOM_ALLOWED_AETS": "ORTHANC",
+            "BONEXR_STUDY_SETTLE_S": "1",
+            "BONEXR_DELIVERY_RETRY_S": "0.5",
+            "BONEXR_DELIVERY_RETRY_MAX_S": "1",
+            "BONEXR_API_KEYS": API_KEY,
+            "BONEXR_ELIGIBILITY": "warn",  # random-init models: the content gate is noise
+            "BONEXR_LOG_LEVEL": "info",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "bonexr.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bonexr.cli", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        assert wait_for(self.ready, timeout=120, interval=0.2), self.log_tail()
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.root / "bonexr.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.is_file() else ""
+
+    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"X-API-Key": API_KEY, **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kw)
+
+    def metric(self, line_start: str) -> float:
+        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@contextlib.contextmanager
+def running(bonexr: Bonexr) -> Iterator[Bonexr]:
+    bonexr.start()
+    try:
+        yield bonexr
+    finally:
+        bonexr.stop()

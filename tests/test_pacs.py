@@ -12,13 +12,10 @@ instances sent twice.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +25,11 @@ import pydicom
 import pytest
 
 from service.dicom_node.results import RESULTS_SERIES_DESCRIPTION, read_report
-from tests.dicom_node_support import Study, radiograph, stow_body
+from tests.dicom_node_support import API_KEY, Bonexr, Study, radiograph, running, stow_body
 from tests.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
-from tests.service_support import free_port, wait_for
+from tests.service_support import wait_for
 
 SR_MODALITY = "SR"
-API_KEY = "pacs-secret"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,80 +55,6 @@ def make_study(views: list[np.ndarray]) -> tuple[Study, list[str], str]:
     ]
     ct = study.add(np.full((48, 48), 1200, np.uint16), modality="CT", body_part="CHEST")
     return study, scored, ct
-
-
-class Bonexr:
-    """``bonexr serve`` in a subprocess with the DICOM node on; restartable on its folders."""
-
-    def __init__(self, models_dir: Path, root: Path, **env: str) -> None:
-        self.port, self.dicom_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "BONEXR_MODELS_DIR": str(models_dir),
-            "BONEXR_UPLOAD_DIR": str(root / "uploads"),
-            "BONEXR_DICOM_DIR": str(root / "dicom"),
-            "BONEXR_PORT": str(self.port),
-            "BONEXR_DICOM_PORT": str(self.dicom_port),
-            "BONEXR_DICOM_HOST": "127.0.0.1",
-            "BONEXR_DICOM_ALLOWED_AETS": "ORTHANC",
-            "BONEXR_STUDY_SETTLE_S": "1",
-            "BONEXR_DELIVERY_RETRY_S": "0.5",
-            "BONEXR_DELIVERY_RETRY_MAX_S": "1",
-            "BONEXR_API_KEYS": API_KEY,
-            "BONEXR_ELIGIBILITY": "warn",  # random-init models: the content gate is noise
-            "BONEXR_LOG_LEVEL": "info",
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.root / "bonexr.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bonexr.cli", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        assert wait_for(self.ready, timeout=120, interval=0.2), self.log_tail()
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-        self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        path = self.root / "bonexr.log"
-        return "\n".join(path.read_text().splitlines()[-lines:]) if path.is_file() else ""
-
-    def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {"X-API-Key": API_KEY, **kw.pop("headers", {})}
-        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kw)
-
-    def metric(self, line_start: str) -> float:
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith(line_start):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-@contextlib.contextmanager
-def running(bonexr: Bonexr) -> Iterator[Bonexr]:
-    bonexr.start()
-    try:
-        yield bonexr
-    finally:
-        bonexr.stop()
 
 
 def results_in(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
@@ -317,3 +239,48 @@ def test_results_wait_for_a_pacs_that_is_down_and_survive_a_restart(
     finally:
         bonexr.stop()
         stop_all(pacs)
+
+
+AUTOROUTE = Path(__file__).resolve().parents[1] / "deploy" / "orthanc" / "bonexr-autoroute.lua"
+
+
+def test_orthanc_auto_routes_new_radiograph_studies_with_the_documented_lua(
+    untrained_bundle: Path, views: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The Lua script of docs/dicom.md, as shipped: a study stored in Orthanc is routed to
+    bonexr once stable (CR/DX series only), answered, and the results coming back do not
+    start a loop (the study turns stable again; the same radiographs give no new report)."""
+    bonexr = Bonexr(untrained_bundle.parent, tmp_path / "bonexr")
+    orthanc = start_orthanc(
+        tmp_path / "orthanc",
+        modalities={"bonexr": ("BONEXR", "127.0.0.1", bonexr.dicom_port)},
+        config_overrides={"LuaScripts": [str(AUTOROUTE)], "StableAge": 1},
+    )
+    bonexr.env["BONEXR_RESULTS_DICOMWEB_URL"] = orthanc.dicomweb
+    try:
+        with running(bonexr):
+            study, scored, _ = make_study(views)
+            for data in study.instances.values():
+                orthanc.upload(data)
+            wait_for_results(orthanc, study.study_uid, 3)
+            report = read_report(
+                orthanc.retrieve_instance(
+                    study.study_uid,
+                    *next(
+                        (i["SeriesInstanceUID"], i["SOPInstanceUID"])
+                        for i in results_in(orthanc, study.study_uid)
+                        if i["Modality"] == SR_MODALITY
+                    ),
+                )
+            )
+            # the CT series is not routed: the report names the two radiographs only
+            assert {v["sop_instance_uid"] for v in report["views"]} == set(scored)
+            # the results made the study stable again: re-routed, no second report
+            routed = 'bonexr_dicom_instances_total{outcome="eligible",via="c-store"}'
+            assert wait_for(lambda: bonexr.metric(routed) >= 4, 30), orthanc.log_tail()
+            time.sleep(3)
+            assert len(results_in(orthanc, study.study_uid)) == 3
+            assert "bonexr auto-routing" in orthanc.log_path.read_text()
+    finally:
+        bonexr.stop()
+        stop_all(orthanc)

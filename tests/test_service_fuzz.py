@@ -62,6 +62,14 @@ OPERATIONS = [
     ("/health", "GET"),
     ("/ready", "GET"),
     ("/metrics", "GET"),
+    ("/dicom-web/studies", "POST"),
+    ("/dicom-web/studies/{study_uid}", "POST"),
+    ("/worklist", "GET"),
+    ("/worklist/export.csv", "GET"),
+    ("/worklist/{study_id}", "GET"),
+    ("/worklist/{study_id}", "DELETE"),
+    ("/worklist/{study_id}/review", "POST"),
+    ("/audit", "GET"),
 ]
 
 
@@ -80,6 +88,11 @@ WITH_INPUTS = {
     ("/predict/study", "POST"),
     ("/heatmap/{filename}", "GET"),
     ("/uploads/{filename}", "DELETE"),
+    ("/worklist", "GET"),
+    ("/worklist/{study_id}", "GET"),
+    ("/worklist/{study_id}", "DELETE"),
+    ("/worklist/{study_id}/review", "POST"),
+    ("/audit", "GET"),
 }
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
     (path, method, GenerationMode.NEGATIVE)

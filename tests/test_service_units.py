@@ -142,6 +142,14 @@ EXPECTED_OPERATIONS = {
     ("/health", "get", "operations"),
     ("/ready", "get", "operations"),
     ("/metrics", "get", "operations"),
+    ("/dicom-web/studies", "post", "dicom"),
+    ("/dicom-web/studies/{study_uid}", "post", "dicom"),
+    ("/worklist", "get", "worklist"),
+    ("/worklist/export.csv", "get", "worklist"),
+    ("/worklist/{study_id}", "get", "worklist"),
+    ("/worklist/{study_id}", "delete", "worklist"),
+    ("/worklist/{study_id}/review", "post", "worklist"),
+    ("/audit", "get", "worklist"),
 }
 
 

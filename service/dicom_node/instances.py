@@ -6,7 +6,8 @@ and study modules and reference its UIDs. An eligible radiograph's pixels also g
 upload store as the same pixel-only PNG ``POST /upload`` would store, so the predictor answers
 a received study exactly as ``POST /predict/study`` answers the same pixels. An instance the
 models were never trained to judge (a CT slice, a chest film) is recorded with the reason and
-never decoded or scored.
+never decoded or scored. bonexr's own results, routed back by a PACS rule, are taken and
+ignored: otherwise each report would make the study new again, and a loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from bonexr.atomic import write_bytes_atomic
 from bonexr.eligibility import metadata_refusal
 from bonexr.imaging import encode_png, prepare_pixels
+from service.dicom_node.results import MANUFACTURER, RESULTS_SERIES_DESCRIPTION
 from service.errors import ServiceError, StoreFullError, StoreUnavailableError
 from service.services import Services
 
@@ -56,6 +58,8 @@ class ReceivedInstance:
     filename: str | None = None
     #: why the instance is never scored (the eligibility gate's sentence)
     refusal: str | None = None
+    #: one of bonexr's own result objects, routed back by the PACS: taken, never a view
+    own_result: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +121,11 @@ def ingest(
             DATASET_DOES_NOT_MATCH, "the instance belongs to another study", sop_uid
         )
     modality, body_part = _text(header, "Modality"), _text(header, "BodyPartExamined")
+    if is_own_result(header):  # a routing rule sent our report back: never a new view
+        return ReceivedInstance(
+            str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop_uid,
+            sop_class, modality, body_part, "", own_result=True,
+        )  # fmt: skip
     refusal = metadata_refusal(modality, body_part)
     if refusal is None and "PixelData" not in header and not _has_pixels(data):
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
@@ -144,6 +153,14 @@ def ingest(
         dicom_sha256=sha,
         filename=filename,
         refusal=refusal_text,
+    )
+
+
+def is_own_result(header: Any) -> bool:
+    """Whether ``header`` is one of the objects bonexr sends back (report or heat map)."""
+    return (
+        _text(header, "SeriesDescription") == RESULTS_SERIES_DESCRIPTION
+        and _text(header, "Manufacturer") == MANUFACTURER
     )
 
 

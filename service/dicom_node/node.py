@@ -32,11 +32,12 @@ from service.dicom_node.outbox import Outbox
 from service.dicom_node.scp import StorageScp
 from service.errors import NotReadyError, OverloadedError
 from service.predictor import Predictor
+from service.records.recording import dicom_entry, record_answer
 
 log = logging.getLogger("bonexr.dicom")
 
 #: How often the loops look for settled studies and due deliveries.
-TICK_S = 0.5
+TICK_S = 0.2
 #: Longest wait before a study whose analysis failed unexpectedly is tried again.
 MAX_ANALYSIS_RETRY_S = 600.0
 
@@ -135,6 +136,9 @@ class DicomNode:
             raise InstanceRejected(
                 0xA700, f"the node's folder is unusable ({exc.strerror})"
             ) from None
+        if instance.own_result:
+            metrics.dicom_instances.labels(via, "own_result").inc()
+            return instance
         self.inbox.add(instance)
         outcome = "not_eligible" if instance.refusal else "eligible"
         metrics.dicom_instances.labels(via, outcome).inc()
@@ -161,7 +165,8 @@ class DicomNode:
             await asyncio.sleep(TICK_S)
 
     async def answer(self, record: StudyRecord) -> None:
-        """Answer one settled study and queue its results (a failure is retried later)."""
+        """Answer one settled study, queue its results and record it in the worklist (a
+        failure is retried later; the results are queued once whatever happens after)."""
         metrics = self.services.metrics
         key = record.report_key(self.predictor.engine.model_version)
         started = time.perf_counter()
@@ -169,6 +174,9 @@ class DicomNode:
             analysis = await analyse(self.predictor, record)
             objects = await run_in_threadpool(result_objects, self.root, record, analysis, key)
             await run_in_threadpool(self.outbox.enqueue, key, objects)
+            filenames = {sop: i.filename for sop, i in record.instances.items()}
+            entry = dicom_entry(analysis.outcome, filenames)
+            await run_in_threadpool(record_answer, self.services, entry)
         except (NotReadyError, OverloadedError) as exc:
             self.inbox.defer(record, self.settle_s)
             log.info("study %s waits: %s", record.key[:12], exc.detail)

@@ -2,9 +2,11 @@
 
 ``upload`` (POST /upload, DELETE /uploads/{filename}), ``predict`` (POST /predict),
 ``study`` (POST /predict/study), ``heatmap`` (GET /heatmap/{filename}),
-``model`` (GET /model, GET /rules), ``dicomweb`` (POST /dicom-web/studies, STOW-RS) and
-``operations`` (/health, /ready, /metrics). Routes
-stay thin: validate, hand work to storage / imaging / engine, shape the response.
+``model`` (GET /model, GET /rules), ``dicomweb`` (POST /dicom-web/studies, STOW-RS),
+``worklist`` (GET /worklist, GET /worklist/{id}, POST /worklist/{id}/review, DELETE
+/worklist/{id}, GET /worklist/export.csv), ``audit`` (GET /audit) and ``operations``
+(/health, /ready, /metrics). Routes stay thin: validate, hand work to storage / imaging /
+engine, shape the response.
 
 Authentication is applied here, where the routers are included: when API keys are
 configured, every router but ``operations`` carries the API-key security dependency (it
@@ -17,7 +19,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 
 from service.errors import error_responses
-from service.routes import dicomweb, heatmap, model, operations, page, predict, study, upload
+from service.routes import (
+    audit,
+    dicomweb,
+    heatmap,
+    model,
+    operations,
+    page,
+    predict,
+    study,
+    upload,
+    worklist,
+)
 from service.security import api_key_scheme
 
 PROTECTED = (
@@ -27,6 +40,8 @@ PROTECTED = (
     heatmap.router,
     model.router,
     dicomweb.router,
+    worklist.router,
+    audit.router,
 )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
-from service.deps import PredictorDep, ReadyEngineDep
+from service.deps import PredictorDep, ReadyEngineDep, ServicesDep
 from service.errors import error_responses
+from service.routes.worklist import audited
 from service.schemas import FILENAME_PATTERN
 
 router = APIRouter(tags=["predict"])
@@ -29,6 +31,8 @@ router = APIRouter(tags=["predict"])
 async def heatmap(
     engine: ReadyEngineDep,
     predictor: PredictorDep,
+    services: ServicesDep,
+    request: Request,
     filename: Annotated[str, Path(pattern=FILENAME_PATTERN, description="From /upload.")],
     opacity: Annotated[
         float, Query(ge=0.0, le=1.0, description="Colour weight at the hottest point.")
@@ -42,6 +46,9 @@ async def heatmap(
     letterbox onto the stored image (same size as the upload). Computed once per image and
     bundle version, then cached with the upload (and deleted with it)."""
     part, body = await predictor.heatmap(filename, opacity=opacity, raw=format == "raw")
+    studies = await run_in_threadpool(services.records.studies_with_upload, filename)
+    for study_id in studies:  # a heat map of a recorded study's view is an access to it
+        await audited(services, request, "heatmap", study_id, "ok")
     return Response(
         body,
         media_type="image/png",

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import DicomNodeDep, ServicesDep
 from service.errors import error_body, error_responses
+from service.migration import migrate
 from service.schemas import (
     DicomDestinationStatus,
     DicomNodeStatus,
@@ -38,8 +39,9 @@ async def health() -> HealthResponse:
     responses=error_responses(503),
 )
 async def ready(services: ServicesDep, node: DicomNodeDep) -> ReadyResponse | JSONResponse:
-    """200 once the bundle is loaded, verified and warmed, the upload store is writable and
-    the DICOM listener (when configured) listens; 503 with the reason otherwise.
+    """200 once the bundle is loaded, verified and warmed, the upload store and the records
+    database are writable and the DICOM listener (when configured) listens; 503 with the
+    reason otherwise.
 
     A result destination that is down does not make the service unready (its results wait
     on disk and are retried); ``dicom.destinations`` shows it, with what is pending."""
@@ -49,6 +51,13 @@ async def ready(services: ServicesDep, node: DicomNodeDep) -> ReadyResponse | JS
     store_problem = await run_in_threadpool(services.store.problem)
     if store_problem:
         return JSONResponse(error_body(store_problem), status_code=503)
+    if not await migrate(services):
+        problem = await run_in_threadpool(services.database.problem)
+        reason = problem or f"records database {services.database.label} is not migrated"
+        return JSONResponse(error_body(reason), status_code=503)
+    database_problem = await run_in_threadpool(services.database.problem)
+    if database_problem:
+        return JSONResponse(error_body(database_problem), status_code=503)
     node_problem = node.problem()
     if node_problem:
         return JSONResponse(error_body(node_problem), status_code=503)

@@ -10,9 +10,11 @@ predict`` and the training evaluation.
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
-from service.deps import PredictorDep, ReadyEngineDep
+from service.deps import PredictorDep, ReadyEngineDep, ServicesDep
 from service.errors import error_responses
+from service.records.recording import record_answer, study_entry
 from service.schemas import ModelRef, StudyRequest, StudyResponse, StudyView, applied_point
 
 router = APIRouter(tags=["predict"])
@@ -25,7 +27,7 @@ router = APIRouter(tags=["predict"])
     responses=error_responses(400, 404, 413, 422, 429, 503),
 )
 async def predict_study(
-    body: StudyRequest, engine: ReadyEngineDep, predictor: PredictorDep
+    body: StudyRequest, engine: ReadyEngineDep, predictor: PredictorDep, services: ServicesDep
 ) -> StudyResponse:
     """Route the study to one body part, score every view with that part's model, and
     decide the mean at the part's study operating point (MURA's rule).
@@ -33,10 +35,15 @@ async def predict_study(
     422 when views route to different body parts with confidence (unless ``bone_type`` is
     given), when too many views are named, for an unknown ``bone_type`` or
     ``operating_point``, or when views are not eligible (each named); 404 names every
-    unknown filename.
+    unknown filename. The answer is recorded in the worklist (``record_id``); a records
+    database that cannot take it is a 503 naming it.
     """
     answer = await predictor.study(body.filenames, body.bone_type, body.operating_point)
+    record_id = await run_in_threadpool(
+        record_answer, services, study_entry(answer, engine.model_name, engine.model_version)
+    )
     return StudyResponse(
+        record_id=record_id,
         bone_type=answer.bone_type,
         bone_type_source="client" if answer.bone_type_source == "client" else "router",
         bone_type_probabilities=answer.bone_type_probabilities,

@@ -18,13 +18,14 @@ run: $(STAMP)
 
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
 ## (the web-page test drives Debian's chromium, the PACS tests Debian's Orthanc and
-## dciodvfy: each installed here if missing)
+## dciodvfy, the records tests PostgreSQL: each installed here if missing)
 test: lint
 	@./scripts/ensure-debian-tool chromium "web-page test" chromium chromium-browser google-chrome
 	@./scripts/ensure-debian-tool nginx "compose proxy test" nginx
 	@./scripts/ensure-debian-tool orthanc "PACS tests" Orthanc
 	@./scripts/ensure-debian-tool orthanc-dicomweb "PACS tests" /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 	@./scripts/ensure-debian-tool dicom3tools "DICOM validation (dciodvfy)" dciodvfy
+	@./scripts/ensure-debian-tool postgresql "PostgreSQL records tests" /usr/lib/postgresql
 	@./scripts/ensure-checkov
 	$(PY) -m pytest -n 2 --dist loadfile
 

@@ -113,6 +113,16 @@ def test_a_stow_study_is_answered_once_settled_like_predict_study(
         second,
     }
 
+    # recorded in the worklist like an API study, the CT slice refused with its reason
+    items = client.get("/worklist").json()["items"]
+    (item,) = [i for i in items if i["source"] == "dicom"]  # beside the API's own record
+    assert item["refused_views"] == 1
+    recorded = client.get(f"/worklist/{item['id']}").json()
+    assert recorded["abnormality_probability"] == pytest.approx(report["probability"], abs=1e-9)
+    rows = {v["sop_instance_uid"]: v for v in recorded["views"]}
+    assert rows[ct]["refused"] and "Modality is CT" in rows[ct]["reason"]
+    assert rows[first]["filename"] == names[0] and rows[first]["heatmap_url"]
+
     # re-sent as is: no second report; with one view more: a new one
     assert _stow(client, [study.instances[first]]).status_code == 200
     metrics = app.state.services.metrics

@@ -103,6 +103,40 @@ def decode_cursor(cursor: str) -> tuple[int, float, datetime, str]:
         ) from None
 
 
+def _study_row(entry: StudyEntry, now: datetime) -> Study:
+    probability = entry.probability
+    return Study(
+        id=uuid.uuid4().hex,
+        arrived_at=now,
+        source=entry.source,
+        bundle_name=entry.bundle_name,
+        bundle_version=entry.bundle_version,
+        operating_point=entry.operating_point,
+        body_part=entry.body_part,
+        probability=probability,
+        threshold=entry.threshold,
+        result=entry.result,
+        refusal=entry.refusal,
+        warnings=list(entry.warnings),
+        status="unread",
+        priority_group=_group(entry.result),
+        sort_probability=-1.0 if probability is None else float(probability),
+        views=[
+            View(
+                position=i,
+                filename=v.filename,
+                sop_instance_uid=v.sop_instance_uid,
+                probability=v.probability,
+                threshold=v.threshold,
+                result=v.result,
+                refused=v.refused,
+                reason=v.reason,
+            )
+            for i, v in enumerate(entry.views)
+        ],
+    )
+
+
 class RecordStore:
     """The studies, views and reviews (every method blocks: call from a worker thread)."""
 
@@ -111,41 +145,17 @@ class RecordStore:
 
     def record(self, entry: StudyEntry, *, now: datetime | None = None) -> str:
         """Record an answered study; returns its id."""
-        study_id = uuid.uuid4().hex
-        probability = entry.probability
-        study = Study(
-            id=study_id,
-            arrived_at=now or utcnow(),
-            source=entry.source,
-            bundle_name=entry.bundle_name,
-            bundle_version=entry.bundle_version,
-            operating_point=entry.operating_point,
-            body_part=entry.body_part,
-            probability=probability,
-            threshold=entry.threshold,
-            result=entry.result,
-            refusal=entry.refusal,
-            warnings=list(entry.warnings),
-            status="unread",
-            priority_group=_group(entry.result),
-            sort_probability=-1.0 if probability is None else float(probability),
-            views=[
-                View(
-                    position=i,
-                    filename=v.filename,
-                    sop_instance_uid=v.sop_instance_uid,
-                    probability=v.probability,
-                    threshold=v.threshold,
-                    result=v.result,
-                    refused=v.refused,
-                    reason=v.reason,
-                )
-                for i, v in enumerate(entry.views)
-            ],
-        )
-        with self.database.session() as session:
-            session.add(study)
+        (study_id,) = self.record_many([entry], now=now)
         return study_id
+
+    def record_many(
+        self, entries: Sequence[StudyEntry], *, now: datetime | None = None
+    ) -> list[str]:
+        """Record several answered studies in one transaction; returns their ids."""
+        rows = [_study_row(entry, now or utcnow()) for entry in entries]
+        with self.database.session() as session:
+            session.add_all(rows)
+        return [row.id for row in rows]
 
     def page(self, status: Status = "all", limit: int = 50, cursor: str | None = None) -> Page:
         """One page of the worklist in triage order (see the module docstring)."""

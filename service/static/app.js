@@ -82,9 +82,18 @@ function showRules(rules) {
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem(KEY, $("api-key").value);
+  $("api-key").value = "";
   $("key-section").hidden = true;
   $("key-error").textContent = "";
+  $("change-key").hidden = false;
   loadModel();
+  keyChanged();
+});
+
+$("change-key").hidden = !sessionStorage.getItem(KEY);
+$("change-key").addEventListener("click", () => {
+  $("key-section").hidden = false;
+  $("api-key").focus();
 });
 
 // ---------------------------------------------------------------------------- views
@@ -167,6 +176,11 @@ function showStudy(study) {
   ];
   for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", { textContent: value }));
   body.append(verdict, details);
+  if (study.record_id) {
+    const open = element("button", { type: "button", textContent: "Open in the worklist" });
+    open.addEventListener("click", () => openRecord(study.record_id));
+    body.append(open);
+  }
   body.dataset.probability = String(study.abnormality_probability);
   for (const text of study.warnings) body.append(element("p", { className: "warn", textContent: text }));
   $("study").hidden = false;
@@ -211,6 +225,7 @@ async function handleFiles(files) {
         body: JSON.stringify({ filenames: done }),
       })).json();
       showStudy(study);
+      refreshWorklist();
     } catch (error) {
       studyError(error instanceof ApiError ? error.message : "The study could not be classified.");
     }
@@ -228,4 +243,414 @@ drop.addEventListener("drop", (event) => {
   handleFiles(event.dataTransfer.files);
 });
 
+
+// ------------------------------------------------------------------------ worklist
+// GET /worklist (triage order, polled), GET /worklist/{id} (the study view) and
+// POST /worklist/{id}/review. The server audits each of these calls with the key's name,
+// so the page asks only for what changed: the open study is fetched again only when its
+// row says another review came in, and each heat map is fetched once per page.
+
+const POLL_MS = 5000;
+const PAGE_SIZE = (() => {
+  const asked = Number(new URLSearchParams(location.search).get("worklist_limit"));
+  return Number.isInteger(asked) && asked >= 1 && asked <= 200 ? asked : 25;
+})();
+const JSON_ACCEPT = { Accept: "application/json" };
+const worklist = { items: [], cursor: null, counts: null, signature: "", queue: Promise.resolve() };
+let current = null; // the open study: { id, study (null until loaded) }
+let openToken = 0;
+let reviewBusy = false;
+const heatUrls = new Map(); // heatmap_url -> object URL
+
+function resultWord(result) {
+  return result === "abnormal" ? "Abnormal" : result === "normal" ? "Normal" : "No finding";
+}
+function maybePercent(p) { return typeof p === "number" ? percent(p) : "–"; }
+function statusWord(status) { return status === "unread" ? "Unread" : "Reviewed"; }
+function messageOf(error, fallback) { return error instanceof ApiError ? error.message : fallback; }
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setNotice(node, text, isError = false) {
+  node.classList.toggle("error", isError);
+  node.classList.toggle("status", !isError);
+  setText(node, text);
+}
+
+function timeElement(iso) {
+  const when = new Date(iso);
+  let text = iso;
+  if (!Number.isNaN(when.getTime())) {
+    const today = when.toDateString() === new Date().toDateString();
+    text = when.toLocaleString(undefined, today ? { timeStyle: "medium" } : { dateStyle: "short", timeStyle: "short" });
+  }
+  return element("time", { dateTime: iso, textContent: text, title: `${iso} (UTC)` });
+}
+
+function filterStatus() {
+  return document.querySelector("input[name=worklist-status]:checked").value;
+}
+
+/** One list request at a time, so that a poll never races "more" or a filter change. */
+function listQueued(task) {
+  const run = worklist.queue.then(task);
+  worklist.queue = run.catch(() => {});
+  return run;
+}
+
+async function fetchWorklist(status, limit, cursor) {
+  const query = new URLSearchParams({ status, limit: String(limit) });
+  if (cursor) query.set("cursor", cursor);
+  return (await api(`/worklist?${query}`, { headers: JSON_ACCEPT })).json();
+}
+
+function refreshWorklist() {
+  return listQueued(async () => {
+    const status = filterStatus();
+    try {
+      // as many as are shown, so that a poll keeps the pages "more" added
+      const limit = Math.min(200, Math.max(PAGE_SIZE, worklist.items.length));
+      const page = await fetchWorklist(status, limit, null);
+      if (status !== filterStatus()) return; // the filter changed: its own refresh follows
+      worklist.items = page.items;
+      worklist.cursor = page.next_cursor;
+      renderWorklist(page.counts);
+    } catch (error) {
+      setNotice($("worklist-status"), messageOf(error, "The worklist could not be loaded."), true);
+    }
+  });
+}
+
+function moreWorklist() {
+  return listQueued(async () => {
+    if (!worklist.cursor) return;
+    const status = filterStatus();
+    try {
+      const page = await fetchWorklist(status, PAGE_SIZE, worklist.cursor);
+      if (status !== filterStatus()) return;
+      const known = new Set(worklist.items.map((item) => item.id));
+      worklist.items.push(...page.items.filter((item) => !known.has(item.id)));
+      worklist.cursor = page.next_cursor;
+      renderWorklist(page.counts);
+    } catch (error) {
+      setNotice($("worklist-status"), messageOf(error, "More studies could not be loaded."), true);
+    }
+  });
+}
+
+function renderWorklist(counts) {
+  for (const name of ["unread", "reviewed", "all"]) setText($(`count-${name}`), String(counts[name]));
+  const status = filterStatus();
+  const total = counts[status];
+  const noun = status === "all" ? "studies" : `${status} studies`;
+  setNotice($("worklist-status"), worklist.items.length
+    ? `Showing ${worklist.items.length} of ${total} ${noun}, most urgent first.`
+    : `No ${noun}.`);
+  $("worklist-more").hidden = !worklist.cursor;
+  const signature = JSON.stringify([worklist.items, current && current.id]);
+  if (signature !== worklist.signature) { // rebuild only on change: focus and screen readers stay put
+    worklist.signature = signature;
+    const focused = document.activeElement && document.activeElement.closest("#worklist-rows tr");
+    const focusedId = focused ? focused.dataset.id : null;
+    const rows = $("worklist-rows");
+    rows.replaceChildren(...worklist.items.map((item, i) => worklistRow(item, i + 1)));
+    if (focusedId) {
+      const again = rows.querySelector(`tr[data-id="${focusedId}"] button.open`);
+      if (again) again.focus({ preventScroll: true });
+    }
+  }
+  // another reader reviewed the open study: show it again
+  const shown = current && current.study && worklist.items.find((item) => item.id === current.id);
+  if (shown && (shown.reviews !== current.study.reviews.length || shown.status !== current.study.status)) {
+    openRecord(current.id, { focus: false });
+  }
+}
+
+function worklistRow(item, rank) {
+  const row = element("tr", { className: item.status });
+  row.dataset.id = item.id;
+  row.dataset.status = item.status;
+  row.dataset.result = item.result || "none";
+  if (typeof item.abnormality_probability === "number") row.dataset.probability = String(item.abnormality_probability);
+  if (current && current.id === item.id) row.setAttribute("aria-current", "true");
+  const part = item.body_part || "unknown";
+  const open = element("button", { type: "button", className: "open", textContent: "Open" });
+  open.setAttribute("aria-label", `Open study ${rank}: ${part}, model ${resultWord(item.result).toLowerCase()}, ${item.status}`);
+  open.addEventListener("click", (event) => { event.stopPropagation(); openRecord(item.id); });
+  row.addEventListener("click", () => openRecord(item.id));
+  const model = element("span", { className: `result ${item.result || "none"}`, textContent: resultWord(item.result) });
+  const modelCell = element("td", { className: "model-result" }, model);
+  if (item.refused_views) {
+    modelCell.append(element("span", { className: "hint", textContent: ` (${item.refused_views} of ${item.views} views refused)` }));
+  }
+  const statusCell = element("td", {}, element("span", { className: `badge ${item.status}`, textContent: statusWord(item.status) }));
+  row.append(
+    element("td", { className: "rank", textContent: String(rank) }),
+    element("td", { className: "part", textContent: part }),
+    modelCell,
+    element("td", { className: "probability", textContent: maybePercent(item.abnormality_probability) }),
+    element("td", {}, timeElement(item.arrived_at)),
+    statusCell,
+    element("td", { className: "reviews-count", textContent: String(item.reviews) }),
+    element("td", {}, open),
+  );
+  return row;
+}
+
+for (const radio of document.querySelectorAll("input[name=worklist-status]")) {
+  radio.addEventListener("change", () => {
+    worklist.items = [];
+    worklist.cursor = null;
+    refreshWorklist();
+  });
+}
+$("worklist-more").addEventListener("click", moreWorklist);
+
+// ------------------------------------------------------------------ the study view
+
+async function openRecord(id, { focus = true } = {}) {
+  const token = ++openToken;
+  if (!current || current.id !== id) {
+    current = { id, study: null };
+    $("record-title").textContent = "Study";
+    $("record-body").replaceChildren(element("p", { className: "status", textContent: "Loading the study…" }));
+    $("record-views").replaceChildren();
+    $("record-reviews").replaceChildren();
+    $("review-status").textContent = "";
+    markCurrentRow();
+  }
+  $("record").hidden = false;
+  $("triage").classList.add("open");
+  if (focus) $("record-title").focus();
+  try {
+    const study = await (await api(`/worklist/${encodeURIComponent(id)}`, { headers: JSON_ACCEPT })).json();
+    if (token === openToken) showRecord(study);
+  } catch (error) {
+    if (token !== openToken) return;
+    $("record-body").replaceChildren(element("p", { className: "error", role: "alert", textContent: messageOf(error, "The study could not be loaded.") }));
+  }
+}
+
+function markCurrentRow() {
+  for (const row of document.querySelectorAll("#worklist-rows tr")) {
+    if (current && row.dataset.id === current.id) row.setAttribute("aria-current", "true");
+    else row.removeAttribute("aria-current");
+  }
+}
+
+function showRecord(study) {
+  current = { id: study.id, study };
+  const part = study.body_part || "unknown body part";
+  $("record-title").textContent = `Study: ${part}`;
+  const body = $("record-body");
+  body.dataset.id = study.id;
+  body.dataset.status = study.status;
+  const verdict = element("p", { className: `verdict ${study.result || "none"}`, textContent: `Model: ${resultWord(study.result).toLowerCase()}` });
+  verdict.dataset.result = study.result || "none";
+  const details = element("dl");
+  const refused = study.views.filter((view) => view.refused).length;
+  const rows = [
+    ["P(abnormal)", `${maybePercent(study.abnormality_probability)} (threshold ${maybePercent(study.threshold)})`],
+    ["Operating point", study.operating_point || "–"],
+    ["Model", `${study.model.name}, version ${study.model.version}`],
+    ["Arrived", timeElement(study.arrived_at)],
+    ["Source", study.source === "dicom" ? "DICOM node" : "API"],
+    ["Status", statusWord(study.status)],
+    ["Views", refused ? `${study.views.length} (${refused} refused)` : String(study.views.length)],
+    ["Record", element("code", { textContent: study.id })],
+  ];
+  for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", {}, value));
+  details.querySelector("dd").dataset.probability = String(study.abnormality_probability);
+  body.replaceChildren(verdict, details);
+  if (study.refusal) body.append(element("p", { className: "warn", textContent: `No finding: ${sentence(study.refusal)}` }));
+  for (const text of study.warnings) body.append(element("p", { className: "warn", textContent: text }));
+  showRecordViews(study);
+  showReviews(study.reviews);
+  markCurrentRow();
+}
+
+function showRecordViews(study) {
+  const wanted = new Set(study.views.map((view) => view.heatmap_url).filter(Boolean));
+  for (const [url, objectUrl] of heatUrls) { // keep only this study's heat maps
+    if (!wanted.has(url)) { URL.revokeObjectURL(objectUrl); heatUrls.delete(url); }
+  }
+  const list = $("record-views");
+  list.replaceChildren();
+  for (const view of study.views) {
+    const card = element("li", { className: "record-view" });
+    card.dataset.position = String(view.position);
+    card.dataset.refused = String(view.refused);
+    card.append(element("h4", { textContent: `View ${view.position + 1}` }));
+    if (view.refused) {
+      card.classList.add("refused");
+      card.append(element("p", { className: "warn reason", textContent: `Refused: ${sentence(view.reason || "not scored")}` }));
+    } else {
+      if (view.heatmap_url) {
+        const img = element("img", { alt: `View ${view.position + 1}: the radiograph with the heat map of the ${study.body_part || ""} model`.replace("  ", " ") });
+        card.append(element("div", { className: "heatmap" }, img));
+        loadHeatmap(img, view.heatmap_url);
+      } else {
+        card.append(element("p", { className: "hint", textContent: "No stored image for this view." }));
+      }
+      const details = element("dl");
+      details.append(
+        element("dt", { textContent: "P(abnormal)" }),
+        element("dd", { textContent: `${maybePercent(view.abnormality_probability)} (threshold ${maybePercent(view.threshold)})` }),
+        element("dt", { textContent: "Model" }),
+        element("dd", { className: `result ${view.result || "none"}`, textContent: resultWord(view.result) }),
+      );
+      card.append(details);
+    }
+    list.append(card);
+  }
+}
+
+async function loadHeatmap(img, url) {
+  try {
+    if (!heatUrls.has(url)) heatUrls.set(url, imageUrl(url));
+    img.src = await heatUrls.get(url);
+  } catch (error) {
+    heatUrls.delete(url);
+    img.closest(".heatmap").replaceWith(element("p", { className: "error", textContent: messageOf(error, "The heat map could not be loaded.") }));
+  }
+}
+
+function showReviews(reviews) {
+  const list = $("record-reviews");
+  if (!reviews.length) {
+    list.replaceChildren(element("li", { className: "none hint", textContent: "No reader has reviewed this study yet." }));
+    return;
+  }
+  list.replaceChildren(...reviews.map((review) => {
+    const item = element("li", { className: "review" },
+      element("strong", { textContent: review.reader }), ": ",
+      element("span", { className: `result ${review.reader_result}`, textContent: review.reader_result }), ", ",
+      timeElement(review.at));
+    item.dataset.reader = review.reader;
+    item.dataset.result = review.reader_result;
+    if (review.note) item.append(element("p", { className: "note", textContent: review.note }));
+    return item;
+  }));
+}
+
+async function sendReview(result) {
+  if (!current || !current.study || reviewBusy) return;
+  reviewBusy = true;
+  const id = current.id;
+  $("review-form").setAttribute("aria-busy", "true");
+  setNotice($("review-status"), "Recording the review…");
+  try {
+    const body = { reader_result: result };
+    const note = $("review-note").value.trim();
+    if (note) body.note = note;
+    const study = await (await api(`/worklist/${encodeURIComponent(id)}/review`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...JSON_ACCEPT },
+      body: JSON.stringify(body),
+    })).json();
+    if (current && current.id === id) {
+      openToken++; // an older GET of this study must not overwrite the answer
+      $("review-note").value = "";
+      showRecord(study);
+      const last = study.reviews[study.reviews.length - 1];
+      setNotice($("review-status"), `Recorded: ${last.reader_result}, reader ${last.reader}.`);
+    }
+    refreshWorklist();
+    if ($("audit-details").open) loadAudit();
+  } catch (error) {
+    setNotice($("review-status"), messageOf(error, "The review could not be recorded."), true);
+  } finally {
+    reviewBusy = false;
+    $("review-form").removeAttribute("aria-busy");
+  }
+}
+
+for (const button of document.querySelectorAll("#review-form button[data-result]")) {
+  button.addEventListener("click", () => sendReview(button.dataset.result));
+}
+$("review-form").addEventListener("submit", (event) => event.preventDefault());
+
+$("record-close").addEventListener("click", () => {
+  const id = current && current.id;
+  current = null;
+  openToken++;
+  $("record").hidden = true;
+  $("triage").classList.remove("open");
+  markCurrentRow();
+  const row = id && document.querySelector(`#worklist-rows tr[data-id="${id}"] button.open`);
+  if (row) row.focus();
+});
+
+// ---------------------------------------------------------------------------- audit
+
+const audit = { cursor: null, token: 0 };
+
+async function loadAudit(more = false) {
+  const token = ++audit.token;
+  const query = new URLSearchParams({ limit: "100" });
+  if (more && audit.cursor) query.set("cursor", audit.cursor);
+  setNotice($("audit-status"), "Loading the audit trail…");
+  try {
+    const page = await (await api(`/audit?${query}`, { headers: JSON_ACCEPT })).json();
+    if (token !== audit.token) return;
+    const rows = $("audit-rows");
+    if (!more) rows.replaceChildren();
+    rows.append(...page.items.map(auditRow));
+    audit.cursor = page.next_cursor;
+    $("audit-more").hidden = !page.next_cursor;
+    $("audit").hidden = false;
+    setNotice($("audit-status"), `${rows.children.length} event(s), newest first.`);
+  } catch (error) {
+    if (token !== audit.token) return;
+    $("audit").hidden = true;
+    $("audit-rows").replaceChildren();
+    $("audit-more").hidden = true;
+    setNotice($("audit-status"), messageOf(error, "The audit trail could not be loaded."), true);
+  }
+}
+
+function auditRow(event) {
+  const row = element("tr");
+  row.dataset.key = event.key_name;
+  row.dataset.action = event.action;
+  row.dataset.studyId = event.study_id || "";
+  row.dataset.outcome = event.outcome;
+  let study = "–";
+  if (event.study_id) {
+    study = element("button", { type: "button", className: "link", textContent: event.study_id.slice(0, 8), title: event.study_id });
+    study.setAttribute("aria-label", `Open study ${event.study_id}`);
+    study.addEventListener("click", () => openRecord(event.study_id));
+  }
+  row.append(
+    element("td", {}, timeElement(event.at)),
+    element("td", { className: "key", textContent: event.key_name }),
+    element("td", { className: "action", textContent: event.action }),
+    element("td", { className: "study" }, study),
+    element("td", { className: `outcome ${event.outcome === "ok" ? "" : "bad"}`.trim(), textContent: event.outcome }),
+  );
+  return row;
+}
+
+$("audit-details").addEventListener("toggle", () => { if ($("audit-details").open) loadAudit(); });
+$("audit-refresh").addEventListener("click", () => loadAudit());
+$("audit-more").addEventListener("click", () => loadAudit(true));
+
+// ------------------------------------------------------------------------- start
+
+/** A new key: everything shown may now be allowed (or no longer). */
+function keyChanged() {
+  refreshWorklist();
+  if (current) openRecord(current.id, { focus: false });
+  if ($("audit-details").open) loadAudit();
+}
+
+setInterval(() => {
+  // not while the tab is hidden, nor while the page waits for a key
+  if (document.hidden || !$("key-section").hidden) return;
+  refreshWorklist();
+}, POLL_MS);
+
 loadModel();
+refreshWorklist();

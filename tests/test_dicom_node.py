@@ -7,7 +7,9 @@ reads them. The same flows against a real PACS are in ``tests/test_pacs.py``.
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,7 @@ def test_c_store_from_an_allowed_ae_is_received(
     assert association.is_established
     try:
         assert association.send_c_echo().Status == 0
-        dataset = pydicom.dcmread(__import__("io").BytesIO(study.instances[sop]))
+        dataset = pydicom.dcmread(io.BytesIO(study.instances[sop]))
         assert association.send_c_store(dataset).Status == 0
     finally:
         association.release()
@@ -224,9 +226,9 @@ def test_an_instance_without_uids_fails_alone(
     client, _, _ = node_app
     study = Study()
     sop = study.add(views[0])
-    dataset = pydicom.dcmread(__import__("io").BytesIO(study.instances[sop]))
+    dataset = pydicom.dcmread(io.BytesIO(study.instances[sop]))
     del dataset.StudyInstanceUID
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     mixed = _stow(client, [study.instances[sop], buffer.getvalue()])
     assert mixed.status_code == 202
@@ -234,3 +236,21 @@ def test_an_instance_without_uids_fails_alone(
     assert failed[0]["00081197"]["Value"] == [0xA900]
     alone = _stow(client, [buffer.getvalue()])
     assert alone.status_code == 409
+
+
+def test_retention_removes_received_instances_but_keeps_undelivered_results(
+    node_app: tuple[TestClient, FastAPI, int], views: list[np.ndarray]
+) -> None:
+    client, app, _ = node_app
+    study = Study()
+    study.add(views[0])
+    assert _stow(client, list(study.instances.values())).status_code == 200
+    assert wait_for(lambda: len(_pending(app)) == 1, timeout=60)
+    node = app.state.dicom_node
+    instances = list((node.root / "instances").iterdir())
+    assert len(instances) == 1
+    removed = node.sweep(3600, now=time.time() + 7200)
+    assert removed >= 2  # the instance and the study record
+    assert not list((node.root / "instances").iterdir())
+    assert node.inbox.get(study.study_uid) is None
+    assert len(_pending(app)) == 1  # the result still waits for its destination

@@ -404,6 +404,20 @@ class WorklistPage(BaseModel):
     counts: WorklistCounts
 
 
+class WorklistVersion(BaseModel):
+    """What a page polls: a token that changes whenever the worklist does, and the counts."""
+
+    version: str
+    counts: WorklistCounts
+
+
+class Identity(BaseModel):
+    """Who this API key is, as the records and the audit name it."""
+
+    name: str
+    admin: bool = Field(description="Whether it may read GET /audit.")
+
+
 class WorklistStudy(RecordedStudy):
     """A recorded study whole: its views with heat-map links, and every reader's review."""
 

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         None,
         description="The records database: sqlite:///path (one instance) or "
         "postgresql+psycopg://user:password@host/db (replicas sharing one worklist). "
-        "Default: bonexr.db beside upload_dir.",
+        "Default: bonexr.db inside upload_dir (on the uploads volume of a container).",
     )
     record_retention_days: float | None = Field(
         None, gt=0, description="Delete study records older than this many days (off when unset)."

@@ -163,6 +163,11 @@ def test_c_store_in_stow_back_into_the_same_study(
             )
             time.sleep(3)  # settle (1 s) and a delivery would have happened by now
             assert len(results_in(orthanc, study.study_uid)) == 3
+        # the node's log names no patient and no study UID (it says a hash of the UID)
+        log = bonexr.log_tail(100_000)
+        assert "study " in log and " answered: " in log  # it did log the study
+        for identifier in ("DOE^JANE", "DOE", "PID-0042", "ACC-77", study.study_uid):
+            assert identifier not in log, identifier
     finally:
         bonexr.stop()
         stop_all(orthanc)

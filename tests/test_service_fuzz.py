@@ -70,6 +70,8 @@ OPERATIONS = [
     ("/worklist/{study_id}", "DELETE"),
     ("/worklist/{study_id}/review", "POST"),
     ("/audit", "GET"),
+    ("/worklist/changes", "GET"),
+    ("/whoami", "GET"),
 ]
 
 

@@ -150,6 +150,8 @@ EXPECTED_OPERATIONS = {
     ("/worklist/{study_id}", "delete", "worklist"),
     ("/worklist/{study_id}/review", "post", "worklist"),
     ("/audit", "get", "worklist"),
+    ("/worklist/changes", "get", "worklist"),
+    ("/whoami", "get", "worklist"),
 }
 
 

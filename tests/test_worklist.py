@@ -348,3 +348,32 @@ def test_a_full_disk_is_a_503_naming_the_database_and_loses_nothing(
             assert set(kept) <= listed  # every study answered 200 is still recorded
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_the_change_token_moves_with_the_worklist_and_is_not_audited(keyed: TestClient) -> None:
+    client = keyed
+
+    def token() -> str:
+        answer = client.get("/worklist/changes", headers=BOB)
+        assert answer.status_code == 200
+        return str(answer.json()["version"])
+
+    empty = token()
+    assert token() == empty  # nothing changed
+    study = _study(client, 30, ALICE)["record_id"]
+    recorded = token()
+    assert recorded != empty
+    client.post(f"/worklist/{study}/review", json={"reader_result": "normal"}, headers=BOB)
+    reviewed = token()
+    assert reviewed != recorded
+    assert client.get("/worklist/changes", headers=BOB).json()["counts"] == {
+        "unread": 0,
+        "reviewed": 1,
+        "all": 1,
+    }
+    client.delete(f"/worklist/{study}", headers=BOB)
+    assert token() not in (reviewed, recorded)
+    actions = {e["action"] for e in client.get("/audit", headers=ALICE).json()["items"]}
+    assert "list" not in actions  # polling the token never touched a study
+    assert client.get("/whoami", headers=ALICE).json() == {"name": "alice", "admin": True}
+    assert client.get("/whoami", headers=BOB).json() == {"name": "bob", "admin": False}

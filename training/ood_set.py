@@ -72,11 +72,15 @@ def photos() -> list[OodImage]:
 
 
 def dicom_files() -> list[OodImage]:
-    """pydicom's bundled test files that decode (each with its own tags)."""
-    from pydicom.data import get_testdata_files
+    """pydicom's bundled test files that decode (each with its own tags).
+
+    Read from the installed package's folder, not with ``get_testdata_files``: that one also
+    tries to download pydicom's external test files, which must never happen here (and
+    would make the set depend on the network)."""
+    from pydicom.data.data_manager import DATA_ROOT
 
     found = []
-    for path in sorted(get_testdata_files("*.dcm")):
+    for path in sorted((Path(DATA_ROOT) / "test_files").glob("*.dcm")):
         try:
             decoded = decode_upload(Path(path).read_bytes())
         except (ImageError, OSError):

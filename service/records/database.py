@@ -1,6 +1,6 @@
 """The records database: its URL, the engine, the migrations, and whether it works now.
 
-``BONEXR_DATABASE_URL``: SQLite (``sqlite:///path``; default ``bonexr.db`` beside the upload
+``BONEXR_DATABASE_URL``: SQLite (``sqlite:///path``; default ``bonexr.db`` in the upload
 folder, in WAL mode so readers never wait for a writer) for one instance, PostgreSQL
 (``postgresql+psycopg://user:pass@host/db``) for several replicas sharing one worklist.
 Any other scheme is refused at start-up with the reason. Alembic migrations run at start-up
@@ -37,9 +37,11 @@ SUPPORTED = ("sqlite", "postgresql+psycopg", "postgresql")
 
 
 def database_url(configured: str | None, upload_dir: Path) -> str:
-    """The configured URL, checked; else the SQLite file beside the upload folder."""
+    """The configured URL, checked; else the SQLite file ``bonexr.db`` in the upload folder
+    (so the uploads volume of a container keeps it, and two services whose upload folders
+    sit side by side never share a worklist by accident; the upload store ignores it)."""
     if not configured:
-        return f"sqlite:///{Path(upload_dir).resolve().parent / 'bonexr.db'}"
+        return f"sqlite:///{Path(upload_dir).resolve() / 'bonexr.db'}"
     try:
         url = make_url(configured)
     except ArgumentError:

@@ -194,6 +194,20 @@ class RecordStore:
         }
         return Page(rows, encode_cursor(rows[-1]) if more and rows else None, counts)
 
+    def version(self) -> tuple[str, dict[str, int]]:
+        """A token that changes whenever the worklist does (a study recorded, reviewed or
+        removed), with the counts: what a page polls instead of the list itself."""
+        with self.database.session() as session:
+            grouped = select(Study.status, func.count()).group_by(Study.status)
+            by_status = {str(k): int(n) for k, n in session.execute(grouped)}
+            reviews = session.scalar(select(func.count()).select_from(Review)) or 0
+            newest = session.scalar(select(func.max(Study.arrived_at)))
+        counts = {"unread": by_status.get("unread", 0), "reviewed": by_status.get("reviewed", 0)}
+        counts["all"] = counts["unread"] + counts["reviewed"]
+        newest_text = newest.isoformat() if newest else "-"
+        token = f"{counts['all']}.{counts['reviewed']}.{reviews}.{newest_text}"
+        return token, counts
+
     def get(self, study_id: str) -> Study:
         with self.database.session() as session:
             study = session.get(

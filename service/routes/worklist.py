@@ -19,6 +19,7 @@ from service.errors import ServiceError, error_responses
 from service.records.schema import Study
 from service.records.worklist import Status
 from service.schemas import (
+    Identity,
     ModelRef,
     ReaderReview,
     ReviewRequest,
@@ -26,6 +27,7 @@ from service.schemas import (
     WorklistItem,
     WorklistPage,
     WorklistStudy,
+    WorklistVersion,
     WorklistView,
 )
 from service.security import key_name
@@ -148,6 +150,31 @@ async def worklist(
         next_cursor=page.next_cursor,
         counts=WorklistCounts(**page.counts),
     )
+
+
+@router.get(
+    "/worklist/changes",
+    response_model=WorklistVersion,
+    summary="Whether the worklist changed (for polling)",
+    responses=error_responses(503),
+)
+async def changes(services: ServicesDep) -> WorklistVersion:
+    """A token that changes whenever a study is recorded, reviewed or removed, and the
+    counts. It shows no study, so it is not audited: a page polls it and fetches the list
+    (an audited access) only when the token moves."""
+    token, counts = await run_in_threadpool(services.records.version)
+    return WorklistVersion(version=token, counts=WorklistCounts(**counts))
+
+
+@router.get(
+    "/whoami",
+    response_model=Identity,
+    summary="Who this API key is",
+)
+async def whoami(services: ServicesDep, request: Request) -> Identity:
+    """The key's name (the reader the worklist records) and whether it may read the audit."""
+    name = key_name(request.scope)
+    return Identity(name=name, admin=name in services.settings.admin_key_names())
 
 
 @router.get(

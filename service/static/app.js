@@ -279,12 +279,14 @@ function setNotice(node, text, isError = false) {
   setText(node, text);
 }
 
-function timeElement(iso) {
+/** A UTC time in the reader's zone: today's as a time only; to the second where `precise`. */
+function timeElement(iso, precise = false) {
   const when = new Date(iso);
   let text = iso;
   if (!Number.isNaN(when.getTime())) {
+    const timeStyle = precise ? "medium" : "short";
     const today = when.toDateString() === new Date().toDateString();
-    text = when.toLocaleString(undefined, today ? { timeStyle: "medium" } : { dateStyle: "short", timeStyle: "short" });
+    text = when.toLocaleString(undefined, today ? { timeStyle } : { dateStyle: "short", timeStyle });
   }
   return element("time", { dateTime: iso, textContent: text, title: `${iso} (UTC)` });
 }
@@ -449,29 +451,32 @@ function showRecord(study) {
   body.dataset.status = study.status;
   const verdict = element("p", { className: `verdict ${study.result || "none"}`, textContent: `Model: ${resultWord(study.result).toLowerCase()}` });
   verdict.dataset.result = study.result || "none";
-  const details = element("dl");
+  const details = element("dl", { className: "facts" });
   const refused = study.views.filter((view) => view.refused).length;
   const rows = [
     ["P(abnormal)", `${maybePercent(study.abnormality_probability)} (threshold ${maybePercent(study.threshold)})`],
     ["Operating point", study.operating_point || "–"],
     ["Model", `${study.model.name}, version ${study.model.version}`],
-    ["Arrived", timeElement(study.arrived_at)],
+    ["Arrived", timeElement(study.arrived_at, true)],
     ["Source", study.source === "dicom" ? "DICOM node" : "API"],
     ["Status", statusWord(study.status)],
     ["Views", refused ? `${study.views.length} (${refused} refused)` : String(study.views.length)],
-    ["Record", element("code", { textContent: study.id })],
   ];
   for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", {}, value));
-  details.querySelector("dd").dataset.probability = String(study.abnormality_probability);
+  body.dataset.probability = String(study.abnormality_probability);
   body.replaceChildren(verdict, details);
-  if (study.refusal) body.append(element("p", { className: "warn", textContent: `No finding: ${sentence(study.refusal)}` }));
-  for (const text of study.warnings) body.append(element("p", { className: "warn", textContent: text }));
+  if (study.refusal) body.append(element("p", { className: "warn", textContent: `No finding: ${study.refusal}` }));
+  if (study.warnings.length) {
+    body.append(element("ul", { className: "warnings" }, ...study.warnings.map((text) => element("li", { className: "warn", textContent: text }))));
+  }
+  body.append(element("p", { className: "hint record-id" }, "Record ", element("code", { textContent: study.id })));
   showRecordViews(study);
   showReviews(study.reviews);
   markCurrentRow();
 }
 
 function showRecordViews(study) {
+  const part = study.body_part || "body part";
   const wanted = new Set(study.views.map((view) => view.heatmap_url).filter(Boolean));
   for (const [url, objectUrl] of heatUrls) { // keep only this study's heat maps
     if (!wanted.has(url)) { URL.revokeObjectURL(objectUrl); heatUrls.delete(url); }
@@ -485,23 +490,18 @@ function showRecordViews(study) {
     card.append(element("h4", { textContent: `View ${view.position + 1}` }));
     if (view.refused) {
       card.classList.add("refused");
-      card.append(element("p", { className: "warn reason", textContent: `Refused: ${sentence(view.reason || "not scored")}` }));
+      card.append(element("p", { className: "warn reason", textContent: `Refused: ${view.reason || "not scored"}` }));
     } else {
       if (view.heatmap_url) {
-        const img = element("img", { alt: `View ${view.position + 1}: the radiograph with the heat map of the ${study.body_part || ""} model`.replace("  ", " ") });
+        const img = element("img", { alt: `View ${view.position + 1}: the radiograph with the heat map of the ${part} model` });
         card.append(element("div", { className: "heatmap" }, img));
         loadHeatmap(img, view.heatmap_url);
       } else {
         card.append(element("p", { className: "hint", textContent: "No stored image for this view." }));
       }
-      const details = element("dl");
-      details.append(
-        element("dt", { textContent: "P(abnormal)" }),
-        element("dd", { textContent: `${maybePercent(view.abnormality_probability)} (threshold ${maybePercent(view.threshold)})` }),
-        element("dt", { textContent: "Model" }),
-        element("dd", { className: `result ${view.result || "none"}`, textContent: resultWord(view.result) }),
-      );
-      card.append(details);
+      card.append(element("p", { className: "view-result" },
+        element("span", { className: `result ${view.result || "none"}`, textContent: resultWord(view.result) }),
+        ` · P(abnormal) ${maybePercent(view.abnormality_probability)}, threshold ${maybePercent(view.threshold)}`));
     }
     list.append(card);
   }
@@ -527,7 +527,7 @@ function showReviews(reviews) {
     const item = element("li", { className: "review" },
       element("strong", { textContent: review.reader }), ": ",
       element("span", { className: `result ${review.reader_result}`, textContent: review.reader_result }), ", ",
-      timeElement(review.at));
+      timeElement(review.at, true));
     item.dataset.reader = review.reader;
     item.dataset.result = review.reader_result;
     if (review.note) item.append(element("p", { className: "note", textContent: review.note }));
@@ -558,7 +558,7 @@ async function sendReview(result) {
       setNotice($("review-status"), `Recorded: ${last.reader_result}, reader ${last.reader}.`);
     }
     refreshWorklist();
-    if ($("audit-details").open) loadAudit();
+    if ($("audit-details").open && !audit.forbidden) loadAudit(); // the review is in it now
   } catch (error) {
     setNotice($("review-status"), messageOf(error, "The review could not be recorded."), true);
   } finally {
@@ -585,7 +585,7 @@ $("record-close").addEventListener("click", () => {
 
 // ---------------------------------------------------------------------------- audit
 
-const audit = { cursor: null, token: 0 };
+const audit = { cursor: null, token: 0, forbidden: false };
 
 async function loadAudit(more = false) {
   const token = ++audit.token;
@@ -601,12 +601,14 @@ async function loadAudit(more = false) {
     audit.cursor = page.next_cursor;
     $("audit-more").hidden = !page.next_cursor;
     $("audit").hidden = false;
+    audit.forbidden = false;
     setNotice($("audit-status"), `${rows.children.length} event(s), newest first.`);
   } catch (error) {
     if (token !== audit.token) return;
     $("audit").hidden = true;
     $("audit-rows").replaceChildren();
     $("audit-more").hidden = true;
+    audit.forbidden = error.status === 403;
     setNotice($("audit-status"), messageOf(error, "The audit trail could not be loaded."), true);
   }
 }
@@ -624,7 +626,7 @@ function auditRow(event) {
     study.addEventListener("click", () => openRecord(event.study_id));
   }
   row.append(
-    element("td", {}, timeElement(event.at)),
+    element("td", {}, timeElement(event.at, true)),
     element("td", { className: "key", textContent: event.key_name }),
     element("td", { className: "action", textContent: event.action }),
     element("td", { className: "study" }, study),
@@ -646,10 +648,22 @@ function keyChanged() {
   if ($("audit-details").open) loadAudit();
 }
 
+// The poll asks only whether the worklist changed (GET /worklist/changes shows no study and
+// is not audited); the list itself, an audited access, is fetched when the token moves.
+let worklistVersion = null;
+async function pollWorklist() {
+  try {
+    const change = await (await api("/worklist/changes", { headers: JSON_ACCEPT })).json();
+    if (change.version === worklistVersion) return;
+    worklistVersion = change.version;
+  } catch { /* the list's own refresh below says what is wrong */ }
+  refreshWorklist();
+}
+
 setInterval(() => {
   // not while the tab is hidden, nor while the page waits for a key
   if (document.hidden || !$("key-section").hidden) return;
-  refreshWorklist();
+  pollWorklist();
 }, POLL_MS);
 
 loadModel();

@@ -9,6 +9,12 @@
 #            NVIDIA driver >= 580 and nvidia-container-toolkit.
 #       cpu: plain Ubuntu 24.04 with onnxruntime (the `cpu` extra); used by
 #            docker-compose.cpu.yml.
+#   CPU_BASE unset (default: ubuntu:noble-20251001) | another image
+#       the CPU stage's base image. Any Debian or Ubuntu image with apt works: Python 3 and
+#       its venv module come from the base's own archive when the base lacks them (Ubuntu
+#       24.04: 3.12; Debian 12 bookworm: 3.11). `make image-test` builds with
+#       CPU_BASE=localhost/debian-base:bookworm, a debootstrapped Debian made without any
+#       registry (scripts/image-test, docs/deploy.md).
 #   DEMO_BUNDLE=1 (default) | 0
 #       1: a builder stage with the `train` + `cpu` extras runs `bonexr demo`; only the
 #          resulting synthetic demo bundle is copied into the image, at /opt/bonexr/demo, and
@@ -16,28 +22,41 @@
 #          Mounting real bundles over /app/models hides the link (see docs/deploy.md).
 #       0: skip it (no TensorFlow download, fast rebuilds); mount a real bundle instead.
 #
+# Build hosts behind a TLS-intercepting proxy pass its CA bundle as a build secret, used by
+# pip only and never stored in a layer:  --secret id=build-ca,src=/path/to/ca-bundle.crt
+#
 # The serving image has no TensorFlow: the service runs the bundle's ONNX models in ONNX
 # Runtime. Configuration is BONEXR_* environment variables (service/settings.py).
-# Needs BuildKit (the default builder since Docker 23, and always used by `docker compose`).
+# Needs BuildKit (the default builder since Docker 23, and always used by `docker compose`),
+# or podman/buildah with --format docker (keeps the HEALTHCHECK): `make image-test`.
 
 ARG DEVICE=gpu
 ARG DEMO_BUNDLE=1
+ARG CPU_BASE=""
 
 # ---- base images (pinned tags; see docs/deploy.md to pin digests too) ----------------------
+# The GPU stage stays on NVIDIA's CUDA image. It has never been built on the development
+# machines (no registry access, no GPU): the first build on a GPU host is its test.
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS base-gpu
-FROM ubuntu:noble-20251001 AS base-cpu
+# CPU_BASE unset (the default): the pinned Ubuntu tag on this line. Set, it names another
+# Debian/Ubuntu image (make image-test: localhost/debian-base:bookworm, never pulled).
+FROM ${CPU_BASE:-ubuntu:noble-20251001} AS base-cpu
 
-# ---- the chosen base plus Python (Ubuntu 24.04: Python 3.12) ------------------------------
+# ---- the chosen base plus Python (Ubuntu 24.04: 3.12, Debian 12: 3.11) --------------------
 # base-${DEVICE} names one of the two pinned stages above, not a registry image.
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS pybase
 ARG DEBIAN_FRONTEND=noninteractive
-# Ubuntu's own python3 package tracks security updates within 24.04; pinning its exact
-# version would break the build as soon as the archive moves on.
+# The distribution's own python3 package tracks security updates within its release;
+# pinning its exact version would break the build as soon as the archive moves on. Bases
+# without a python3 of 3.11 or 3.12 (Ubuntu, CUDA, debootstrapped Debian) get the archive's.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/*
+RUN if ! python3 -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13)' 2>/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3 \
+        && rm -rf /var/lib/apt/lists/* \
+        && python3 -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), sys.version'; \
+    fi
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -47,11 +66,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM pybase AS venv
 ARG DEVICE
 ARG DEBIAN_FRONTEND=noninteractive
-# Same reason as above: python3-venv must match the python3 package of this Ubuntu release.
+# Same reason as above: python3-venv must match the python3 package of this release. Only
+# when the base's Python lacks ensurepip (Debian and Ubuntu split it out).
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -60,7 +82,9 @@ COPY service ./service
 COPY training ./training
 # Versions are bounded by pyproject.toml's ranges (the project's single source of truth).
 # hadolint ignore=DL3013
-RUN /opt/venv/bin/pip install "/src[service,s3,${DEVICE}]" \
+RUN --mount=type=secret,id=build-ca \
+    if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
+    && /opt/venv/bin/pip install "/src[service,s3,${DEVICE}]" \
     && /opt/venv/bin/python -c "import onnxruntime, boto3, service.app" \
     && /opt/venv/bin/bonexr serve --help > /dev/null
 
@@ -81,7 +105,9 @@ COPY service ./service
 COPY training ./training
 # Versions are bounded by pyproject.toml's ranges (the project's single source of truth).
 # hadolint ignore=DL3013
-RUN pip install "/src[train,cpu]"
+RUN --mount=type=secret,id=build-ca \
+    if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
+    && pip install "/src[train,cpu]"
 # Synthetic data and training runs stay in /tmp of this throw-away stage; only the verified
 # bundle folder is copied into the serving image, readable by the non-root service user.
 RUN bonexr demo --out /models/demo --data /tmp/synthetic/MURA-v1.1 --run-dir /tmp/runs/demo \

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint fmt bench figures demo clean-venv
+.PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,15 @@ figures: $(STAMP)
 	$(PY) -m bench.fresh_data --bundle models/demo --patients 80 --seed 2027
 	$(PY) -m bench.seed_spread --run runs/demo --seeds 0,1,2,3,4
 	$(PY) -m bench.figures --run runs/demo --bundle models/demo
+
+## image-test: build the CPU image with podman on a debootstrapped Debian base (no registry,
+## no Docker engine) and check it for real: HEALTHCHECK, /predict/study against `bonexr
+## predict`, docker compose through podman's Docker API. Root, podman, runc and debootstrap
+## (exit 2 names what is missing); figures in bench/results/image_test.json. Not part of
+## `make test`. IMAGE_TEST_ARGS=--no-cache measures a fresh build. The script needs only the
+## standard library (it checks its prerequisites before anything else, .venv included).
+image-test:
+	$(PYTHON) scripts/image-test $(IMAGE_TEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -159,9 +159,12 @@ class DicomNode:
     async def _settle_loop(self) -> None:
         while True:
             engine = self.predictor.engine
-            if engine.ready:
-                for record in self.inbox.due(engine.model_version):
-                    await self.answer(record)
+            try:
+                if engine.ready:
+                    for record in self.inbox.due(engine.model_version):
+                        await self.answer(record)
+            except Exception as exc:  # the loop must outlive any one failure
+                log.error("DICOM settle loop: %s; going on", type(exc).__name__)
             await asyncio.sleep(TICK_S)
 
     async def answer(self, record: StudyRecord) -> None:
@@ -208,10 +211,14 @@ class DicomNode:
 
     async def _delivery_loop(self) -> None:
         while True:
-            if self.outbox.folder.is_dir():
-                for job in await asyncio.to_thread(self.outbox.due):
-                    result = await asyncio.to_thread(self.outbox.attempt, job)
-                    self.services.metrics.dicom_deliveries.labels(job.destination, result).inc()
+            try:
+                if self.outbox.folder.is_dir():
+                    for job in await asyncio.to_thread(self.outbox.due):
+                        result = await asyncio.to_thread(self.outbox.attempt, job)
+                        metrics = self.services.metrics
+                        metrics.dicom_deliveries.labels(job.destination, result).inc()
+            except Exception as exc:  # a job removed meanwhile, a full disk: try again
+                log.error("DICOM delivery loop: %s; going on", type(exc).__name__)
             await asyncio.sleep(TICK_S)
 
     def _count(self, destination: str, index: int) -> float:

@@ -121,9 +121,15 @@ class Outbox:
     def jobs(self) -> list[Job]:
         """Every pending job, oldest first (leftover temporary folders are removed)."""
         found = []
-        for folder in sorted(self.folder.iterdir(), key=lambda p: p.stat().st_mtime):
+        dated = []
+        for folder in self.folder.iterdir():
+            try:
+                dated.append((folder.stat().st_mtime, folder))
+            except OSError:  # delivered and removed meanwhile
+                continue
+        for mtime, folder in sorted(dated):
             if folder.name.startswith(".tmp-"):
-                if time.time() - folder.stat().st_mtime > 3600:
+                if time.time() - mtime > 3600:
                     shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:

@@ -16,6 +16,9 @@ from fastapi.testclient import TestClient
 
 from tests.bundles import make_untrained_bundle
 
+#: Shared fixtures defined elsewhere: ``browser`` (headless chromium for the page tests).
+pytest_plugins = ("tests.browser_support",)
+
 
 @pytest.fixture(scope="session")
 def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,8 +11,6 @@ test skips with the reason, except under CI, where a missing browser fails it.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,38 +18,10 @@ import httpx
 import pytest
 
 from tests.service_support import server_process
-from tests.tools import missing
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-
-
-def find_chromium() -> str | None:
-    configured = os.environ.get("BONEXR_CHROMIUM")
-    if configured and Path(configured).is_file():
-        return configured
-    for name in CHROMIUM_NAMES:
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    executable = find_chromium()
-    if executable is None:
-        missing("chromium", "apt install chromium, or set BONEXR_CHROMIUM")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=["--no-sandbox"]
-        )
-        yield browser
-        browser.close()
-
-
 #: Upload limit of the page test's server: small, so an "oversized file" is cheap to make.
 UPLOAD_LIMIT = 2_000_000
 

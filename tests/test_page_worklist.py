@@ -24,7 +24,6 @@ import pytest
 from PIL import Image
 
 from tests.service_support import server_process
-from tests.tools import missing
 
 pytestmark = pytest.mark.slow
 
@@ -39,22 +38,6 @@ ALICE = {"X-API-Key": "key-a"}
 #: a key is entered (401), bob's audit request (403).
 EXPECTED_ERRORS = ("status of 401", "status of 403")
 WAIT = 20_000  # ms: a poll is every 5 s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.test_page import find_chromium
-
-    executable = find_chromium()
-    if executable is None:
-        missing("chromium", "apt install chromium, or set BONEXR_CHROMIUM")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=["--no-sandbox"]
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -254,3 +254,25 @@ def test_retention_removes_received_instances_but_keeps_undelivered_results(
     assert not list((node.root / "instances").iterdir())
     assert node.inbox.get(study.study_uid) is None
     assert len(_pending(app)) == 1  # the result still waits for its destination
+
+
+def test_an_instance_without_pixels_is_taken_and_reported_not_eligible(
+    node_app: tuple[TestClient, FastAPI, int], views: list[np.ndarray]
+) -> None:
+    """A key-object note or report of another system in the study: kept, never scored."""
+    client, app, _ = node_app
+    study = Study()
+    sop = study.add(views[0])
+    dataset = pydicom.dcmread(io.BytesIO(study.instances[sop]))
+    del dataset.PixelData
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = (
+        pydicom.uid.generate_uid()
+    )
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert _stow(client, [study.instances[sop], buffer.getvalue()]).status_code == 200
+    record = app.state.dicom_node.inbox.get(study.study_uid)
+    assert record is not None
+    refused = record.instances[str(dataset.SOPInstanceUID)]
+    assert refused.filename is None and "no image" in str(refused.refusal)
+    assert record.instances[sop].refusal is None and record.instances[sop].filename

@@ -76,12 +76,13 @@ def instance_path(root: Path, sha256: str) -> Path:
 
 
 def read_header(data: bytes) -> Any:
-    """The instance's header (no pixels); :class:`InstanceRejected` when it is not DICOM."""
+    """The instance's elements, values over 1 KiB (the pixels) left unread;
+    :class:`InstanceRejected` when it is not DICOM."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return pydicom.dcmread(io.BytesIO(data), defer_size=1024)
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"not a readable DICOM instance ({type(exc).__name__})"
@@ -127,7 +128,7 @@ def ingest(
             sop_class, modality, body_part, "", own_result=True,
         )  # fmt: skip
     refusal = metadata_refusal(modality, body_part)
-    if refusal is None and "PixelData" not in header and not _has_pixels(data):
+    if refusal is None and "PixelData" not in header:  # a report, a presentation state
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
     else:
         refusal_text = refusal.detail if refusal is not None else None
@@ -162,11 +163,6 @@ def is_own_result(header: Any) -> bool:
         _text(header, "SeriesDescription") == RESULTS_SERIES_DESCRIPTION
         and _text(header, "Manufacturer") == MANUFACTURER
     )
-
-
-def _has_pixels(data: bytes) -> bool:
-    """Whether the bytes hold a PixelData element (the header read stops before it)."""
-    return b"\xe0\x7f\x10\x00" in data
 
 
 def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:

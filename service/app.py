@@ -115,12 +115,9 @@ async def _expire_records(services: Services, days: float) -> None:
     except ServiceError as exc:
         log.warning("record retention failed: %s", type(exc).__name__)
         return
-    for name in orphans:
-        services.pixels.discard(name)
-        if await asyncio.to_thread(services.store.delete, name):
-            services.metrics.uploads_deleted.labels("retention").inc()
-    if orphans:
-        log.info("record retention removed the uploads of expired records: %d", len(orphans))
+    removed = await asyncio.to_thread(services.delete_uploads, orphans, "retention")
+    if removed:
+        log.info("record retention removed the uploads of expired records: %d", removed)
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bonexr.imaging import DecodedImage, decode_upload
@@ -49,6 +49,18 @@ class Services:
                 yield
             finally:
                 release_free_memory()
+
+    def delete_uploads(self, names: Iterable[str], reason: str) -> int:
+        """Remove uploads (with their sidecars and cached pixels), counted under ``reason``
+        in ``bonexr_uploads_deleted_total``; returns how many were there. Blocking: call
+        from a worker thread."""
+        removed = 0
+        for name in names:
+            self.pixels.discard(name)
+            if self.store.delete(name):
+                removed += 1
+                self.metrics.uploads_deleted.labels(reason).inc()
+        return removed
 
     def decode(self, data: bytes) -> DecodedImage:
         """Decode untrusted bytes under the configured pixel and decoded-memory limits.

@@ -329,6 +329,27 @@ def _evidence(outcome: StudyOutcome, sources: Sequence[Dataset]) -> list[Dataset
     return [_header(source) for source in ordered]
 
 
+def _results_series(
+    outcome: StudyOutcome,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+) -> dict[str, Any]:
+    """What the report and every capture share: the results series and who made them
+    (the node recognises its own objects by these, see ``instances.is_own_result``)."""
+    return {
+        "series_instance_uid": series_instance_uid,
+        "series_number": series_number,
+        "sop_instance_uid": sop_instance_uid,
+        "instance_number": instance_number,
+        "manufacturer": MANUFACTURER,
+        "series_description": RESULTS_SERIES_DESCRIPTION,
+        "manufacturer_model_name": f"bonexr {outcome.model_name}",
+        "software_versions": outcome.software_version,
+    }
+
+
 def build_report(
     outcome: StudyOutcome,
     sources: Sequence[Dataset],
@@ -351,16 +372,11 @@ def build_report(
     return hd.sr.Comprehensive3DSR(
         evidence=_evidence(outcome, sources),
         content=_content(outcome),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
         is_complete=True,
         is_verified=False,
-        series_description=RESULTS_SERIES_DESCRIPTION,
-        manufacturer_model_name=f"bonexr {outcome.model_name}",
-        software_versions=outcome.software_version,
+        **_results_series(
+            outcome, series_instance_uid, series_number, sop_instance_uid, instance_number
+        ),
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=PRIVATE_SCHEME,
@@ -477,15 +493,10 @@ def build_heatmap_capture(
         # _describe replaces with the source's own
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         patient_orientation=("L", "F"),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=RESULTS_SERIES_DESCRIPTION,
-        manufacturer_model_name=f"bonexr {outcome.model_name}",
-        software_versions=outcome.software_version,
+        **_results_series(
+            outcome, series_instance_uid, series_number, sop_instance_uid, instance_number
+        ),
     )
     capture.copy_patient_and_study_information(header)
     _describe(capture, header, outcome, view)

@@ -261,9 +261,6 @@ async def delete_study(services: ServicesDep, request: Request, study_id: StudyI
     except ServiceError as exc:
         await refused(services, request, "delete", study_id, exc)
         raise
-    for name in orphans:
-        services.pixels.discard(name)
-        if await run_in_threadpool(services.store.delete, name):
-            services.metrics.uploads_deleted.labels("client").inc()
+    await run_in_threadpool(services.delete_uploads, orphans, "client")
     await audited(services, request, "delete", study_id, "ok")
     return Response(status_code=204)

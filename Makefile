@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv
+.PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv real-bundle
+
+## FracAtlas (Abedeen et al. 2023, CC BY 4.0): the real radiographs the shipped bundle learns from
+FRACATLAS ?= ../shared/datasets/fracatlas
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +68,13 @@ figures: $(STAMP)
 	$(PY) -m bench.fresh_data --bundle models/demo --patients 80 --seed 2027
 	$(PY) -m bench.seed_spread --run runs/demo --seeds 0,1,2,3,4
 	$(PY) -m bench.figures --run runs/demo --bundle models/demo
+
+## real-bundle: train the FracAtlas CPU recipe (about an hour on 2 cores; docs/training.md) into
+## runs/fracatlas and publish its serving files as models/fracatlas (FRACATLAS=path for your copy)
+real-bundle: $(STAMP)
+	$(VENV)/bin/bonexr train $(FRACATLAS) --recipe fracatlas-cpu --name fracatlas \
+		--run-dir runs/fracatlas --out runs/fracatlas-bundle --resume --force
+	$(VENV)/bin/bonexr serving-copy runs/fracatlas-bundle models/fracatlas --force
 
 ## image-test: build the CPU image with podman on a debootstrapped Debian base (no registry,
 ## no Docker engine) and check it for real: HEALTHCHECK, /predict/study against `bonexr

@@ -41,14 +41,13 @@ from bonexr.runtime import OnnxRuntimeSession
 from training.bootstrap import bootstrap_ci
 from training.calibrate import expected_calibration_error, rates
 from training.config import DEMO_DATA
-from training.dataset import index_dataset
+from training.dataset import index_dataset, read_boxes
 from training.formatting import format_with_ci
 from training.localisation import (
     Pointed,
     judge,
     localisation_report,
     mean_box_centres,
-    read_boxes,
 )
 from training.report import localisation_markdown
 from training.split import read_split

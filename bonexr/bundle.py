@@ -134,6 +134,54 @@ def publish_bundle(
     return final
 
 
+#: What a serving-only copy keeps besides the ONNX models and the manifest: the evidence a
+#: reader of the model card needs (its plots included), nothing used only for training.
+SERVING_DOCUMENTS: tuple[str, ...] = ("MODEL_CARD.md", "report.md", "report.json")
+
+
+def serving_copy(source: Path, destination: Path, *, force: bool = False) -> Manifest:
+    """Publish the serving files of a verified bundle as a new bundle: the ONNX models,
+    the model card, the report and its plots; no Keras files and no reduced-precision
+    variant files (a reduced precision without files, bf16, stays as measured; one whose
+    files are left out is marked not allowed, saying why). The answer fields that change
+    get a new version, as any export does; the models' answers are the same."""
+    source, destination = Path(source), Path(destination)
+    manifest = verify_bundle(source)
+    staging = staging_dir(destination)
+    try:
+        keep = [spec.onnx for spec in (manifest.router, *manifest.parts.values()) if spec.onnx]
+        keep += [d for d in SERVING_DOCUMENTS if (source / d).is_file()]
+        keep += [p.relative_to(source).as_posix() for p in sorted(source.glob("plots/*.png"))]
+        for rel in keep:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, staging / rel)
+        precisions = {
+            name: spec
+            if not spec.files
+            else spec.model_copy(
+                update={
+                    "allowed": False,
+                    "files": {},
+                    "reason": f"not shipped in this serving copy (size); at export: {spec.reason}",
+                }
+            )
+            for name, spec in manifest.precisions.items()
+        }
+        slim = manifest.model_copy(
+            update={
+                "router": manifest.router.model_copy(update={"keras": None}),
+                "parts": {
+                    p: spec.model_copy(update={"keras": None}) for p, spec in manifest.parts.items()
+                },
+                "precisions": precisions,
+            }
+        )
+        return publish_bundle(staging, slim, destination, force=force)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 #: A manifest is a few kilobytes; anything past this is not one (and is not parsed).
 MAX_MANIFEST_BYTES = 1 << 20
 

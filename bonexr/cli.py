@@ -49,6 +49,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serving_copy(args: argparse.Namespace) -> int:
+    from bonexr.bundle import serving_copy
+
+    manifest = serving_copy(args.bundle, args.out, force=args.force)
+    files = sorted(manifest.files)
+    size = sum((args.out / f).stat().st_size for f in files) / 1e6
+    print(f"ok: {manifest.name} version {manifest.version}: {len(files)} files, {size:.1f} MB")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     settings_overrides = _load("service.cli:settings_overrides")
     load_settings = _load("service.server:load_settings")
@@ -84,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_verify)
 
     p = sub.add_parser(
+        "serving-copy",
+        help="publish a bundle's serving files only (ONNX, manifest, model card, report)",
+    )
+    p.add_argument("bundle", type=Path, help="the exported bundle, e.g. runs/fracatlas-bundle")
+    p.add_argument("out", type=Path, help="where to publish the copy, e.g. models/fracatlas")
+    p.add_argument("--force", action="store_true", help="replace an existing copy")
+    p.set_defaults(handler=_cmd_serving_copy)
+
+    p = sub.add_parser(
         "run", help="quick start: train the demo bundle if models/ has none, then serve"
     )
     with contextlib.suppress(ImportError):
@@ -95,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if isinstance(getattr(args, "body_parts", None), str):
+    if isinstance(getattr(args, "body_parts", None), str) and args.body_parts != "auto":
         from bonexr.labels import normalize_body_parts
 
         try:

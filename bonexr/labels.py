@@ -20,8 +20,9 @@ from bonexr.errors import ConfigError
 #: every other model is named by its body part.
 ROUTER = "router"
 
-#: The seven MURA-v1.1 study types, in MURA's order.
-ALL_BODY_PARTS: tuple[str, ...] = (
+#: The seven MURA-v1.1 study types, in MURA's order (the MURA reader and the synthetic
+#: generator know these; MURA's folders are ``XR_<PART>``).
+MURA_BODY_PARTS: tuple[str, ...] = (
     "ELBOW",
     "FINGER",
     "FOREARM",
@@ -30,6 +31,14 @@ ALL_BODY_PARTS: tuple[str, ...] = (
     "SHOULDER",
     "WRIST",
 )
+
+#: Body parts that real data sets add beyond MURA's seven (FracAtlas: leg, hip). A new
+#: part is one entry here; nothing else in the code names a part by a string literal.
+EXTRA_BODY_PARTS: tuple[str, ...] = ("LEG", "HIP")
+
+#: The whole vocabulary, in its canonical order (MURA's, then the extra parts): what a
+#: router may learn and an answer may name.
+ALL_BODY_PARTS: tuple[str, ...] = (*MURA_BODY_PARTS, *EXTRA_BODY_PARTS)
 
 #: The body parts a default configuration routes between.
 DEFAULT_BODY_PARTS: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER")

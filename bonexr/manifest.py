@@ -7,6 +7,7 @@ both need these types and neither may import the other.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -45,9 +46,10 @@ class InputSpec(BaseModel):
 
 
 class ModelFiles(BaseModel):
-    """One trained model in both formats."""
+    """One trained model: its Keras file (None in a serving-only copy, which ships the
+    ONNX alone) and its ONNX export."""
 
-    keras: str
+    keras: str | None = None
     onnx: str | None = None
     backbone: str
 
@@ -98,16 +100,93 @@ TRIAGE = "triage"
 BALANCED = "balanced"
 
 
+#: An operating point's guarantee: the one-sided 95% Clopper-Pearson lower bound of its
+#: sensitivity, on the data that chose it, reaches the target ...
+GUARANTEED = "guaranteed"
+#: ... or cannot: too few abnormal cases (0 misses among n needs n >= 59 for 0.95).
+INSUFFICIENT_DATA = "insufficient_data"
+
+#: Keys added to a part's spec after bundles were first hashed: left out of the answer
+#: fields' hashes while unset (so older bundles keep their versions), and the descriptive
+#: ones (test figures, how a map was chosen) always, as metrics are.
+_LATER_KEYS = {"points_raw", "points_calibrated", "guarantee", "guarantee_lower_bound"}
+_LATER_KEYS |= {"guarantee_n", "validation_rule"}
+_DESCRIPTIVE_KEYS = {"selection", "test_sensitivity", "test_sensitivity_ci", "test_n"}
+_DESCRIPTIVE_KEYS |= {"test_specificity", "test_specificity_ci", "test_n_abnormal"}
+
+
+def _without_later_defaults(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_later_defaults(v)
+            for k, v in value.items()
+            if k not in _DESCRIPTIVE_KEYS and not (k in _LATER_KEYS and v in (None, [], {}))
+        }
+    return value
+
+
 class OperatingPoint(BaseModel):
-    """One decision threshold on the served (calibrated) P(abnormal), with the rule that
-    chose it and what it achieved on the validation split it was chosen on."""
+    """One decision threshold on the served (calibrated) P(abnormal): the rule that chose
+    it, the guarantee it carries, and what it achieved on the test split (for the record:
+    the test split chose nothing)."""
 
     threshold: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     rule: str = Field(description="How it was chosen, e.g. sensitivity>=0.95-on-validation.")
     target_sensitivity: float | None = Field(None, gt=0.0, le=1.0)
-    validation_sensitivity: float | None = Field(None, ge=0.0, le=1.0)
-    validation_specificity: float | None = Field(None, ge=0.0, le=1.0)
+    validation_sensitivity: float | None = Field(
+        None, ge=0.0, le=1.0, description="Cross-fitted (out-of-fold) sensitivity on validation."
+    )
+    validation_specificity: float | None = Field(
+        None, ge=0.0, le=1.0, description="Cross-fitted (out-of-fold) specificity on validation."
+    )
     validation_n: int | None = Field(None, ge=0, description="Images or studies it saw.")
+    validation_rule: str | None = Field(
+        None, description="How the validation figures were measured (cross-fitting)."
+    )
+    guarantee: Literal["guaranteed", "insufficient_data"] | None = Field(
+        None,
+        description="Triage only: whether the one-sided 95% lower confidence bound of its "
+        "sensitivity on the data that chose it reaches the target; None in bundles exported "
+        "before guarantees existed.",
+    )
+    guarantee_lower_bound: float | None = Field(None, ge=0.0, le=1.0)
+    guarantee_n: int | None = Field(None, ge=0, description="Abnormal cases it was chosen on.")
+    test_sensitivity: float | None = Field(None, ge=0.0, le=1.0)
+    test_sensitivity_ci: list[float] | None = None
+    test_specificity: float | None = Field(None, ge=0.0, le=1.0)
+    test_specificity_ci: list[float] | None = None
+    test_n: int | None = Field(None, ge=0)
+    test_n_abnormal: int | None = Field(None, ge=0)
+
+    def guarantee_sentence(self, level: str = "study") -> str | None:
+        """The plain-words statement of the guarantee (None where no target applies)."""
+        if self.target_sensitivity is None:
+            return None
+        target = f"{self.target_sensitivity:.0%}"
+        if self.guarantee is None:
+            return (
+                f"This operating point aims at {target} sensitivity but carries no guarantee: "
+                "its bundle was exported before guarantees were measured."
+            )
+        bound = f"{(self.guarantee_lower_bound or 0.0):.2f}"
+        n = self.guarantee_n or 0
+        if self.guarantee == GUARANTEED:
+            return (
+                f"With 95% confidence its {level}-level sensitivity is at least {target}: the "
+                f"lower bound reached on {n} abnormal validation {level}s is {bound}."
+            )
+        return (
+            f"Insufficient data: {n} abnormal validation {level}s cannot show {target} "
+            f"sensitivity (the 95% lower bound reached is {bound}; catching all of "
+            f"{cases_needed(self.target_sensitivity)} is the least that could); its test "
+            "figures are the evidence."
+        )
+
+
+def cases_needed(target: float, confidence: float = 0.95) -> int:
+    """The fewest abnormal cases, all caught, whose one-sided exact lower bound on the
+    sensitivity reaches ``target`` (``(1 - confidence) ** (1 / n) >= target``: 59 for 0.95)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(target))
 
 
 class PartSpec(ModelFiles):
@@ -293,7 +372,7 @@ class Manifest(BaseModel):
         if self.default_operating_point is not None:
             fields["default_operating_point"] = self.default_operating_point
         for part, spec in sorted(self.parts.items()):
-            dumped = spec.model_dump(mode="json")
+            dumped = _without_later_defaults(spec.model_dump(mode="json"))
             for later in ("calibration", "operating_points"):
                 if not dumped[later]:
                     dumped.pop(later)

@@ -7,6 +7,7 @@ refusal becomes under ``BONEXR_ELIGIBILITY``: a :class:`~service.errors.NotEligi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from bonexr.eligibility import metadata_refusal
@@ -16,9 +17,13 @@ from service.errors import NotEligibleError
 Mode = Literal["enforce", "warn"]
 
 
-def screen_metadata(decoded: DecodedImage, mode: Mode) -> tuple[str, ...]:
-    """Warnings to add (``warn``), or raise the 422 refusal (``enforce``); () when eligible."""
-    refusal = metadata_refusal(decoded.modality, decoded.body_part)
+def screen_metadata(
+    decoded: DecodedImage, mode: Mode, known_parts: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """Warnings to add (``warn``), or raise the 422 refusal (``enforce``); () when eligible.
+
+    ``known_parts``: the loaded bundle's router classes (None while none is loaded)."""
+    refusal = metadata_refusal(decoded.modality, decoded.body_part, known_parts)
     if refusal is None:
         return ()
     if mode == "enforce":

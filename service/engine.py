@@ -333,6 +333,21 @@ class InferenceEngine:
                 f"bundle '{manifest.name}' has uncalibrated probabilities (exported before "
                 "calibration existed): P(abnormal) is the model's raw score"
             )
+        unguaranteed = [
+            p
+            for p, spec in manifest.parts.items()
+            if any(
+                point.target_sensitivity is not None and point.guarantee is None
+                for levels in spec.points().values()
+                for point in levels.values()
+            )
+        ]
+        if unguaranteed:
+            found.append(
+                f"bundle '{manifest.name}' was exported before operating points carried a "
+                f"guarantee: the triage point of {', '.join(unguaranteed)} has no guarantee "
+                "that it reaches its target sensitivity"
+            )
         return found
 
     def predict_batch(

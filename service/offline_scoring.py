@@ -240,7 +240,7 @@ class OfflineScorer:
         eligibility gate (ImageError/OSError/NotEligibleError), as an upload would be."""
         data = read_regular_file(path, self.settings.max_upload_bytes)
         decoded = decode_within_limits(data, self.settings)
-        gate = screen_metadata(decoded, self.settings.eligibility)
+        gate = screen_metadata(decoded, self.settings.eligibility, self.classes)
         return prepare_pixels(decoded.image, self.manifest.input.size), decoded.body_part, gate
 
     def score(

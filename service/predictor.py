@@ -33,7 +33,7 @@ from bonexr.calibration import Level, calibrate
 from bonexr.errors import ConfigError
 from bonexr.imaging import prepare_pixels
 from bonexr.labels import display_name, normalize_body_part, result_name
-from bonexr.manifest import OperatingPoint
+from bonexr.manifest import INSUFFICIENT_DATA, OperatingPoint
 from bonexr.study import route_study, study_probability
 from service.engine import InferenceEngine, Prediction
 from service.errors import (
@@ -197,14 +197,32 @@ class AnswerRules:
             raise self.no_model_error(prediction.bone_type, prediction.router_confidence)
         point = self.operating_point(point)
         decided = self.at_point(prediction, point)
+        chosen = self.point_spec(decided.scored_by, point, "image")
         warnings = [
             *content,
             *self.model_warnings(prediction),
+            *self.point_warnings(decided.scored_by, chosen, "image"),
             *body_part_warnings([(name, body_part)], prediction.bone_type),
         ]
-        return ImageAnswer(
-            name, decided, warnings, point=self.point_spec(decided.scored_by, point, "image")
-        )
+        return ImageAnswer(name, decided, warnings, point=chosen)
+
+    def point_warnings(self, part: str, chosen: OperatingPoint, level: Level) -> list[str]:
+        """What this answer's operating point and calibration cannot promise: a triage
+        point chosen on too few abnormal cases, a probability served uncalibrated."""
+        manifest = self.engine.manifest
+        assert manifest is not None
+        found = []
+        if chosen.guarantee == INSUFFICIENT_DATA:
+            found.append(
+                f"{part} {level}-level operating point: {chosen.guarantee_sentence(level)}"
+            )
+        calibration = manifest.parts[part].calibration.get(level)
+        if calibration is not None and not calibration.calibrated:
+            found.append(
+                f"{part} {level}-level probability is the model's raw score, not calibrated: "
+                f"{calibration.selection.get('reason', 'too few validation cases')}"
+            )
+        return found
 
     def model_warnings(self, prediction: Prediction) -> list[str]:
         """What a reader must know about this answer (unsure router, demo model)."""
@@ -310,6 +328,7 @@ class AnswerRules:
             warnings=[
                 *content_warnings,
                 *self._study_warnings(names, views, body_parts, part, forced, duplicates),
+                *self.point_warnings(part, chosen, "study"),
             ],
             operating_point=point,
             point=chosen,

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bonexr.manifest import OperatingPoint
+from bonexr.manifest import INSUFFICIENT_DATA, OperatingPoint
 
 #: Server-chosen upload names: sha256 of the stored (re-encoded) PNG.
 FILENAME_PATTERN = r"^[0-9a-f]{64}\.png$"
@@ -112,15 +112,38 @@ class AppliedOperatingPoint(BaseModel):
     name: str = Field(description="'triage' (target sensitivity), 'balanced' (Youden's J).")
     threshold: float = Field(ge=0.0, le=1.0)
     rule: str = Field(description="How the threshold was chosen on the validation split.")
+    guarantee: str | None = Field(
+        None,
+        description="Triage: 'guaranteed' (the one-sided 95% lower confidence bound of its "
+        "sensitivity on the data that chose it reaches the target) or 'insufficient_data' "
+        "(too few abnormal cases to show it); null for balanced or an older bundle.",
+    )
+    insufficient_data: bool = Field(
+        False, description="True when the point could not be shown to reach its target."
+    )
+    guarantee_statement: str | None = Field(None, description="The guarantee in plain words.")
+    guarantee_lower_bound: float | None = None
+    guarantee_n: int | None = Field(None, description="Abnormal cases it was chosen on.")
+    test_sensitivity: float | None = Field(
+        None, description="Sensitivity at this point on the held-out test split."
+    )
+    test_sensitivity_ci: list[float] | None = Field(None, description="Its 95% interval.")
+    test_specificity: float | None = Field(
+        None, description="Specificity at this point on the held-out test split."
+    )
+    test_specificity_ci: list[float] | None = Field(None, description="Its 95% interval.")
+    test_n: int | None = Field(None, description="Test cases (images or studies) measured.")
     validation_sensitivity: float | None = Field(
-        None, description="Sensitivity it achieved on validation when chosen."
+        None, description="Cross-fitted (out-of-fold) sensitivity on validation."
     )
     validation_specificity: float | None = Field(
-        None, description="Specificity it achieved on validation when chosen."
+        None, description="Cross-fitted (out-of-fold) specificity on validation."
     )
 
 
-def applied_point(name: str, point: OperatingPoint | None) -> AppliedOperatingPoint:
+def applied_point(
+    name: str, point: OperatingPoint | None, level: str = "study"
+) -> AppliedOperatingPoint:
     """The response block for the operating point an answer used."""
     if point is None:
         raise ValueError("an answer always has an operating point")
@@ -128,6 +151,16 @@ def applied_point(name: str, point: OperatingPoint | None) -> AppliedOperatingPo
         name=name,
         threshold=point.threshold,
         rule=point.rule,
+        guarantee=point.guarantee,
+        insufficient_data=point.guarantee == INSUFFICIENT_DATA,
+        guarantee_statement=point.guarantee_sentence(level),
+        guarantee_lower_bound=point.guarantee_lower_bound,
+        guarantee_n=point.guarantee_n,
+        test_sensitivity=point.test_sensitivity,
+        test_sensitivity_ci=point.test_sensitivity_ci,
+        test_specificity=point.test_specificity,
+        test_specificity_ci=point.test_specificity_ci,
+        test_n=point.test_n,
         validation_sensitivity=point.validation_sensitivity,
         validation_specificity=point.validation_specificity,
     )
@@ -292,10 +325,16 @@ class ModelInfo(BaseModel):
     default_operating_point: str = Field(description="What answers use unless asked.")
     operating_points: dict[str, dict[str, dict[str, Any]]] = Field(
         description="Body part -> operating point -> level (image, study) -> threshold, "
-        "rule and validation sensitivity/specificity."
+        "rule, guarantee, cross-fitted validation and held-out test sensitivity/specificity."
+    )
+    guarantees: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Body part -> level -> the triage point's guarantee in plain words "
+        "(or why it has none: insufficient_data, an older bundle).",
     )
     calibration: dict[str, dict[str, Any]] = Field(
-        description="Body part -> level -> Platt parameters; empty for an uncalibrated bundle."
+        description="Body part -> level -> the calibrator (temperature, platt, isotonic or "
+        "none: raw P served) and how it was chosen; empty for an uncalibrated bundle."
     )
     content_gate: dict[str, Any] | None = Field(
         description="The router's out-of-distribution score and its limit; null: no gate."

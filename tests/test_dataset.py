@@ -314,7 +314,7 @@ def test_missing_root_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_file_root_is_a_data_error(tmp_path: Path) -> None:
-    path = tmp_path / "file.csv"
+    path = tmp_path / "file.txt"
     path.write_text("x")
     with pytest.raises(DataError, match="is not a folder"):
         index_dataset(path)

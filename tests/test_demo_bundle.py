@@ -13,6 +13,7 @@ over HTTP for the same files (upload -> pixel-only PNG -> ONNX Runtime).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -275,11 +276,26 @@ def test_bundle_contents_and_provenance(trained_demo: dict) -> None:
         assert set(points) == {"triage", "balanced"}
         assert spec.image_threshold == points["triage"]["image"].threshold
         assert spec.threshold == points["triage"]["study"].threshold
-        assert points["triage"]["image"].rule == "sensitivity>=0.95-on-validation-image-level"
+        assert (
+            points["triage"]["image"].rule
+            == "sensitivity>=0.95-lower-95%-bound-on-validation-image-level"
+        )
         assert points["balanced"]["study"].rule == "youden-j-on-validation-study-level"
         for level in ("image", "study"):
-            assert points["triage"][level].validation_sensitivity >= 0.95
-            assert spec.calibration[level].fitted_on == "validation"
+            triage = points["triage"][level]
+            # the demo's validation split holds far fewer than the 59 abnormal studies a
+            # 0.95 guarantee needs: the bundle says so instead of promising it
+            assert triage.guarantee_n is not None and triage.guarantee_n > 0
+            if level == "study":
+                assert triage.guarantee_n < 59 and triage.guarantee == "insufficient_data"
+            assert "cross-fitted" in (triage.validation_rule or "")
+            # and its test figures, with intervals, are what it reports
+            assert triage.test_sensitivity is not None and triage.test_sensitivity_ci
+            low, high = triage.test_sensitivity_ci
+            assert low <= triage.test_sensitivity <= high and high - low > 0
+            cal = spec.calibration[level]
+            assert cal.method in ("temperature", "platt", "isotonic", "none")
+            assert cal.fitted_on == ("validation" if cal.calibrated else "none: raw P served")
     assert manifest.router.ood is not None and manifest.router.ood.acceptance == 0.99
     assert any(s.image_threshold != s.threshold for s in manifest.parts.values())
     assert "image" in manifest.metrics["operating_points"]["Elbow"]
@@ -371,10 +387,13 @@ def test_reduced_precision_is_decided_without_the_test_labels(trained_demo: dict
     bundle = trained_demo["bundle"]
     manifest = verify_bundle(bundle)
     split = pd.read_csv(bundle / "split.csv")
+    if not any(manifest.precisions[name].measured for name in ("bf16", "int8")):
+        reasons = "; ".join(manifest.precisions[n].reason for n in ("bf16", "int8"))
+        pytest.skip(f"no reduced precision could be measured here (OpenVINO/NNCF): {reasons}")
     for name in ("bf16", "int8"):
         spec = manifest.precisions[name]
         print(f"{name}: {spec.reason}")
-        if not spec.measured:  # needs OpenVINO (and NNCF for int8) on a bf16/int8 CPU
+        if not spec.measured:  # this one needs what the machine lacks: never allowed
             assert not spec.allowed
             continue
         measured = spec.measured
@@ -428,13 +447,36 @@ def test_calibration_and_triage_point_hold_on_the_test_split(trained_demo: dict)
         assert c["image"]["after"]["ece"] <= c["image"]["before"]["ece"] + 0.03, part
     for part, levels in report["operating_points"].items():
         for level, points in levels.items():
-            triage, balanced = points["triage"], points["balanced"]
-            assert triage["threshold"] <= balanced["threshold"], (part, level)
-            assert triage["sensitivity"] >= balanced["sensitivity"], (part, level)
-            assert triage["sensitivity_ci"][0] <= triage["sensitivity"]
+            triage = points["triage"]
+            # the test sensitivity is reported with an interval that names its method and
+            # is never zero-wide, and the guarantee is stated in words
+            low, high = triage["sensitivity_ci"]
+            assert low <= triage["sensitivity"] <= high and high - low > 0, (part, level)
+            assert triage["sensitivity_ci_method"].startswith(("percentile", "exact"))
+            assert triage["guarantee_sentence"], (part, level)
+    intervals = list(_intervals(report))
+    assert len(intervals) > 50
+    for path, interval, method in intervals:
+        assert interval[1] - interval[0] > 0, path  # never zero-wide
+        assert method, path  # and every one names its method
     text = (trained_demo["bundle"] / "report.md").read_text()
     assert "## Calibration (test split)" in text and "## Operating points" in text
     assert "## Calibration (test split)" in (trained_demo["bundle"] / "MODEL_CARD.md").read_text()
+
+
+def _intervals(value: object, path: str = "") -> Iterator[tuple[str, list, str | None]]:
+    """Every ``*_ci`` interval in a report, with its path and its ``*_ci_method``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.endswith("_ci") and isinstance(item, list) and len(item) == 2:
+                yield f"{path}.{key}", item, value.get(f"{key}_method")
+            elif key == "ci" and isinstance(item, list) and len(item) == 2:
+                yield f"{path}.ci", item, value.get("ci_method")
+            else:
+                yield from _intervals(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _intervals(item, f"{path}[{i}]")
 
 
 def test_content_gate_accepts_radiographs_and_refuses_the_rest(trained_demo: dict) -> None:

@@ -51,6 +51,23 @@ def test_the_rule_names_what_decided() -> None:
     assert metadata_refusal(None, None) is None
 
 
+def test_the_body_parts_accepted_are_the_bundles() -> None:
+    mura = ["Elbow", "Hand", "Shoulder"]
+    fracatlas = ["Hand", "Shoulder", "Leg", "Hip"]
+    # a leg is refused by an upper-limb bundle and judged by one that learned legs
+    assert metadata_refusal("DX", "LEG", mura) is not None
+    assert metadata_refusal("DX", "TIBIA", fracatlas) is None
+    assert metadata_refusal("DX", "PELVIS", fracatlas) is None
+    # parts no bundle learned are refused by both, naming what the bundle knows
+    for part in ("KNEE", "CHEST", "FOOT"):
+        refusal = metadata_refusal("DX", part, fracatlas)
+        assert refusal is not None and "hand, shoulder, leg, hip" in refusal.detail
+    assert metadata_refusal("DX", "ELBOW", fracatlas) is not None
+    # ambiguous values pass where the bundle knows a part of that limb
+    assert metadata_refusal("DX", "LOWER EXTREMITY", fracatlas) is None
+    assert metadata_refusal("DX", "LOWER EXTREMITY", mura) is not None
+
+
 @pytest.mark.parametrize(
     ("tags", "reason", "value"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
 )

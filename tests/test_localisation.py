@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import index_dataset
+from training.dataset import index_dataset, read_boxes
 from training.localisation import (
     _inside,
     brightest_point,
     plot_examples,
     pointing_game,
     random_hit_probability,
-    read_boxes,
     target_verdict,
 )
 from training.report import localisation_markdown

@@ -18,7 +18,7 @@ from training.models import build_ensemble, build_model, members_of, with_cam
 
 def _args(*flags: str) -> TrainConfig:
     parser = argparse.ArgumentParser()
-    add_training_options(parser, TrainConfig())
+    add_training_options(parser, TrainConfig(), auto_parts=True)
     return config_from_args(parser.parse_args(list(flags)), TrainConfig())
 
 
@@ -29,7 +29,9 @@ def test_the_mura_paper_preset_and_explicit_flags_win() -> None:
     assert config.jitter is False and config.recipe == "mura-paper"
     mine = _args("--recipe", "mura-paper", "--size", "224", "--ensemble", "3")
     assert (mine.input_size, mine.ensemble, mine.part_backbone) == (224, 3, "densenet169")
-    assert _args().to_dict() == TrainConfig().to_dict()  # the default recipe changes nothing
+    # the default recipe changes nothing; the command line's parts default to auto
+    assert _args().to_dict() == TrainConfig(body_parts=()).to_dict()
+    assert _args("--recipe", "fracatlas-cpu").router_input_size == 128
     assert set(RECIPE_PRESETS["mura-paper"]) <= set(TrainConfig().to_dict())
 
 

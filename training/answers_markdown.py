@@ -1,7 +1,8 @@
 """The report's calibration, operating-point and eligibility blocks as Markdown and a plot.
 
 One rendering, used by ``report.md`` and the model card, so the two never disagree. Every
-test-split figure carries its study-bootstrap 95% interval (:mod:`training.calibrate`).
+test-split figure carries its patient-bootstrap 95% interval (exact where degenerate:
+:mod:`training.bootstrap`).
 """
 
 from __future__ import annotations
@@ -28,36 +29,42 @@ def calibration_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Calibration (test split)",
         "",
-        "P(abnormal) is the raw model output through a Platt map (two parameters per part "
-        "and level, fitted on validation). Expected calibration error over "
-        f"{ECE_BINS} equal-mass bins, 95% intervals from {BOOTSTRAP_SAMPLES} study-bootstrap "
-        "resamples. The map is increasing, so AUROC is unchanged. Reliability diagrams: "
-        "`plots/reliability.png`.",
+        "P(abnormal) is the raw model output through a map chosen per part and level on "
+        "the validation split: temperature scaling, L2-regularised Platt scaling or (with "
+        "200 cases and 50 of each class) isotonic regression, whichever has the lowest "
+        "log-loss when fitted on four fifths of the validation patients and scored on the "
+        "fifth left out (cross-fitting), then refitted on all of them. With fewer than 10 "
+        "validation cases of a class no map is fitted: the raw P is served and every answer "
+        f"says it is uncalibrated. Expected calibration error over at most {ECE_BINS} "
+        "equal-mass bins of at least 20 cases, with Brier score and log-loss; 95% intervals "
+        f"from {BOOTSTRAP_SAMPLES} patient-bootstrap resamples. Every map is increasing, so "
+        "AUROC is unchanged. Reliability diagrams: `plots/reliability.png`.",
         "",
-        "| body part | level | n | ECE raw | ECE calibrated | Brier raw | Brier calibrated "
-        "| mean P calibrated | prevalence |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| body part | level | n | map | ECE raw | ECE calibrated | Brier raw | Brier "
+        "calibrated | log-loss calibrated | mean P calibrated | prevalence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for part, levels in report["calibration"].items():
         for level, m in levels.items():
             before, after = m["before"], m["after"]
             lines.append(
                 f"| {display_name(part) if level == 'image' else ''} | {level} | {after['n']} | "
-                f"{format_with_ci(before, 'ece')} | "
+                f"{m['map'].get('method', 'platt')} | {format_with_ci(before, 'ece')} | "
                 f"{format_with_ci(after, 'ece')} | {_f(before['brier'])} | "
-                f"{_f(after['brier'])} | {_f(after['mean_p'])} | {_f(after['prevalence'])} |"
+                f"{format_with_ci(after, 'brier')} | {format_with_ci(after, 'log_loss')} | "
+                f"{_f(after['mean_p'])} | {_f(after['prevalence'])} |"
             )
     unfitted = [
         f"{display_name(p)} {level}"
         for p, levels in report["calibration"].items()
         for level, m in levels.items()
-        if str(m["map"].get("fitted_on", "")).startswith("identity")
+        if m["map"].get("method") == "none"
     ]
     if unfitted:
         lines += [
             "",
-            f"**Not calibrated** (identity map, raw P served): {', '.join(unfitted)}: "
-            "validation could not fit a map (one class only, or a model ranking backwards).",
+            f"**Not calibrated** (raw P served, every answer says so): {', '.join(unfitted)}: "
+            "too few validation cases of a class for any map.",
         ]
     return [*lines, ""]
 
@@ -71,32 +78,41 @@ def operating_points_markdown(report: dict[str, Any]) -> list[str]:
         "## Operating points (thresholds chosen on validation, measured on test)",
         "",
         f"**triage** (served by default: `{default}`) is the highest threshold whose "
-        "validation sensitivity reaches the target: a missed fracture costs more than a "
-        "false alarm in a triage queue. **balanced** maximises Youden's J (sensitivity and "
-        "specificity weighted alike). A request picks one with `operating_point`; "
-        "`GET /model` lists both. Thresholds are on the calibrated P.",
+        "sensitivity's one-sided 95% lower confidence bound (exact, Clopper-Pearson) on the "
+        "validation cases that chose it still reaches the target: a missed fracture costs "
+        "more than a false alarm in a triage queue, and a promise made on 13 cases must say "
+        "how sure it is. Where there are too few abnormal cases for any threshold to show "
+        "the target (0 missed of n needs n >= 59 for 95%), the point catches every one of "
+        "them and is marked **insufficient data**: every answer at it carries that flag and "
+        "the sentence below. **balanced** maximises Youden's J. A request picks one with "
+        "`operating_point`; `GET /model` lists both. Thresholds are on the calibrated P. "
+        "The validation figures are cross-fitted (the rule fitted on four fifths of the "
+        "validation patients, applied to the fifth); the test figures, which answers and "
+        "`GET /model` report, come from a split that chose nothing.",
         "",
-        "| body part | level | point | threshold | sensitivity | specificity | n (abnormal) |",
-        "|---|---|---|---|---|---|---|",
+        "| body part | level | point | threshold | guarantee (n abnormal, bound) | test "
+        "sensitivity | test specificity | n (abnormal) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    sentences = []
     for part, levels in report["operating_points"].items():
         for level, points in levels.items():
             for name, m in points.items():
                 first = level == "image" and name == "triage"
+                guarantee = "–"
+                if m.get("guarantee"):
+                    guarantee = (
+                        f"{m['guarantee'].replace('_', ' ')} ({m.get('guarantee_n')}, "
+                        f"{_f(m.get('guarantee_lower_bound'))})"
+                    )
+                    sentences.append(f"- {display_name(part)}, {level}: {m['guarantee_sentence']}")
                 lines.append(
                     f"| {display_name(part) if first else ''} | {level} | {name} | "
-                    f"{_f(m['threshold'])} | {format_with_ci(m, 'sensitivity')} | "
+                    f"{_f(m['threshold'])} | {guarantee} | {format_with_ci(m, 'sensitivity')} | "
                     f"{format_with_ci(m, 'specificity')} | "
                     f"{m['n']} ({m['n_abnormal']}) |"
                 )
-    lines += [
-        "",
-        "With tens of abnormal validation studies per part the triage threshold's own "
-        "sensitivity is uncertain: the test interval above is the honest figure, and a site "
-        "should confirm it on its own labelled studies before relying on it.",
-        "",
-    ]
-    return lines
+    return [*lines, "", *sentences, ""]
 
 
 def eligibility_markdown(report: dict[str, Any]) -> list[str]:

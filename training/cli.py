@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bonexr.errors import BonexrError
-from bonexr.labels import ALL_BODY_PARTS
+from bonexr.labels import ALL_BODY_PARTS, MURA_BODY_PARTS
 from training.cluster import cluster_from_env
 from training.config import (
     CLI_OPTIONS,
@@ -81,14 +81,18 @@ class _Flag(argparse.BooleanOptionalAction):
         _mark_given(namespace, self.dest)
 
 
-def add_training_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+def add_training_options(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, *, auto_parts: bool = False
+) -> None:
     """One flag per :data:`training.config.CLI_OPTIONS` entry, dest = the field name."""
     group = parser.add_argument_group("model and optimisation")
     for option in CLI_OPTIONS:
         default = getattr(defaults, option.field)
         kwargs: dict[str, Any] = {"dest": option.field, "help": option.help}
         if option.field == "body_parts":
-            kwargs.update(default=_parts_default(default), help=PARTS_HELP)
+            # `train` and `cv` train what the data supports unless told otherwise
+            parts = "auto" if auto_parts else _parts_default(default)
+            kwargs.update(default=parts, help=PARTS_HELP + ", or auto")
         elif option.field == "router_parts":
             kwargs.update(default="", help=option.help + "; empty: every part in the data")
         elif isinstance(default, bool):
@@ -281,14 +285,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_parts_option(p, ALL_BODY_PARTS)  # all seven, like MURA: the router learns them all
+    add_parts_option(p, MURA_BODY_PARTS)  # all seven, like MURA: the router learns them all
     p.set_defaults(handler=_cmd_synth)
 
     p = sub.add_parser("index", help="index a MURA-v1.1 (or peer-layout) folder and check it")
     p.add_argument("root", type=Path, help="the MURA-v1.1 folder (train/, valid/, the CSVs)")
     p.add_argument("--out", type=Path, help="write the index as CSV here")
     p.add_argument("--strict", action="store_true", help="exit 1 if the CSVs and files disagree")
-    add_parts_option(p, defaults.body_parts)
+    add_parts_option(p, ALL_BODY_PARTS)
     p.set_defaults(handler=_cmd_index)
 
     p = sub.add_parser("split", help="split a dataset 72/18/10 by patient and write split.csv")
@@ -302,7 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from train (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    add_parts_option(p, defaults.body_parts)
+    add_parts_option(p, ALL_BODY_PARTS)
     p.set_defaults(handler=_cmd_split)
 
     p = sub.add_parser("train", help="train router + per-part models, evaluate, export a bundle")
@@ -311,7 +315,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, help="use this split.csv instead of making one")
     p.add_argument("--only", help="train only these models (comma-separated: router, elbow, ...)")
     p.add_argument("--synthetic", action="store_true", help="mark the bundle as synthetic-data")
-    add_training_options(p, defaults)
+    add_training_options(p, defaults, auto_parts=True)
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("demo", help="generate synthetic data and train the small demo bundle")
@@ -338,7 +342,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, help="(default: runs/NAME-cv)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted cross-validation")
     p.add_argument("--synthetic", action="store_true", help="mark results as synthetic")
-    add_training_options(p, defaults)
+    add_training_options(p, defaults, auto_parts=True)
     p.set_defaults(handler=_cmd_cv)
 
 

@@ -39,6 +39,7 @@ from bonexr.labels import (
     normalize_body_part,
     normalize_body_parts,
 )
+from training.readers import ReadDataset, is_fracatlas, read_fracatlas, read_labels_csv
 
 logger = logging.getLogger(__name__)
 # Library convention: applications decide where warnings go; without this, Python's
@@ -50,6 +51,9 @@ SOURCES: tuple[str, ...] = ("train", "valid")
 
 #: Image files that are indexed (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+#: The synthetic generator's box file, at the dataset root (training.synthetic writes it).
+DEFECT_BOXES_CSV = "defect_boxes.csv"
 
 #: Columns of the index, in order.
 INDEX_COLUMNS: tuple[str, ...] = (
@@ -65,9 +69,13 @@ INDEX_COLUMNS: tuple[str, ...] = (
 
 LAYOUT_MURA = "mura"
 LAYOUT_PEER = "peer"
+LAYOUT_FRACATLAS = "fracatlas"
+LAYOUT_LABELS_CSV = "labels-csv"
 _LAYOUT_TITLES = {
     LAYOUT_MURA: "MURA-v1.1 (images and labels from the CSVs)",
     LAYOUT_PEER: "peer (no CSVs; labels from the study folder suffix)",
+    LAYOUT_FRACATLAS: "FracAtlas (dataset.csv; no patient ids: each image its own patient)",
+    LAYOUT_LABELS_CSV: "labels CSV (path,body_part,label[,patient_id,study_id][,box])",
 }
 
 
@@ -95,6 +103,11 @@ WARNING_MESSAGES: dict[str, str] = {
     "misplaced": "{n} image(s) not at <split>/<part>/<patient>/<study>/<image> were skipped",
     "shared_patient": "{n} patient id(s) have images in both train/ and valid/ (a random split "
     "keeps each patient together; --mode official refuses them)",
+    "several_parts": "{n} image(s) show several body parts (FracAtlas 'mixed') and were not "
+    "indexed: the router learns one part per image",
+    "box_outside": "{n} fracture box(es) lie outside their image and were left out",
+    "no_patient_ids": "{n} image(s) have no patient id: each is its own patient, so the split is "
+    "by image and two images of one patient may fall on both sides of it",
 }
 
 COUNT_KEYS: tuple[str, ...] = (*ERROR_MESSAGES, *WARNING_MESSAGES)
@@ -204,8 +217,14 @@ def index_dataset(
     report = IndexReport(root=root, layout=layout, body_parts=parts)
     if layout == LAYOUT_MURA:
         index, found = _index_mura(root, parts, report)
-    else:
+    elif layout == LAYOUT_PEER:
         index, found = _index_peer(root, parts, report)
+    else:
+        read = read_dataset(root)
+        for key, paths in read.skipped.items():
+            report.add(key, paths)
+        index, found = read.rows[read.rows["body_part"].isin(parts)], read.parts_found
+        root = data_folder(root)
     report.other_parts = tuple(sorted(set(found) - set(parts)))
     if index.empty:
         raise DataError(_no_images_message(root, parts, found, report))
@@ -220,10 +239,35 @@ def index_dataset(
 # --------------------------------------------------------------------------- root and layout
 
 
+def data_folder(root: str | Path) -> Path:
+    """The folder image paths are relative to: ``root``, or a labels CSV's folder."""
+    path = Path(root)
+    return path.parent if path.is_file() else path
+
+
+def read_dataset(root: Path) -> ReadDataset:
+    """The FracAtlas or labels-CSV reader's findings (index rows, boxes, skipped rows)."""
+    return read_labels_csv(root) if root.is_file() else read_fracatlas(root)
+
+
+def read_boxes(root: str | Path) -> pd.DataFrame | None:
+    """The defect boxes of a data set (``rel_path, defect, x0, y0, x1, y1``), if it has
+    any: the synthetic generator's ``defect_boxes.csv`` or a real data set's fracture
+    boxes (FracAtlas, a labels CSV with box columns); None for MURA (it has none)."""
+    path = Path(root)
+    if path.is_file() or is_fracatlas(path):
+        boxes = read_dataset(path.resolve()).boxes
+        return boxes if len(boxes) else None
+    generated = path / DEFECT_BOXES_CSV
+    return pd.read_csv(generated) if generated.is_file() else None
+
+
 def _check_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
         raise DataError(f"dataset folder {path} does not exist")
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return path.resolve()  # a labels CSV
     if not path.is_dir():
         raise DataError(f"dataset path {path} is not a folder")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -270,8 +314,12 @@ def _is_peer(folder: Path) -> bool:
 
 def _detect_layout(root: Path) -> str:
     """MURA when any of its CSVs is present, peer when split folders hold body-part folders."""
+    if root.is_file():
+        return LAYOUT_LABELS_CSV
     if not any(not entry.name.startswith(".") for entry in os.scandir(root)):
         raise DataError(f"dataset folder {root} is empty")
+    if is_fracatlas(root):
+        return LAYOUT_FRACATLAS
     if _mura_csvs(root):
         return LAYOUT_MURA
     if _is_peer(root):

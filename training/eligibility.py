@@ -21,12 +21,14 @@ import keras
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
 
 from bonexr.eligibility import metadata_refusal
 from bonexr.imaging import model_input, prepare_pixels
 from bonexr.manifest import ContentGate
 from training.bootstrap import bootstrap_ci, rate_interval
 from training.config import TrainConfig
+from training.metrics import patients_of
 from training.ood import MahalanobisFit, feature_model, fit_limit, fit_mahalanobis, gate_spec
 from training.ood_set import OodImage, ood_evaluation_set
 from training.pipeline import BadImageLog, predict_frame
@@ -36,6 +38,24 @@ from training.pipeline import BadImageLog, predict_frame
 class FittedGate:
     fit: MahalanobisFit
     spec: ContentGate
+    #: The share of validation views accepted by a limit fitted on the other folds of
+    #: validation patients (5-fold cross-fitting): the limit's out-of-sample acceptance.
+    cross_fitted_acceptance: float | None = None
+
+
+def cross_fitted_acceptance(
+    scores: np.ndarray, patients: np.ndarray, acceptance: float, folds: int = 5
+) -> float | None:
+    """Pooled out-of-fold acceptance of the quantile limit over whole patients."""
+    usable = ~np.isnan(scores)
+    scores, patients = scores[usable], patients[usable]
+    k = min(folds, len(np.unique(patients)))
+    if k < 2:
+        return None
+    accepted = np.zeros(len(scores), bool)
+    for kept, held in GroupKFold(n_splits=k).split(scores, groups=patients):
+        accepted[held] = scores[held] <= fit_limit(scores[kept], acceptance)
+    return float(accepted.mean())
 
 
 def _features(
@@ -57,12 +77,19 @@ def fit_content_gate(
     classes = list(config.router_parts or config.body_parts)
     train = split[(split["split"] == "train") & split["body_part"].isin(classes)]
     labels = train["body_part"].map({p: i for i, p in enumerate(classes)}).to_numpy()
-    fit = fit_mahalanobis(_features(router, train, config, bad_images), labels, len(classes))
+    fit = fit_mahalanobis(
+        _features(router, train, config, bad_images), labels, len(classes), config.gate_dimensions
+    )
     validation = split[(split["split"] == "validation") & split["body_part"].isin(classes)]
     scores = fit.scores(_features(router, validation, config, bad_images))
     scored = int((~np.isnan(scores)).sum())
     limit = fit_limit(scores, config.ood_acceptance)
-    return FittedGate(fit, gate_spec(limit, config.ood_acceptance, scored))
+    patients = patients_of(validation)
+    return FittedGate(
+        fit,
+        gate_spec(limit, config.ood_acceptance, scored),
+        cross_fitted_acceptance(scores, patients, config.ood_acceptance),
+    )
 
 
 def _max_softmax(router: keras.Model, pixels: np.ndarray) -> np.ndarray:
@@ -90,7 +117,7 @@ def evaluate_content_gate(
     features = _features(router, rows, config, bad_images)
     usable = ~np.isnan(features).any(axis=1)
     test_scores = gate.fit.scores(features[usable])
-    studies = rows["study_id"].to_numpy()[usable]
+    studies = patients_of(rows)[usable]
     accepted = test_scores <= gate.spec.limit
     ood = ood_evaluation_set() if ood is None else ood
     pixels = _prepared(ood, config.input_size)
@@ -103,7 +130,7 @@ def evaluate_content_gate(
     refused_any = []
     for item, score in zip(ood, ood_scores, strict=True):
         counts = by_kind[item.kind]
-        by_metadata = metadata_refusal(item.modality, item.body_part) is not None
+        by_metadata = metadata_refusal(item.modality, item.body_part, classes) is not None
         by_content = bool(score > gate.spec.limit)
         counts["n"] += 1
         counts["metadata"] += by_metadata
@@ -124,6 +151,8 @@ def evaluate_content_gate(
         "limit": gate.spec.limit,
         "acceptance_target": gate.spec.acceptance,
         "validation_views": gate.spec.validation_views,
+        "validation_cross_fitted_acceptance": gate.cross_fitted_acceptance,
+        "fitted_on": gate.spec.fitted_on,
         "test": {
             "n": len(test_scores),
             "accepted": float(accepted.mean()) if len(accepted) else None,

@@ -23,6 +23,7 @@ from bonexr.study import route_study
 from training.config import TrainConfig
 from training.metrics import (
     binary_metrics,
+    patients_of,
     router_metrics,
     study_level,
 )
@@ -139,20 +140,20 @@ def _binary_report(
     studies = study_level(frame, prob_column)
     return {
         "image": binary_metrics(
-            usable["label"], usable[prob_column], thresholds["image"], usable["study_id"]
+            usable["label"], usable[prob_column], thresholds["image"], patients_of(usable)
         ),
         "study": binary_metrics(
-            studies["label"], studies["prob"], thresholds["study"], studies["study_id"]
+            studies["label"], studies["prob"], thresholds["study"], patients_of(studies)
         ),
     }
 
 
 def _decided(
-    labels: pd.Series, probs: pd.Series, decisions: pd.Series, studies: pd.Series
+    labels: pd.Series, probs: pd.Series, decisions: pd.Series, patients: np.ndarray
 ) -> dict[str, Any]:
     """Pooled metrics of decisions each made at its own part's threshold: no single
     threshold exists, so none is reported."""
-    metrics = binary_metrics(labels, probs, 0.5, studies, decided=decisions)
+    metrics = binary_metrics(labels, probs, 0.5, patients, decided=decisions)
     metrics.pop("threshold")
     return metrics
 
@@ -177,10 +178,10 @@ def _two_stage(
             images["label"],
             images[prob_column],
             images[prob_column] >= image_cut,
-            images["study_id"],
+            patients_of(images),
         ),
         "study": _decided(
-            studies["label"], studies["prob"], studies["prob"] >= study_cut, studies["study_id"]
+            studies["label"], studies["prob"], studies["prob"] >= study_cut, patients_of(studies)
         ),
     }
 
@@ -220,17 +221,17 @@ def evaluate_predictions(
     """
     classes = router_classes or parts
     usable = test.dropna(subset=["routed_part"])
-    study_router = usable.groupby("study_id")[["study_part", "body_part"]].first()
+    study_router = usable.groupby("study_id")[["study_part", "body_part", "patient_id"]].first()
     report: dict[str, Any] = {
         "router": {
             "image": router_metrics(
-                usable["body_part"], usable["routed_part"], classes, usable["study_id"]
+                usable["body_part"], usable["routed_part"], classes, patients_of(usable)
             ),
             "study": router_metrics(
                 study_router["body_part"],
                 study_router["study_part"],
                 classes,
-                study_router.index.to_numpy(),
+                study_router["patient_id"].to_numpy(),
             ),
         },
         "parts": {},
@@ -268,7 +269,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers a reader looks for first (also what the manifest stores)."""
     parts = report["parts"]
     summary: dict[str, Any] = {
-        "interval": "95% study bootstrap, 1000 resamples, seed 0 (the *_ci entries)",
+        "interval": "95% patient bootstrap, 1000 resamples, seed 0, exact Clopper-Pearson "
+        "where the bootstrap is degenerate (each *_ci entry names its method)",
         "router_accuracy": report["router"]["image"]["accuracy"],
         "router_accuracy_ci": report["router"]["image"].get("accuracy_ci"),
         "study_auroc": {display_name(p): m["study"]["auroc"] for p, m in parts.items()},

@@ -144,6 +144,7 @@ def export_bundle(
     answers: dict[str, PartAnswers] | None = None,
     content_gate: FittedGate | None = None,
     force: bool = False,
+    intended_use: str | None = None,
 ) -> Manifest:
     """Write a complete bundle to ``destination`` atomically and return its manifest.
 
@@ -258,6 +259,8 @@ def export_bundle(
         )
         if synthetic:
             manifest.intended_use = SYNTHETIC_USE
+        elif intended_use:
+            manifest.intended_use = intended_use
         return publish_bundle(staging, manifest, destination, force=force)
     finally:
         if staging.exists():

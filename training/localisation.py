@@ -39,12 +39,10 @@ from PIL import Image, ImageFilter
 from bonexr.heatmap import overlay, peak, to_image_grid
 from bonexr.imaging import decode_image, model_input, prepare_pixels
 from bonexr.labels import display_name, model_key
-from training.bootstrap import bootstrap_ci, rate_interval
+from training.bootstrap import bootstrap_ci, difference_interval, rate_interval
 from training.formatting import save_figure
 from training.models import with_cam
 
-#: The generator's box file, at the dataset root.
-BOXES_CSV = "defect_boxes.csv"
 #: A guess this close to the box (share of the image's longer side) still counts.
 TOLERANCE = 0.05
 #: The brightness baseline's blur (Gaussian radius, share of the image's longer side).
@@ -58,14 +56,6 @@ BASELINES = ("centre", "random", "training_mean", "brightest")
 TARGET = {"beat_brightest_overall": True, "beat_brightest_fracture": True, "part_minimum": 0.5}
 
 
-def read_boxes(root: Path) -> pd.DataFrame | None:
-    """The generator's defect boxes (``rel_path, defect, x0, y0, x1, y1``), if any."""
-    path = Path(root) / BOXES_CSV
-    if not path.is_file():
-        return None
-    return pd.read_csv(path)
-
-
 @dataclass(frozen=True)
 class Pointed:
     """One scored image: its heat map, the map's peak, the box, and the map's and each
@@ -73,7 +63,7 @@ class Pointed:
 
     rel_path: str
     part: str
-    study: str
+    patient: str
     defect: str
     heat: np.ndarray
     guess: tuple[int, int]
@@ -192,7 +182,7 @@ def pointing_game(
                 Pointed(
                     rel_path,
                     part,
-                    str(row["study_id"]),
+                    str(row["patient_id"]),
                     str(row["defect"]),
                     heat,
                     guess,
@@ -208,10 +198,10 @@ def hit_rates(results: list[Pointed], baselines: tuple[str, ...] = BASELINES) ->
     """The map's and each baseline's hit rate with 95% study-bootstrap intervals, and the
     map's paired difference to each baseline (same resampled studies)."""
     n = len(results)
-    out: dict[str, Any] = {"n": n, "studies": len({r.study for r in results})}
+    out: dict[str, Any] = {"n": n, "patients": len({r.patient for r in results})}
     if not n:
         return out
-    groups = np.asarray([r.study for r in results])
+    groups = np.asarray([r.patient for r in results])
     columns = {"heatmap": np.asarray([float(r.hit) for r in results])}
     for name in baselines:
         if all(name in r.baselines for r in results):
@@ -229,7 +219,7 @@ def hit_rates(results: list[Pointed], baselines: tuple[str, ...] = BASELINES) ->
         gap = columns["heatmap"] - hits
         out["difference"][name] = {
             "value": float(gap.mean()),
-            "ci": bootstrap_ci(groups, _mean_of(gap)),
+            "ci": difference_interval(groups, _mean_of(gap), float(gap.mean())),
         }
     return out
 

@@ -16,6 +16,13 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, 
 from training.bootstrap import binary_intervals, bootstrap_ci, rate_interval
 
 
+def patients_of(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's patient, the unit every interval resamples (a frame without patient
+    ids counts each study as its own patient)."""
+    column = "patient_id" if "patient_id" in frame else "study_id"
+    return frame[column].to_numpy()
+
+
 def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
     """One row per study: the mean of its views' probabilities (as in the MURA paper).
 
@@ -25,8 +32,12 @@ def study_level(frame: pd.DataFrame, prob_column: str = "prob") -> pd.DataFrame:
     """
     usable = frame.dropna(subset=[prob_column])
     grouped = usable.groupby("study_id", sort=True)
+    # the patient of each study (the bootstrap's unit); a frame without one (a caller's
+    # own table) counts each study as its own patient
+    patients = grouped["patient_id"].first() if "patient_id" in usable else grouped.size().index
     return pd.DataFrame(
         {
+            "patient_id": patients,
             "body_part": grouped["body_part"].first(),
             "label": grouped["label"].first().astype(int),
             "prob": grouped[prob_column].mean(),

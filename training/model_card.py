@@ -12,6 +12,7 @@ from typing import Any
 from bonexr.bundle import INTENDED_USE, SYNTHETIC_USE
 from bonexr.labels import display_name
 from training.answers_markdown import answer_sections
+from training.baselines import baselines_markdown
 from training.config import TrainConfig
 from training.evaluate import MURA_V11_PUBLIC
 from training.formatting import format_metric as _f
@@ -37,33 +38,103 @@ KNOWN_FAILURE_MODES = [
 ]
 
 
+FRACATLAS_CITATION = (
+    "Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. *FracAtlas: A Dataset for Fracture "
+    "Classification, Localization and Segmentation of Musculoskeletal Radiographs.* "
+    "Scientific Data 10, 521 (2023); data: figshare, doi:10.6084/m9.figshare.22363012; "
+    "licence CC BY 4.0"
+)
+
+FRACATLAS_FAILURE_MODES = [
+    "One source: FracAtlas comes from three hospitals in Bangladesh; other scanners, "
+    "exposure and positioning degrade it. Re-validate on your own radiographs.",
+    "No patient ids: the split is by image, so two radiographs of one patient may sit on "
+    "both sides of it and the test figures may be optimistic.",
+    "Orthopaedic hardware is a shortcut in FracAtlas (almost only fractured legs have it): "
+    "the figures without hardware images are given beside the others.",
+    "It labels fractures only (FracAtlas), not MURA's wider 'abnormal'.",
+    "Images showing several parts, and parts it never saw (elbow, forearm, knee, ...), "
+    "are meant to be refused by the content gate; the gate was only tried on the "
+    "generated out-of-distribution set and on FracAtlas itself.",
+]
+
+
+def intended_use(config: TrainConfig, data: dict[str, Any]) -> str:
+    """What the bundle is for, from what it was trained on and which parts have a model."""
+    if config.synthetic:
+        return SYNTHETIC_USE
+    if data.get("layout") != "fracatlas":
+        return INTENDED_USE
+    modelled = ", ".join(p.lower() for p in config.body_parts)
+    known = [p.lower() for p in config.router_parts if p not in config.body_parts]
+    return (
+        f"Research and triage aid for fractures on adult {modelled} radiographs like "
+        "FracAtlas's (three hospitals in Bangladesh): it flags images that may show a "
+        "fracture for earlier review. "
+        + (
+            f"It recognises {', '.join(known)} radiographs but has no fracture model for "
+            "them (answered 'recognised, no model for it'); "
+            if known
+            else ""
+        )
+        + "elbows and every other part it never saw are refused. It is not a diagnosis and "
+        "not a medical device; every result must be reviewed by a qualified reader."
+    )
+
+
+def _data_lines(config: TrainConfig, data: dict[str, Any]) -> list[str]:
+    if data.get("layout") == "fracatlas":
+        return [
+            f"- Source: FracAtlas ({FRACATLAS_CITATION}); single-part images only (images "
+            "of several parts are not indexed).",
+            f"- Split: {data.get('split_mode', 'n/a')} mode, seed {data.get('split_seed')}, "
+            "**by image**: FracAtlas has no patient ids, so two images of one patient may fall "
+            "on both sides of the split; `split.csv` lists the images of each side.",
+        ]
+    return [
+        f"- Source: `{data.get('source', 'n/a')}`"
+        + (" (**synthetic**, procedurally drawn; not radiographs)" if config.synthetic else ""),
+        f"- Split: {data.get('split_mode', 'n/a')} mode, seed {data.get('split_seed', 'n/a')}, "
+        "by patient (no patient in two splits); `split.csv` is in the bundle.",
+    ]
+
+
 def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[str, Any]) -> str:
     parts = list(report["parts"])
+    fracatlas = data.get("layout") == "fracatlas"
+    refused = [display_name(p) for p in config.router_parts if p not in config.body_parts]
     lines = [
         f"# Model card: {config.name}",
         "",
         "## Intended use",
         "",
-        SYNTHETIC_USE if config.synthetic else INTENDED_USE,
+        intended_use(config, data),
         "",
         "Output: the body part (router) and, for that part, P(abnormal) with a decision "
-        "threshold; `fractured` in the API means MURA 'abnormal' (any finding), `normal` "
-        "means no abnormality detected. Heat maps show where the evidence lies; whether "
-        "they localise is measured below (synthetic data only: MURA has no boxes).",
+        "threshold; `fractured` in the API means "
+        + ("a fracture (FracAtlas's label)" if fracatlas else "MURA 'abnormal' (any finding)")
+        + ", `normal` means none detected. Heat maps show where the evidence lies; whether "
+        "they localise is measured below where the data has boxes.",
+        "",
+        "What it refuses: images the content gate finds unlike its training radiographs "
+        "(other parts, photographs, other modalities), with the reason"
+        + (
+            f"; {', '.join(refused)}: recognised by the router, answered 'no model for it'"
+            if refused
+            else ""
+        )
+        + ".",
         "",
         "## Training data",
         "",
-        f"- Source: `{data.get('source', 'n/a')}`"
-        + (" (**synthetic**, procedurally drawn; not radiographs)" if config.synthetic else ""),
-        f"- Split: {data.get('split_mode', 'n/a')} mode, seed {data.get('split_seed', 'n/a')}, "
-        "by patient (no patient in two splits); `split.csv` is in the bundle.",
+        *_data_lines(config, data),
     ]
     for split, counts in data.get("counts", {}).items():
         lines.append(
             f"- {split}: {counts['images']} images, {counts['studies']} studies "
             f"({counts['abnormal_studies']} abnormal), {counts['patients']} patients"
         )
-    if not config.synthetic:
+    if not config.synthetic and not fracatlas:
         public = MURA_V11_PUBLIC
         lines.append(
             f"- For reference, MURA v1.1's public release: train {public['train']['images']:,} "
@@ -86,7 +157,10 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "Two operating points per part: `POST /predict` decides a single image at the "
         "**image** threshold; `POST /predict/study` decides the mean over a study's views "
-        "at the **study** threshold. 95% intervals: 1000 study-bootstrap resamples, seed 0.",
+        "at the **study** threshold. 95% intervals: 1000 patient-bootstrap resamples, seed "
+        "0 (exact Clopper-Pearson where every resample agrees); "
+        + ("FracAtlas figures by image (no patient ids). " if fracatlas else "")
+        + "Every figure is on the test split, which chose nothing.",
         "",
         "| body part | level | AUROC | kappa | sensitivity | specificity | threshold |",
         "|---|---|---|---|---|---|---|",
@@ -110,7 +184,8 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         f"pooled: study kappa {format_with_ci(two_stage, 'kappa')}, AUROC "
         f"{format_with_ci(two_stage, 'auroc')}.",
         "",
-        *published_comparison(report, parts, config.synthetic),
+        *([] if fracatlas else published_comparison(report, parts, config.synthetic)),
+        *baselines_markdown(report.get("baselines")),
         *(
             stratification_markdown(report["stratification"])
             if report.get("stratification")
@@ -121,8 +196,9 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         "",
         "Each part has two operating points, each with an image threshold (`/predict`) "
         "and a study threshold (`/predict/study`), chosen on the validation split: "
-        "`triage` (served by default; the highest threshold reaching the target "
-        "sensitivity) and `balanced` (Youden's J). A request picks one with "
+        "`triage` (served by default; the highest threshold whose sensitivity's 95% lower "
+        "bound reaches the target, or marked insufficient data) and `balanced` (Youden's "
+        "J). A request picks one with "
         "`operating_point`. A site that needs another point should score its own labelled "
         "studies and export a bundle with thresholds chosen on them. Thresholds, "
         "calibration and the content gate's limit are part of the bundle version "
@@ -132,7 +208,7 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         *answer_sections(report),
         "## Known failure modes",
         "",
-        *[f"- {item}" for item in KNOWN_FAILURE_MODES],
+        *[f"- {item}" for item in (FRACATLAS_FAILURE_MODES if fracatlas else KNOWN_FAILURE_MODES)],
         "",
     ]
     return "\n".join(lines)

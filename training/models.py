@@ -58,6 +58,38 @@ def _tiny_backbone(input_shape: tuple[int, int, int], weights: str | None = None
     return keras.Model(inputs, x, name="tiny")
 
 
+def _residual_stage(x: Any, filters: int, name: str) -> Any:
+    """Two 3x3 convolutions with an identity (or 1x1 projected) shortcut."""
+    shortcut = x
+    if int(x.shape[-1]) != filters:
+        shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
+        shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_project_bn")(shortcut)
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        if i == 1:
+            x = layers.Activation("relu")(x)
+    return layers.Activation("relu")(layers.Add(name=f"{name}_add")([x, shortcut]))
+
+
+def _small_backbone(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+    """A residual CNN (~1.2M parameters) for part models on real radiographs at 256 px and
+    up on a CPU: a strided stem, four residual stages (32 to 256 filters) with max pooling
+    between them, and the tiny backbone's average-and-max head, so its heat map is the
+    same exact attribution (a 16x16 grid at 256 px)."""
+    if weights not in (None, "none"):
+        raise ConfigError("the 'small' backbone has no pretrained weights; use --weights none")
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization(momentum=0.9, name="stem_bn")(x))
+    for stage, filters in enumerate((32, 64, 128, 256)):
+        x = _residual_stage(x, filters, f"stage{stage + 1}")
+        if stage < 3:
+            x = layers.MaxPooling2D()(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    return keras.Model(inputs, x, name="small")
+
+
 def _keras_app(factory: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
     def build(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
         return factory(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
@@ -79,6 +111,7 @@ BACKBONES: dict[str, Backbone] = {
         _keras_app(keras.applications.DenseNet169), _TORCH_SCALE, _TORCH_OFFSET, imagenet=True
     ),
     "tiny": Backbone(_tiny_backbone, (1 / 255.0,) * 3, (0.0,) * 3, imagenet=False),
+    "small": Backbone(_small_backbone, (1 / 255.0,) * 3, (0.0,) * 3, imagenet=False),
 }
 
 assert tuple(BACKBONES) == BACKBONE_NAMES, "keep training.config.BACKBONE_NAMES in sync"
@@ -131,6 +164,7 @@ def build_model(
     input_size: int = 224,
     weights: str = "none",
     dropout: float = 0.2,
+    downsample: int = 1,
 ) -> keras.Model:
     """Build the router (``task="router"``, softmax over ``classes``) or an abnormality model.
 
@@ -143,9 +177,11 @@ def build_model(
     if input_size < 32:
         raise ConfigError(f"input size {input_size} is too small (minimum 32)")
     image = keras.Input((input_size, input_size, 1), name="image")
-    x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
+    x = _downsampled(image, downsample)
+    x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     x = layers.Rescaling(scale=list(spec.scale), offset=list(spec.offset), name="normalize")(x)
-    base = spec.build((input_size, input_size, 3), weights=resolved)
+    side = input_size // downsample
+    base = spec.build((side, side, 3), weights=resolved)
     base.name = "backbone"
     x = base(x, training=False) if resolved else base(x)
     x = layers.Dropout(dropout, name="dropout")(x)
@@ -160,6 +196,27 @@ def build_model(
     else:
         out = layers.Dense(1, activation="sigmoid", name="probabilities", dtype="float32")(x)
     return keras.Model(image, out, name=f"bonexr_{task.lower()}")
+
+
+#: Name of the pooling layer that gives a model its own, lower resolution.
+DOWNSAMPLE = "downsample"
+
+
+def _downsampled(image: Any, factor: int) -> Any:
+    """``image`` average-pooled by ``factor`` (the router's own resolution), else as is."""
+    if factor <= 1:
+        return image
+    return layers.AveragePooling2D(factor, name=DOWNSAMPLE)(image)
+
+
+def backbone_input(model: keras.Model, image: Any) -> Any:
+    """``image`` through ``model``'s own preprocessing layers (downsampling where it has
+    one, grey to RGB, normalisation): the backbone's input, for graphs that reuse the
+    model's layers (the content score, the router's features, the heat maps)."""
+    names = {layer.name for layer in model.layers}
+    x = model.get_layer(DOWNSAMPLE)(image) if DOWNSAMPLE in names else image
+    x = model.get_layer("gray_to_rgb")([x, x, x])
+    return model.get_layer("normalize")(x)
 
 
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -288,9 +345,7 @@ def with_cam(model: keras.Model) -> keras.Model:
         backbone.input, [pools[-1].input, backbone.output], name="features"
     )
     image = keras.Input(model.input_shape[1:], name="image")
-    x = model.get_layer("gray_to_rgb")([image, image, image])
-    x = model.get_layer("normalize")(x)
-    features, pooled = features_and_pooled(x)
+    features, pooled = features_and_pooled(backbone_input(model, image))
     head = model.get_layer("probabilities")
     probabilities = head(model.get_layer("dropout")(pooled))
     kernel, bias = (np.asarray(v) for v in head.get_weights())

@@ -19,6 +19,7 @@ from sklearn.metrics import roc_curve
 
 from bonexr.labels import display_name
 from training.answers_markdown import answer_sections
+from training.baselines import baselines_markdown
 from training.formatting import format_interval, format_metric, format_with_ci, save_figure
 from training.metrics import study_level
 from training.stratify import stratification_markdown
@@ -215,6 +216,8 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     lines += ["", *answer_sections(report)]
     if report.get("stratification"):
         lines += ["", *stratification_markdown(report["stratification"])]
+    if report.get("baselines"):
+        lines += ["", *baselines_markdown(report["baselines"])]
     if report.get("localisation"):
         lines += ["", *localisation_markdown(report["localisation"])]
     lines += ["", *published_comparison(report, parts, synthetic)]

@@ -30,18 +30,21 @@ from bonexr.atomic import write_json_atomic
 from bonexr.bundle import Manifest, sha256_file
 from bonexr.errors import BundleError, ConfigError, DataError, ImageError
 from bonexr.imaging import model_input, preprocess_file
-from bonexr.labels import ALL_BODY_PARTS, ROUTER
+from bonexr.labels import ALL_BODY_PARTS, MURA_BODY_PARTS, ROUTER
 from bonexr.manifest import TRIAGE
 from training.answers_markdown import plot_reliability
+from training.baselines import baselines_report
+from training.bootstrap import with_methods
 from training.config import (
     DEMO_DATA,
     DEMO_PATIENTS_PER_PART,
+    MIN_TRAIN_POSITIVES,
     TrainConfig,
     demo_config,
     load_config,
     save_config,
 )
-from training.dataset import index_dataset
+from training.dataset import data_folder, index_dataset, read_boxes
 from training.devices import (
     LARGE_DATASET,
     DeviceChoice,
@@ -59,8 +62,8 @@ from training.evaluate import (
 )
 from training.export import export_bundle
 from training.io import say, write_csv_atomic, write_text_atomic
-from training.localisation import plot_examples, pointing_game, read_boxes
-from training.model_card import render_model_card
+from training.localisation import plot_examples, pointing_game
+from training.model_card import intended_use, render_model_card
 from training.models import as_float32, build_ensemble, build_model, members_of
 from training.operating_points import (
     PartAnswers,
@@ -173,6 +176,47 @@ def with_router_parts(config: TrainConfig, index: pd.DataFrame) -> TrainConfig:
     )
 
 
+def abnormal_training_studies(split: pd.DataFrame) -> dict[str, int]:
+    """Abnormal studies per body part in the training split."""
+    train = split[split["split"] == "train"]
+    studies = train.groupby(["body_part", "study_id"])["label"].max().reset_index()
+    return {str(k): int(v) for k, v in studies.groupby("body_part")["label"].sum().items()}
+
+
+def with_model_parts(config: TrainConfig, split: pd.DataFrame) -> TrainConfig:
+    """``config`` with the parts that get an abnormality model filled in.
+
+    ``--parts auto`` (empty): every router part with at least :data:`MIN_TRAIN_POSITIVES`
+    abnormal training studies; the rest are recognised by the router and answered "no
+    model for it". Parts named explicitly are kept, with a warning for each below it.
+    """
+    positives = abnormal_training_studies(split)
+    short = {p: positives.get(p, 0) for p in config.router_parts}
+    short = {p: n for p, n in short.items() if n < MIN_TRAIN_POSITIVES}
+    if config.body_parts:
+        for part in config.body_parts:
+            if part in short:
+                say(
+                    f"warning: {part.lower()} has {short[part]} abnormal training studies "
+                    f"(fewer than {MIN_TRAIN_POSITIVES}): its abnormality model and figures "
+                    "rest on very few cases"
+                )
+        return config
+    chosen = tuple(p for p in config.router_parts if p not in short)
+    for part, n in short.items():
+        say(
+            f"note: {part.lower()} has {n} abnormal training studies (fewer than "
+            f"{MIN_TRAIN_POSITIVES}): the router learns it, no abnormality model is trained"
+        )
+    if not chosen:
+        raise DataError(
+            f"no body part has {MIN_TRAIN_POSITIVES} abnormal training studies "
+            f"({', '.join(f'{p.lower()}: {n}' for p, n in short.items())}); name parts with "
+            "--parts to train on fewer"
+        )
+    return dataclasses.replace(config, body_parts=chosen)
+
+
 def load_or_make_split(
     paths: RunPaths,
     root: Path,
@@ -209,9 +253,11 @@ def load_or_make_split(
     if missing:
         raise DataError(f"the split has no images of {', '.join(sorted(missing))}")
     say(split_summary(split).to_string())
+    config = with_model_parts(config, split)
     provenance = {
         # the dataset folder's name only: a bundle carries no paths of the training machine
         "source": Path(root).resolve().name,
+        "layout": index_report.layout,
         "split_mode": config.split_mode,
         "split_seed": config.seed,
         "split_csv_sha256": sha256_file(paths.split) if paths.split.is_file() else None,
@@ -267,6 +313,7 @@ def train_all(
     bad_images: BadImageLog,
     callbacks: tuple = (),
     distribution: Distribution | None = None,
+    boxes: pd.DataFrame | None = None,
 ) -> None:
     names = config.model_names()
     unknown = sorted(set(only or []) - set(names))
@@ -284,6 +331,7 @@ def train_all(
             bad_images=bad_images,
             extra_callbacks=callbacks,
             distribution=distribution,
+            boxes=boxes,
         )
 
 
@@ -311,6 +359,7 @@ def load_trained(path: Path, name: str, config: TrainConfig) -> keras.Model:
             backbone=config.backbone_for(name),
             input_size=config.input_size,
             weights="none",
+            downsample=config.downsample_for(name),
         )
 
     def rebuild() -> keras.Model:
@@ -335,36 +384,65 @@ def evaluate_run(
     validation = predict_true_part(
         models, split[split["split"] == "validation"], config, bad_images
     )
-    answers = fit_answers(validation, parts, config.target_sensitivity)
+    answers = fit_answers(validation, parts, config.target_sensitivity, config.calibrator)
     # the evaluation decides on raw scores at raw thresholds: the same decisions the service
     # makes on calibrated scores at the calibrated (served) thresholds
     thresholds = raw_thresholds_at(answers, TRIAGE)
     test = predict_split(models, split[split["split"] == "test"], config, bad_images)
     report = evaluate_predictions(test, thresholds, parts, list(config.router_parts or parts))
-    report.update(answers_report(test, answers))
+    blocks, answers = answers_report(test, answers)
+    report.update(blocks)
     report["default_operating_point"] = TRIAGE
     report["thresholds"] = served_thresholds(answers, TRIAGE)
     say("== fitting the content gate (router features: train means, validation limit)")
     gate = fit_content_gate(models["router"], split, config, bad_images)
     report["eligibility"] = evaluate_content_gate(models["router"], gate, test, config, bad_images)
     report["counts"] = split_counts(split)
+    report["fitted_on"] = fitted_on(split)
     report["bad_images"] = dict(bad_images.failures)
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}
     report["localisation"] = None
+    report["baselines"] = baselines_report(split, test, parts, data_folder(root))
     boxes = read_boxes(root)
     report["stratification"] = hidden_stratification(test, thresholds, parts, boxes)
     if boxes is not None:
         say("== scoring the heat maps against the drawn defect boxes (pointing game)")
         report["localisation"], pointed = pointing_game(
-            models, test, boxes, Path(root), parts, config.input_size,
+            models, test, boxes, data_folder(root), parts, config.input_size,
             train=split[split["split"] == "train"],
         )  # fmt: skip
         plot_examples(
-            pointed, models, test, thresholds, Path(root), config.input_size,
+            pointed, models, test, thresholds, data_folder(root), config.input_size,
             paths.report_dir / "plots" / "heatmaps.png",
         )  # fmt: skip
     write_report(report, test, config, paths)
     return EvaluatedRun(report, models, test, answers, gate)
+
+
+def fitted_on(split: pd.DataFrame) -> dict[str, str]:
+    """Which data fitted each quantity the bundle serves or the report shows."""
+    by_image = bool((split.groupby("patient_id")["study_id"].nunique() == 1).all()) and bool(
+        (split.groupby("study_id").size() == 1).all()
+    )
+    return {
+        "unit_of_resampling": "image (the data set has no patient ids: each image is its own "
+        "patient, so the split and every interval are by image)"
+        if by_image
+        else "patient (the split and every bootstrap interval keep a patient's studies together)",
+        "weights": "train split",
+        "checkpoint, early stopping, schedule, ensemble": "validation split",
+        "calibration": "validation split: calibrator chosen by cross-fitted log-loss (5 folds "
+        "over patients), then refitted on all of it",
+        "operating_points": "validation split: thresholds on all of it; their validation "
+        "figures cross-fitted (5 folds over patients); triage carries a one-sided 95% "
+        "Clopper-Pearson guarantee or says insufficient_data",
+        "content_gate": "means and covariance: train split; limit: validation split (its "
+        "acceptance cross-fitted, 5 folds over patients)",
+        "int8_calibration": "train split images",
+        "precision_verdicts": "label-free pool (train and validation images) and validation "
+        "non-inferiority",
+        "test_split": "measured once for the record; fits and chooses nothing",
+    }
 
 
 def write_report(
@@ -372,7 +450,7 @@ def write_report(
 ) -> None:
     out = paths.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "report.json", report)
+    write_json_atomic(out / "report.json", with_methods(report))
     write_text_atomic(
         out / "report.md", render_markdown(report, name=config.name, synthetic=config.synthetic)
     )
@@ -520,6 +598,7 @@ def run_training(
         bad_images=bad_images,
         callbacks=(*callbacks, *cpu_time_estimate(device, split, config, only)),
         distribution=dist,
+        boxes=read_boxes(root) if config.box_crops else None,
     )
 
     if only:
@@ -562,6 +641,7 @@ def _evaluate_and_export(
     write_text_atomic(
         paths.report_dir / "MODEL_CARD.md", render_model_card(report, config, provenance)
     )
+    use = intended_use(config, provenance)
     say(f"== exporting bundle to {out}")
     parity = parity_images(split[split["split"] == "validation"], config)
     extra = {
@@ -583,10 +663,11 @@ def _evaluate_and_export(
         thresholds={p: report["thresholds"][p] for p in config.body_parts},
         answers=evaluated.answers,
         content_gate=evaluated.gate,
-        metrics=headline(report),
+        metrics=with_methods(headline(report)),
         data=provenance,
         training={**config.to_dict(), **dist.record(config.batch_size)},
         synthetic=config.synthetic,
+        intended_use=use,
         extra_files=extra,
         parity_images=parity,
         precision_pool=precision_images(precision_pool_rows(split), config),
@@ -628,7 +709,7 @@ def run_demo(
         # every MURA part, as in MURA: the router learns all seven (a wrist must not be
         # taken for a hand), abnormality models are trained for config.body_parts only
         summary = generate_synthetic_mura(
-            data, patients_per_part=patients_per_part, seed=config.seed, body_parts=ALL_BODY_PARTS
+            data, patients_per_part=patients_per_part, seed=config.seed, body_parts=MURA_BODY_PARTS
         )
         say(summary.describe())
 

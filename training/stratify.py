@@ -17,7 +17,7 @@ import pandas as pd
 
 from training.bootstrap import bootstrap_ci, decision_rates, rate_interval
 from training.formatting import format_with_ci
-from training.metrics import binary_metrics, study_level
+from training.metrics import binary_metrics, patients_of, study_level
 
 #: View-count groups of studies (MURA studies have 1 to ~11 views).
 VIEW_GROUPS = (("1 view", 1, 1), ("2 views", 2, 2), ("3+ views", 3, 10**6))
@@ -68,12 +68,12 @@ def hidden_stratification(
                 "image": _sensitivity(
                     rows["label"].to_numpy(),
                     _decided(rows, thresholds, "image"),
-                    rows["study_id"].to_numpy(),
+                    patients_of(rows),
                 ),
                 "study": _sensitivity(
                     study_rows["label"].to_numpy(),
                     _decided(study_rows, thresholds, "study"),
-                    study_rows["study_id"].to_numpy(),
+                    patients_of(study_rows),
                 ),
             }
     for name, low, high in VIEW_GROUPS:
@@ -84,7 +84,7 @@ def hidden_stratification(
             rows["label"],
             rows["prob"],
             0.5,
-            rows["study_id"],
+            patients_of(rows),
             decided=_decided(rows, thresholds, "study"),
         )
         report["views"][name] = {

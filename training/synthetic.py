@@ -48,13 +48,13 @@ from bonexr.labels import (
     normalize_body_parts,
     study_type,
 )
+from training.dataset import DEFECT_BOXES_CSV
 
 #: Every path in MURA's CSVs starts with this, whatever the folder is called locally.
 CSV_PREFIX = "MURA-v1.1"
 #: Where each abnormal image's defect site was drawn (``rel_path,defect,x0,y0,x1,y1`` in
 #: pixels of that image): the ground truth the heat maps' localisation is scored against.
 #: Not part of MURA; the indexer ignores it.
-DEFECT_BOXES_CSV = "defect_boxes.csv"
 SPLITS: tuple[str, ...] = ("train", "valid")
 
 #: Share of positive (abnormal) studies; MURA-v1.1 has about 40%.
@@ -158,6 +158,11 @@ def generate_synthetic_mura(
     """
     started = time.perf_counter()
     parts = normalize_body_parts(body_parts)
+    undrawn = [p.lower() for p in parts if p not in _DRAWERS]
+    if undrawn:
+        raise ConfigError(
+            f"the synthetic generator draws MURA's seven parts only, not {', '.join(undrawn)}"
+        )
     _check_arguments(patients_per_part, valid_fraction, min_size, max_size)
     root = Path(root)
     _check_target(root)

@@ -35,6 +35,7 @@ from bonexr.atomic import write_json_atomic
 from bonexr.errors import DataError
 from bonexr.labels import ROUTER
 from training.config import TrainConfig
+from training.crops import box_crops
 from training.distribute import Distribution, SyncBatchNormStatistics, get_distribution
 from training.metrics import study_level
 from training.models import backbone_of, build_ensemble, build_model
@@ -250,8 +251,12 @@ def train_model(
     bad_images: BadImageLog,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     distribution: Distribution | None = None,
+    boxes: pd.DataFrame | None = None,
 ) -> Path:
     """Train (or resume, or skip if finished) one model; return the path of its best model.
+
+    ``boxes`` (the data set's defect boxes) with ``config.box_crops`` add zoomed crops to a
+    part model's training rows (:func:`training.crops.box_crops`).
 
     On a non-chief worker of a multi-worker run the returned path is the chief's: this
     worker wrote nothing there.
@@ -273,6 +278,10 @@ def train_model(
         return best_path
 
     train, val = model_frames(split, model_name)
+    if model_name != ROUTER and config.box_crops:
+        crops = box_crops(train, boxes, config.box_crops, model_dir / "crops", config.seed)
+        log.info("%s: %d box crops added to %d training images", model_name, len(crops), len(train))
+        train = pd.concat([train, crops], ignore_index=True)
     classes = list(config.router_parts or config.body_parts)
     if model_name == ROUTER:
         y_train, y_val = router_targets(train, classes), router_targets(val, classes)
@@ -320,6 +329,7 @@ def train_model(
             backbone=config.backbone_for(model_name),
             input_size=config.input_size,
             weights=config.weights,
+            downsample=config.downsample_for(model_name),
         )
 
     pretrained = config.weights not in ("none", "")
@@ -328,7 +338,7 @@ def train_model(
         phases.append(("head", config.head_epochs, config.learning_rate, False))
     first_epoch = config.head_epochs if phases else 0
     finetune_lr = config.fine_tune_learning_rate if pretrained else config.learning_rate
-    phases.append(("finetune", first_epoch + config.epochs, finetune_lr, True))
+    phases.append(("finetune", first_epoch + config.epochs_for(model_name), finetune_lr, True))
 
     best = state["best"]
     head_trained_here = False

@@ -127,7 +127,9 @@ def ingest(
             str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop_uid,
             sop_class, modality, body_part, "", own_result=True,
         )  # fmt: skip
-    refusal = metadata_refusal(modality, body_part)
+    manifest = services.engine.manifest
+    known = list(manifest.router.classes) if manifest is not None else None
+    refusal = metadata_refusal(modality, body_part, known)
     if refusal is None and "PixelData" not in header:  # a report, a presentation state
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
     else:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from bonexr.manifest import Manifest
+from bonexr.manifest import TRIAGE, Manifest
 from service.deps import ReadyEngineDep, ServicesDep
 from service.errors import error_responses
 from service.rules import build_rules, render_rules_png
@@ -102,6 +102,14 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
             part: {
                 name: {level: p.model_dump() for level, p in levels.items()}
                 for name, levels in spec.points().items()
+            }
+            for part, spec in manifest.parts.items()
+        },
+        guarantees={
+            part: {
+                level: sentence
+                for level, point in spec.points().get(TRIAGE, {}).items()
+                if (sentence := point.guarantee_sentence(level))
             }
             for part, spec in manifest.parts.items()
         },

@@ -39,7 +39,7 @@ async def predict(
         bone_type_probabilities=prediction.bone_type_probabilities,
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,
-        operating_point=applied_point(prediction.operating_point, answer.point),
+        operating_point=applied_point(prediction.operating_point, answer.point, "image"),
         content_score=prediction.content_score,
         model=ModelRef(name=engine.model_name, version=engine.model_version),
         heatmap_url=answer.heatmap_url,

@@ -31,7 +31,8 @@ def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     engine = services.engine
     with services.decode_slot():
         decoded = services.decode(data)
-        gate_warnings = screen_metadata(decoded, services.settings.eligibility)
+        known = list(engine.manifest.router.classes) if engine.manifest is not None else None
+        gate_warnings = screen_metadata(decoded, services.settings.eligibility, known)
         image = decoded.image
         png = encode_png(image)
         size = engine.input_size if engine.ready else None

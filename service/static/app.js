@@ -139,6 +139,7 @@ async function showView(card, file, stored, answer) {
     ["Body part", `${answer.bone_type} (${percent(answer.bone_type_probabilities[answer.bone_type])})`],
     ["P(abnormal)", `${percent(answer.abnormality_probability)} (threshold ${percent(answer.threshold)})`],
     ["Router", Object.entries(answer.bone_type_probabilities).map(([p, v]) => `${p} ${percent(v)}`).join(", ")],
+    ["Operating point", pointSummary(answer.operating_point)],
   ];
   for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", { textContent: value }));
   card.dataset.filename = stored.filename;
@@ -148,6 +149,17 @@ async function showView(card, file, stored, answer) {
   status.replaceWith(frame, verdict, details);
   for (const text of [...stored.warnings, ...answer.warnings]) card.append(element("p", { className: "warn", textContent: text }));
   applyHeatControls();
+}
+
+// What an operating point promises: its held-out test figures, never the in-sample ones.
+function pointSummary(point) {
+  if (!point) return "–";
+  const interval = (ci) => (ci ? ` [${percent(ci[0])}, ${percent(ci[1])}]` : "");
+  const parts = [point.name];
+  if (point.test_sensitivity != null) parts.push(`test sensitivity ${percent(point.test_sensitivity)}${interval(point.test_sensitivity_ci)}`);
+  if (point.test_specificity != null) parts.push(`specificity ${percent(point.test_specificity)}${interval(point.test_specificity_ci)}`);
+  if (point.insufficient_data) parts.push("insufficient data for its target (see the warning)");
+  return parts.join(", ");
 }
 
 function applyHeatControls() {
@@ -173,6 +185,7 @@ function showStudy(study) {
     ["Body part", `${study.bone_type} (${study.bone_type_source === "client" ? "chosen" : "from the router, all views"})`],
     ["P(abnormal)", `${percent(study.abnormality_probability)} (study threshold ${percent(study.threshold)})`],
     ["Views", String(study.views.length)],
+    ["Operating point", pointSummary(study.operating_point)],
   ];
   for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", { textContent: value }));
   body.append(verdict, details);

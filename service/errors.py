@@ -117,6 +117,12 @@ class UnknownOperatingPointError(ServiceError):
         self.available = available
 
 
+class ModelCardMissingError(ServiceError):
+    """The loaded bundle ships no model card (404: no such resource)."""
+
+    status_code = 404
+
+
 class HeatmapUnavailableError(ServiceError):
     """The loaded bundle's models have no heat-map output (404: no such resource)."""
 

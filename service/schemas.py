@@ -171,6 +171,11 @@ class ModelRef(BaseModel):
 
     name: str = Field(description="Bundle name.")
     version: str = Field(description="Bundle version (content hash of the model files).")
+    card_url: str = Field(
+        "/model/card",
+        description="The bundle's model card: what it was trained on (and how the data was "
+        "split: by image where the data has no patient ids), what it is for, its figures.",
+    )
 
 
 class PredictionResponse(BaseModel):

@@ -5,6 +5,11 @@ raw thresholds' decisions; a manifest that refuses malformed calibration at load
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +19,8 @@ from scipy.stats import norm
 from bonexr.calibration import Calibration, calibrate
 from bonexr.errors import DataError
 from bonexr.manifest import BALANCED, GUARANTEED, INSUFFICIENT_DATA, TRIAGE, PartSpec
+from tests.bundles import write_as_exported
+from tests.service_support import make_settings, png_bytes, running
 from training.bootstrap import EXACT, bootstrap_ci, clopper_pearson_lower
 from training.calibrate import (
     apply,
@@ -250,3 +257,61 @@ def test_the_calibrator_is_chosen_by_cross_fitting_or_refused_on_small_data() ->
 
 def test_ece_bins_hold_at_least_twenty_cases() -> None:
     assert ece_bins(39) == 1 and ece_bins(100) == 5 and ece_bins(10_000) == 15
+
+
+def upload(client: Any, data: bytes) -> Any:
+    return client.post("/upload", files={"file": ("x.png", data, "image/png")})
+
+
+def _with_triage(untrained: Path, tmp: Path, **point: object) -> Path:
+    """A copy of the untrained bundle whose parts carry a triage point (as an export
+    with those fields would write it)."""
+    copy = tmp / "models" / "tiny"
+    shutil.copytree(untrained, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    for spec in raw["parts"].values():
+        triage = {"threshold": 0.5, "rule": "sensitivity>=0.95", "target_sensitivity": 0.95}
+        triage.update(point)
+        balanced = {"threshold": 0.5, "rule": "youden"}
+        spec["operating_points"] = {
+            "triage": {"image": triage, "study": triage},
+            "balanced": {"image": balanced, "study": balanced},
+        }
+    raw["default_operating_point"] = "triage"
+    write_as_exported(copy, raw)
+    return copy
+
+
+def test_a_bundle_from_before_guarantees_answers_with_a_warning(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = _with_triage(untrained_bundle, tmp_path)
+    with running(make_settings(bundle, tmp_path)) as (client, _):
+        name = upload(client, png_bytes(seed=3)).json()["filename"]
+        answer = client.post("/predict", json={"filename": name})
+        assert answer.status_code == 200, answer.text
+        assert any("has no guarantee" in w for w in answer.json()["warnings"])
+        point = answer.json()["operating_point"]
+        assert point["guarantee"] is None and "carries no guarantee" in point["guarantee_statement"]
+        assert "carries no guarantee" in client.get("/model").json()["guarantees"]["Hand"]["study"]
+
+
+def test_an_insufficient_point_is_flagged_in_every_answer(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = _with_triage(
+        untrained_bundle, tmp_path, guarantee="insufficient_data",
+        guarantee_lower_bound=0.79, guarantee_n=13, test_sensitivity=0.8,
+        test_sensitivity_ci=[0.5, 0.95], test_n=40,
+    )  # fmt: skip
+    with running(make_settings(bundle, tmp_path)) as (client, _):
+        names = [upload(client, png_bytes(seed=s)).json()["filename"] for s in (4, 5)]
+        single = client.post("/predict", json={"filename": names[0]}).json()
+        study = client.post("/predict/study", json={"filenames": names}).json()
+        for answer, level in ((single, "image"), (study, "study")):
+            point = answer["operating_point"]
+            assert point["insufficient_data"] is True and point["guarantee_n"] == 13
+            assert point["test_sensitivity_ci"] == [0.5, 0.95]
+            sentence = f"Insufficient data: 13 abnormal validation {level}s cannot show 95%"
+            assert point["guarantee_statement"].startswith(sentence)
+            assert any(sentence in w for w in answer["warnings"]), answer["warnings"]

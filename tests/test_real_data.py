@@ -78,12 +78,24 @@ def test_the_fracatlas_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert slim.router.keras is None and verify_bundle(tmp_path / "models" / "fracatlas-small")
     table = pd.read_csv(root / "dataset.csv")
     with running(_settings(tmp_path / "models" / "fracatlas-small", tmp_path)) as (client, _):
+        # every answer links the model card, which says the split is by image
+        served_card = client.get("/model/card")
+        assert served_card.status_code == 200 and "by image" in served_card.text
+        assert served_card.headers["content-type"].startswith("text/markdown")
+        guarantees = client.get("/model").json()["guarantees"]
+        assert (
+            set(guarantees) == {"Hand", "Leg"}
+            and "Insufficient data" in guarantees["Hand"]["study"]
+        )
         shoulder = root / "images" / table[table["body_part"] == "shoulder"]["image_id"].iloc[0]
         status, body = _answer(client, shoulder)
         # one epoch on 36 images routes at random; whatever the router says, a view routed
         # to the shoulder (no model) is refused naming it, and only modelled parts answer
         if status == 200:
             assert body["bone_type"] in ("Hand", "Leg") and body["model"]["name"] == slim.name
+            assert body["model"]["card_url"] == "/model/card"
+            assert body["operating_point"]["insufficient_data"] is True  # 6 fractured hands
+            assert any("Insufficient data" in w for w in body["warnings"])
         else:
             assert status == 422 and body["code"] in ("unsupported_body_part", "not_eligible")
             if body["code"] == "unsupported_body_part":

@@ -106,7 +106,9 @@ def test_predict_contract(api) -> None:
     assert p["result"] == expected
     assert p["threshold"] == 0.5
     engine = app.state.services.engine
-    assert p["model"] == {"name": "tiny", "version": engine.model_version}
+    assert p["model"] == {
+        "name": "tiny", "version": engine.model_version, "card_url": "/model/card",
+    }  # fmt: skip
     # The untrained router is near uniform (below the 0.6 floor) and the bundle is synthetic.
     assert any("router is unsure" in w for w in p["warnings"])
     assert any("synthetic" in w and "not for clinical use" in w for w in p["warnings"])
@@ -190,6 +192,13 @@ def test_model_summary(client: TestClient) -> None:
     assert isinstance(m["metrics"], dict)
     assert "synthetic" in m["intended_use"]
     assert m["created_at"]
+    # fixed thresholds, no target sensitivity: nothing to guarantee
+    assert m["guarantees"] == {"Elbow": {}, "Hand": {}, "Shoulder": {}}
+
+
+def test_a_bundle_without_a_model_card_says_so(client: TestClient) -> None:
+    r = client.get("/model/card")
+    assert r.status_code == 404 and "no model card" in r.json()["detail"]
 
 
 def test_metrics_after_requests(client: TestClient) -> None:

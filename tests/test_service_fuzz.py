@@ -59,6 +59,7 @@ OPERATIONS = [
     ("/uploads/{filename}", "DELETE"),
     ("/rules", "GET"),
     ("/model", "GET"),
+    ("/model/card", "GET"),
     ("/health", "GET"),
     ("/ready", "GET"),
     ("/metrics", "GET"),

@@ -138,6 +138,7 @@ EXPECTED_OPERATIONS = {
     ("/predict/study", "post", "predict"),
     ("/heatmap/{filename}", "get", "predict"),
     ("/model", "get", "model"),
+    ("/model/card", "get", "model"),
     ("/rules", "get", "model"),
     ("/health", "get", "operations"),
     ("/ready", "get", "operations"),

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 import training.synthetic as synthetic
 from bonexr.errors import ConfigError, DataError
 from bonexr.imaging import preprocess_file
-from bonexr.labels import ALL_BODY_PARTS, DEFAULT_BODY_PARTS
+from bonexr.labels import DEFAULT_BODY_PARTS, MURA_BODY_PARTS
 from training.synthetic import SyntheticSummary, generate_synthetic_mura
 
 IMAGE_RE = re.compile(
@@ -172,13 +172,13 @@ def test_tiny_sets_still_have_both_labels(tmp_path: Path, patients_per_part: int
         summary = generate_synthetic_mura(
             tmp_path / f"s{seed}",
             patients_per_part=patients_per_part,
-            body_parts=ALL_BODY_PARTS,
+            body_parts=MURA_BODY_PARTS,
             seed=seed,
             progress=False,
             max_size=160,
         )
         for split in ("train", "valid"):
-            for part in ALL_BODY_PARTS:
+            for part in MURA_BODY_PARTS:
                 for label in (0, 1):
                     assert summary.study_counts.get((split, part, label), 0) > 0, (
                         split,
@@ -333,14 +333,14 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 def test_all_seven_body_parts_generate(tmp_path: Path) -> None:
     root = tmp_path / "all"
     summary = generate_synthetic_mura(
-        root, patients_per_part=2, body_parts=[p.lower() for p in ALL_BODY_PARTS], progress=False
+        root, patients_per_part=2, body_parts=[p.lower() for p in MURA_BODY_PARTS], progress=False
     )
-    assert summary.body_parts == ALL_BODY_PARTS
+    assert summary.body_parts == MURA_BODY_PARTS
     for split in ("train", "valid"):
         assert sorted(p.name for p in (root / split).iterdir()) == [
-            f"XR_{p}" for p in ALL_BODY_PARTS
+            f"XR_{p}" for p in MURA_BODY_PARTS
         ]
-    assert {part for _, part, _ in summary.counts} == set(ALL_BODY_PARTS)
+    assert {part for _, part, _ in summary.counts} == set(MURA_BODY_PARTS)
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ Recipe = Literal["default", "mura-paper", "fracatlas-cpu"]
 Schedule = Literal["cosine", "plateau"]
 Calibrator = Literal["auto", "temperature", "platt", "isotonic", "none"]
 BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
+#: Backbones that have no ImageNet weights (always trained from random init).
+SCRATCH_BACKBONES: tuple[str, ...] = ("tiny", "small")
 SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -206,6 +208,14 @@ class TrainConfig:
     def backbone_for(self, model_name: str) -> str:
         return self.router_backbone if model_name == "router" else self.part_backbone
 
+    def weights_for(self, model_name: str) -> str:
+        """``weights`` for ``model_name``; ``imagenet`` only where its backbone has ImageNet
+        weights (a ResNet50 router with small part models: the router starts from them,
+        the part models from random init)."""
+        if self.weights == "imagenet" and self.backbone_for(model_name) in SCRATCH_BACKBONES:
+            return "none"
+        return self.weights
+
     def epochs_for(self, model_name: str) -> int:
         """Fine-tuning epochs of ``model_name`` (the router may have its own)."""
         return self.router_epochs if model_name == "router" and self.router_epochs else self.epochs
@@ -329,7 +339,7 @@ MIN_TRAIN_POSITIVES = 30
 FRACATLAS_CPU: dict[str, Any] = {
     "body_parts": (),
     "router_backbone": "resnet50",
-    "part_backbone": "tiny",
+    "part_backbone": "small",
     "input_size": 256,
     "router_input_size": 128,
     "gate_dimensions": 64,

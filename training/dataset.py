@@ -245,6 +245,11 @@ def data_folder(root: str | Path) -> Path:
     return path.parent if path.is_file() else path
 
 
+def dataset_layout(root: str | Path) -> str:
+    """Which reader ``root`` is read with: mura, peer, fracatlas or labels-csv."""
+    return _detect_layout(_check_root(root))
+
+
 def read_dataset(root: Path) -> ReadDataset:
     """The FracAtlas or labels-CSV reader's findings (index rows, boxes, skipped rows)."""
     return read_labels_csv(root) if root.is_file() else read_fracatlas(root)

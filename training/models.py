@@ -22,7 +22,7 @@ from keras import layers, ops
 
 from bonexr.errors import ConfigError
 from bonexr.labels import ROUTER
-from training.config import BACKBONE_NAMES, check_backbone
+from training.config import BACKBONE_NAMES, SCRATCH_BACKBONES, check_backbone
 
 #: ImageNet normalisation "caffe" style (ResNet50): BGR mean subtraction, no scaling.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -115,6 +115,7 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 assert tuple(BACKBONES) == BACKBONE_NAMES, "keep training.config.BACKBONE_NAMES in sync"
+assert {n for n, b in BACKBONES.items() if not b.imagenet} == set(SCRATCH_BACKBONES)
 
 
 def resolve_weights(weights: str, backbone: str) -> str | None:

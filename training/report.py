@@ -95,8 +95,18 @@ def _row(label: str, m: dict[str, Any], *extra: str) -> str:
 
 
 def published_comparison(report: dict[str, Any], parts: list[str], synthetic: bool) -> list[str]:
-    """The MURA paper's study kappas beside ours: only for real data, with the caveat."""
+    """The MURA paper's study kappas beside ours: only for real MURA-style data, with the
+    caveat (another data set's kappa, FracAtlas's, is not comparable with MURA's)."""
     lines = ["## Compared with published MURA results (Cohen's kappa, study level)", ""]
+    layout = report.get("dataset", {}).get("layout")
+    if layout not in (None, "mura", "peer"):
+        return [
+            *lines,
+            f"Not shown: this bundle learned from another data set ({layout}); MURA's "
+            "published figures are on MURA's hidden test set and MURA's wider 'abnormal' "
+            "label, and say nothing about these.",
+            "",
+        ]
     if synthetic:
         return [
             *lines,

@@ -44,7 +44,7 @@ from training.config import (
     load_config,
     save_config,
 )
-from training.dataset import data_folder, index_dataset, read_boxes
+from training.dataset import data_folder, dataset_layout, index_dataset, read_boxes
 from training.devices import (
     LARGE_DATASET,
     DeviceChoice,
@@ -398,6 +398,7 @@ def evaluate_run(
     gate = fit_content_gate(models["router"], split, config, bad_images)
     report["eligibility"] = evaluate_content_gate(models["router"], gate, test, config, bad_images)
     report["counts"] = split_counts(split)
+    report["dataset"] = {"layout": dataset_layout(root), "source": Path(root).resolve().name}
     report["fitted_on"] = fitted_on(split)
     report["bad_images"] = dict(bad_images.failures)
     report["training"] = {name: load_done(paths.root / name) for name in config.model_names()}

@@ -328,11 +328,11 @@ def train_model(
             classes=classes,
             backbone=config.backbone_for(model_name),
             input_size=config.input_size,
-            weights=config.weights,
+            weights=config.weights_for(model_name),
             downsample=config.downsample_for(model_name),
         )
 
-    pretrained = config.weights not in ("none", "")
+    pretrained = config.weights_for(model_name) not in ("none", "")
     phases = []
     if pretrained and config.head_epochs > 0:
         phases.append(("head", config.head_epochs, config.learning_rate, False))

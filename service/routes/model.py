@@ -6,11 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bonexr.manifest import TRIAGE, Manifest
 from service.deps import ReadyEngineDep, ServicesDep
-from service.errors import error_responses
+from service.errors import ModelCardMissingError, error_responses
 from service.rules import build_rules, render_rules_png
 from service.schemas import ModelInfo, OperatingPoints, Rules
 
@@ -69,6 +69,24 @@ async def rules(request: Request, services: ServicesDep) -> Response:
         return JSONResponse(data.model_dump(mode="json"))
     png = await run_in_threadpool(render_rules_png, data)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/model/card",
+    summary="The loaded bundle's model card (Markdown)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/markdown": {}}, "description": "MODEL_CARD.md of the bundle."},
+        **error_responses(404, 503),
+    },
+)
+async def model_card(engine: ReadyEngineDep) -> Response:
+    """What the bundle was trained on, what it is for, what it refuses, its figures."""
+    card = engine.bundle_dir / "MODEL_CARD.md" if engine.bundle_dir is not None else None
+    if card is None or not card.is_file():
+        raise ModelCardMissingError("this bundle has no model card (MODEL_CARD.md)")
+    text = await run_in_threadpool(card.read_text, encoding="utf-8")
+    return Response(text, media_type="text/markdown; charset=utf-8")
 
 
 @router.get(

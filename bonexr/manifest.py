@@ -170,13 +170,14 @@ class OperatingPoint(BaseModel):
             )
         bound = f"{(self.guarantee_lower_bound or 0.0):.2f}"
         n = self.guarantee_n or 0
+        cases = {"image": "images", "study": "studies"}.get(level, f"{level}s")
         if self.guarantee == GUARANTEED:
             return (
                 f"With 95% confidence its {level}-level sensitivity is at least {target}: the "
-                f"lower bound reached on {n} abnormal validation {level}s is {bound}."
+                f"lower bound reached on {n} abnormal validation {cases} is {bound}."
             )
         return (
-            f"Insufficient data: {n} abnormal validation {level}s cannot show {target} "
+            f"Insufficient data: {n} abnormal validation {cases} cannot show {target} "
             f"sensitivity (the 95% lower bound reached is {bound}; catching all of "
             f"{cases_needed(self.target_sensitivity)} is the least that could); its test "
             "figures are the evidence."

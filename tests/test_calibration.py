@@ -35,6 +35,7 @@ from training.calibrate import (
     rates,
     threshold_for_sensitivity,
 )
+from training.eligibility import cross_fitted_acceptance
 from training.operating_points import fit_part_answers, raw_thresholds_at, served_thresholds
 
 
@@ -308,10 +309,21 @@ def test_an_insufficient_point_is_flagged_in_every_answer(
         names = [upload(client, png_bytes(seed=s)).json()["filename"] for s in (4, 5)]
         single = client.post("/predict", json={"filename": names[0]}).json()
         study = client.post("/predict/study", json={"filenames": names}).json()
-        for answer, level in ((single, "image"), (study, "study")):
+        for answer, level in ((single, "images"), (study, "studies")):
             point = answer["operating_point"]
             assert point["insufficient_data"] is True and point["guarantee_n"] == 13
             assert point["test_sensitivity_ci"] == [0.5, 0.95]
-            sentence = f"Insufficient data: 13 abnormal validation {level}s cannot show 95%"
+            sentence = f"Insufficient data: 13 abnormal validation {level} cannot show 95%"
             assert point["guarantee_statement"].startswith(sentence)
             assert any(sentence in w for w in answer["warnings"]), answer["warnings"]
+
+
+def test_the_gate_limits_acceptance_is_measured_out_of_fold() -> None:
+    """The limit accepts 90% of the views it is fitted on by construction; on patients it
+    was not fitted on it accepts about as many (1,000 views: within 3 points)."""
+    rng = np.random.default_rng(15)
+    scores = rng.gamma(4.0, 2.0, 1000)
+    patients = np.arange(1000) // 2
+    out_of_fold = cross_fitted_acceptance(scores, patients, 0.9)
+    assert out_of_fold is not None and abs(out_of_fold - 0.9) < 0.03
+    assert cross_fitted_acceptance(scores[:1], patients[:1], 0.9) is None  # one patient

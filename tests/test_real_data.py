@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from bonexr.bundle import serving_copy, verify_bundle
+from bonexr.errors import ConfigError
 from service.settings import Settings
 from tests.fracatlas_support import ROOT, fracatlas_root, small_fracatlas
 from tests.service_support import running
@@ -130,3 +131,12 @@ def test_the_recipe_is_one_config(tmp_path: Path) -> None:
     assert config.router_backbone == "resnet50" and config.downsample_for("router") == 2
     assert config.body_parts == ()  # auto: every part with enough positives
     assert dataclasses.replace(config, input_size=384).downsample_for("router") == 3
+    assert config.epochs_for("router") == 12 and config.epochs_for("hand") == 30
+    # ImageNet weights where a user has them: the ResNet50 router; the small part models
+    # have none and start from random init
+    online = dataclasses.replace(config, weights="imagenet")
+    assert online.weights_for("router") == "imagenet" and online.weights_for("hand") == "none"
+    with pytest.raises(ConfigError, match="must be at least 32 and divide"):
+        dataclasses.replace(config, router_input_size=100)
+    with pytest.raises(ConfigError, match=r"--target-sensitivity 1 must lie in \(0.5, 1\)"):
+        dataclasses.replace(config, target_sensitivity=1.0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,8 @@ def _fracatlas_boxes(root: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, lis
         raw = _voc_boxes(root / VOC_DIR)
     else:
         raw = []
-    return _checked_boxes(root, raw, by_name)
+    # FracAtlas's annotations name images by file name alone
+    return _checked_boxes(root, raw, lambda name: by_name.get(Path(name).name))
 
 
 def _coco_boxes(path: Path) -> list[tuple[str, float, float, float, float]]:
@@ -244,15 +246,14 @@ def _voc_boxes(folder: Path) -> list[tuple[str, float, float, float, float]]:
 def _checked_boxes(
     root: Path,
     raw: list[tuple[str, float, float, float, float]],
-    by_name: dict[str, str],
+    indexed: Callable[[str], str | None],
 ) -> tuple[pd.DataFrame, list[str]]:
     """Boxes of indexed images, in corner form; those outside their image are left out
     (a box a little past the edge, from rounding, is clipped: up to 1% of the side)."""
     kept, outside = [], []
-    indexed = set(by_name.values())
     for name, x, y, w, h in raw:
-        rel = by_name.get(Path(str(name)).name, str(name))
-        if rel not in indexed:
+        rel = indexed(str(name))
+        if rel is None:  # a box of an image that is not indexed (missing, several parts)
             continue
         size = _image_size(root / rel)
         if size is None:
@@ -314,6 +315,7 @@ def read_labels_csv(path: Path) -> ReadDataset:
         raw = [
             (r["path"], *(float(r[c]) for c in BOX_COLUMNS)) for r in with_box.to_dict("records")
         ]
-    boxes, outside = _checked_boxes(folder, raw, {p: p for p in index["rel_path"]})
+    paths = set(index["rel_path"])
+    boxes, outside = _checked_boxes(folder, raw, lambda name: name if name in paths else None)
     skipped["box_outside"] = outside
     return ReadDataset(_with_source(index), boxes, skipped, set(table["body_part"]))

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv real-bundle
+.PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv real-bundle real-figures
 
 ## FracAtlas (Abedeen et al. 2023, CC BY 4.0): the real radiographs the shipped bundle learns from
 FRACATLAS ?= ../shared/datasets/fracatlas
@@ -75,6 +75,11 @@ real-bundle: $(STAMP)
 	$(VENV)/bin/bonexr train $(FRACATLAS) --recipe fracatlas-cpu --name fracatlas \
 		--run-dir runs/fracatlas --out runs/fracatlas-bundle --resume --force
 	$(VENV)/bin/bonexr serving-copy runs/fracatlas-bundle models/fracatlas --force
+
+## real-figures: the shipped bundle on its FracAtlas test split through `bonexr predict`, and
+## what it must refuse; writes bench/results/real_data.json and the README's real-figures block
+real-figures: $(STAMP)
+	$(PY) -m bench.real_data --bundle models/fracatlas --data $(FRACATLAS) --readme
 
 ## image-test: build the CPU image with podman on a debootstrapped Debian base (no registry,
 ## no Docker engine) and check it for real: HEALTHCHECK, /predict/study against `bonexr

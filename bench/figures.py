@@ -211,10 +211,11 @@ def figures_markdown(
     return "\n".join(lines).replace("(heat maps, test split)", "(heat maps)") + "\n"
 
 
-def replace_block(text: str, block: list[str]) -> str:
-    """``text`` with the figures block replaced (it must already have the markers)."""
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + "\n".join(block) + text[end:]
+def replace_block(text: str, block: list[str], begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the block between ``begin`` and ``end`` replaced by ``block`` (which
+    carries the markers itself; ``text`` must already have them)."""
+    first, last = text.index(begin), text.index(end) + len(end)
+    return text[:first] + "\n".join(block) + text[last:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.figures import provenance, replace_block
 from bonexr.bundle import verify_bundle
 from bonexr.labels import ALL_BODY_PARTS, display_name
 from service.offline_scoring import predict_files
@@ -63,11 +64,12 @@ def _rate(events: int, trials: int) -> dict[str, Any]:
 
 
 def test_split(data: Path, manifest_data: dict[str, Any], classes: list[str]) -> pd.DataFrame:
+    # as training made it: every part indexed and split, then the router's parts kept
     parts = [p.upper() for p in classes]
-    index, _ = index_dataset(data, body_parts=parts)
+    index, _ = index_dataset(data, body_parts=ALL_BODY_PARTS)
     split = split_by_patient(index, seed=int(manifest_data.get("split_seed", 0)))
     expected = manifest_data.get("counts", {}).get("test", {}).get("images")
-    test = split[split["split"] == "test"]
+    test = split[(split["split"] == "test") & split["body_part"].isin(parts)]
     if expected is not None and expected != len(test):
         raise SystemExit(f"recomputed test split has {len(test)} images, the bundle {expected}")
     return test
@@ -77,9 +79,9 @@ def evaluate(bundle: Path, data: Path, work: Path) -> dict[str, Any]:
     manifest = verify_bundle(bundle)
     test = test_split(data, manifest.data, list(manifest.router.classes))
     scored = score([Path(p) for p in test["path"]], bundle, work / "test")
-    by_name = scored.assign(name=scored["path"].map(lambda p: Path(p).name)).set_index("name")
-    test = test.assign(name=test["path"].map(lambda p: Path(p).name)).join(
-        by_name, on="name", rsuffix="_scored"
+    scored = scored.assign(name=scored["path"].map(lambda p: Path(p).name))
+    test = test.assign(name=test["path"].map(lambda p: Path(p).name)).merge(
+        scored.drop(columns=["path"]), on="name", how="left", validate="one_to_one"
     )
     readable = test[test["refusal"] != "unreadable"]
     passed = readable[~readable["refusal"].astype(str).str.startswith("not_eligible")]
@@ -140,6 +142,8 @@ def refusals(bundle: Path, data: Path, work: Path) -> dict[str, Any]:
         ("ood_set", ood_files),
         ("drawn_unlearned_parts", drawn),
     ):
+        if not files:  # e.g. a FracAtlas copy without images of several parts
+            continue
         rows = score(files, bundle, work / name)
         refused = rows["refusal"].astype(str).str.len() > 0
         out[name] = _rate(int(refused.sum()), len(rows))
@@ -183,10 +187,64 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMMAND = "python -m bench.real_data --bundle models/fracatlas --data ../shared/datasets/fracatlas"
+BEGIN, END = "<!-- real-figures:begin -->", "<!-- real-figures:end -->"
+CITATION = (
+    "FracAtlas: Abedeen, Rahman, Prottyasha et al., *Scientific Data* 10, 521 (2023), CC BY 4.0"
+)
+
+
+def report_table(bundle: Path) -> list[str]:
+    """The bundle's own test-split figures (its training report) with the baselines."""
+    report = json.loads((bundle / "report.json").read_text())
+    lines = [
+        "| part | test images (fractured) | image AUROC | strongest no-fracture baseline | "
+        "AUROC without hardware images |",
+        "|---|---|---|---|---|",
+    ]
+    for part, entry in report.get("baselines", {}).get("parts", {}).items():
+        if "model" not in entry:
+            continue
+        model, strongest = entry["model"], entry["baselines"][entry["strongest"]]
+        clean = entry.get("model_without_hardware") or {}
+
+        def auroc(e: dict[str, Any]) -> str:
+            ci = e.get("auroc_ci")
+            return (
+                "n/a" if e.get("auroc") is None else f"{e['auroc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            )
+
+        lines.append(
+            f"| {part} | {entry['n']} ({entry['n_abnormal']}) | {auroc(model)} | "
+            f"{entry['strongest']}: {auroc(strongest)} | {auroc(clean) if clean else 'n/a'} |"
+        )
+    return lines
+
+
+def readme_block(result: dict[str, Any], bundle: Path) -> list[str]:
+    stamp = provenance()
+    return [
+        BEGIN,
+        f"Measured {stamp['date']} at commit `{stamp['commit']}` on {stamp['machine']} by "
+        f"`{COMMAND} --readme`; {CITATION}. 95% intervals: exact Clopper-Pearson for rates, "
+        "bootstrap for AUROC, **by image** (FracAtlas has no patient ids, so two images of "
+        "one patient may sit on both sides of the split).",
+        "",
+        markdown(result),
+        "",
+        "From the bundle's own evaluation report (`models/fracatlas/report.md`, the same "
+        "test split):",
+        "",
+        *report_table(bundle),
+        END,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/fracatlas"))
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/fracatlas"))
+    parser.add_argument("--readme", action="store_true", help="also write the README block")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         result = evaluate(args.bundle, args.data, Path(work))
@@ -195,6 +253,11 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / "real_data.json").write_text(json.dumps(result, indent=2, default=_plain))
     print(markdown(result))
+    if args.readme:
+        readme = Path("README.md")
+        block = readme_block(result, args.bundle)
+        readme.write_text(replace_block(readme.read_text(), block, BEGIN, END))
+        print("wrote the README's real-figures block")
 
 
 def _plain(value: Any) -> Any:

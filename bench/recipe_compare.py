@@ -26,7 +26,7 @@ import numpy as np
 
 from bonexr.errors import ImageError
 from bonexr.imaging import model_input, preprocess_file
-from training.bootstrap import auroc_interval
+from training.bootstrap import auroc_interval, fast_auroc, paired_difference
 from training.config import FRACATLAS_CPU, TrainConfig
 from training.run import run_training
 from training.split import read_split
@@ -45,8 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def validation_auroc(model_file: Path, split: Any, part: str, size: int) -> dict[str, Any]:
-    """Study AUROC of a trained part model on its validation images, with its interval."""
+def validation_scores(
+    model_file: Path, split: Any, part: str, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, P, patients) of a trained part model on its readable validation images."""
     model = keras.models.load_model(model_file)
     rows = split[(split["split"] == "validation") & (split["body_part"] == part.upper())]
     probs, labels, patients = [], [], []
@@ -58,7 +60,28 @@ def validation_auroc(model_file: Path, split: Any, part: str, size: int) -> dict
         probs.append(float(np.asarray(model(pixels, training=False))[0, 0]))
         labels.append(int(row["label"]))
         patients.append(str(row["patient_id"]))
-    return auroc_interval(np.asarray(labels), np.asarray(probs), np.asarray(patients))
+    return np.asarray(labels), np.asarray(probs), np.asarray(patients)
+
+
+def validation_auroc(model_file: Path, split: Any, part: str, size: int) -> dict[str, Any]:
+    """Study AUROC of a trained part model on its validation images, with its interval."""
+    return auroc_interval(*validation_scores(model_file, split, part, size))
+
+
+def paired(root: Path, part: str, first: str, second: str, out: Path) -> dict[str, Any]:
+    """AUROC of ``first`` minus ``second`` on the same validation images, paired bootstrap
+    (both variants trained on the same split)."""
+    split = read_split(out / first / "split.csv", root)
+    sizes = {
+        name: TrainConfig(**{**FRACATLAS_CPU, **VARIANTS[name]}).input_size
+        for name in (first, second)
+    }
+    y, a, groups = validation_scores(out / first / part / "best.keras", split, part, sizes[first])
+    y2, b, _ = validation_scores(out / second / part / "best.keras", split, part, sizes[second])
+    assert np.array_equal(y, y2), "the two variants were not judged on the same images"
+    return paired_difference(
+        groups, lambda r: fast_auroc(y[r], a[r]), lambda r: fast_auroc(y[r], b[r])
+    )
 
 
 def compare(root: Path, part: str, variants: list[str], epochs: int, out: Path) -> list[dict]:
@@ -115,7 +138,17 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument(
+        "--paired", help="A,B: the paired AUROC difference of two variants already trained"
+    )
     args = parser.parse_args()
+    if args.paired:
+        first, second = args.paired.split(",")
+        gap = paired(args.root, args.part, first, second, args.out)
+        low, high = gap["ci"]
+        method = gap["ci"].method
+        print(f"{first} - {second}: {gap['value']:+.3f} [{low:+.3f}, {high:+.3f}] ({method})")
+        return
     rows = compare(args.root, args.part, args.variants.split(","), args.epochs, args.out)
     results = Path("bench/results")
     results.mkdir(parents=True, exist_ok=True)

@@ -134,14 +134,15 @@ def publish_bundle(
     return final
 
 
-#: What a serving-only copy keeps besides the ONNX models and the manifest: the evidence a
-#: reader of the model card needs (its plots included), nothing used only for training.
+#: What a serving-only copy keeps besides the ONNX models and the manifest: the model card
+#: and the report (the plots stay in the run folder: a ResNet50 router leaves no room for
+#: them under the shipped bundle's 100 MB).
 SERVING_DOCUMENTS: tuple[str, ...] = ("MODEL_CARD.md", "report.md", "report.json")
 
 
 def serving_copy(source: Path, destination: Path, *, force: bool = False) -> Manifest:
     """Publish the serving files of a verified bundle as a new bundle: the ONNX models,
-    the model card, the report and its plots; no Keras files and no reduced-precision
+    the model card and the report; no plots, no Keras files and no reduced-precision
     variant files (a reduced precision without files, bf16, stays as measured; one whose
     files are left out is marked not allowed, saying why). The answer fields that change
     get a new version, as any export does; the models' answers are the same."""
@@ -151,7 +152,6 @@ def serving_copy(source: Path, destination: Path, *, force: bool = False) -> Man
     try:
         keep = [spec.onnx for spec in (manifest.router, *manifest.parts.values()) if spec.onnx]
         keep += [d for d in SERVING_DOCUMENTS if (source / d).is_file()]
-        keep += [p.relative_to(source).as_posix() for p in sorted(source.glob("plots/*.png"))]
         for rel in keep:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, staging / rel)

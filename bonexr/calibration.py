@@ -64,7 +64,7 @@ class Calibration(BaseModel):
     fitted_on: str = Field("validation", description="The data the map was fitted on.")
     n: int = Field(ge=1, description="Images (image level) or studies (study level) fitted.")
     #: How the map was chosen: each candidate's cross-fitted log-loss, or why none was.
-    selection: dict[str, float | str] = Field(default_factory=dict)
+    selection: dict[str, float | int | str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Calibration:

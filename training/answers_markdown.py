@@ -126,7 +126,8 @@ def eligibility_markdown(report: dict[str, Any]) -> list[str]:
         '## Eligibility: what "not eligible" means',
         "",
         "Two gates run before any verdict. **Metadata** (DICOM): Modality must be CR or DX "
-        "and BodyPartExamined, when present, an upper-limb (or ambiguous) value. **Content**: "
+        "and BodyPartExamined, when present, one of the parts the router knows (or an "
+        "ambiguous limb value). **Content**: "
         "the router's pooled features are scored by their Mahalanobis distance to the "
         "nearest body part's training mean (shared Ledoit-Wolf covariance); the score is a "
         "second output of the router's ONNX graph, so every runtime and precision computes "

@@ -189,7 +189,7 @@ def choose_calibration(
                 f"({counts[1]} abnormal, {counts[2]} normal)"
             )
         eligible = [requested]
-    selection: dict[str, float | str] = {"cases": counts[0], "abnormal": counts[1]}
+    selection: dict[str, float | int | str] = {"cases": counts[0], "abnormal": counts[1]}
     if requested == "none" or not eligible:
         selection["reason"] = (
             "not requested" if requested == "none" else f"fewer than {MIN_CLASS_CASES} "

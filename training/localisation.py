@@ -236,7 +236,7 @@ def localisation_report(results: list[Pointed], with_training_mean: bool) -> dic
     parts = sorted({r.part for r in results})
     defects = sorted({r.defect for r in results})
     report: dict[str, Any] = {
-        "method": "pointing game: the served map's hottest point inside the drawn defect box",
+        "method": "pointing game: the served map's hottest point inside the defect box",
         "tolerance": f"{TOLERANCE:.0%} of the image's longer side",
         "baselines": {
             "centre": "the image centre (a blank map)",
@@ -244,7 +244,7 @@ def localisation_report(results: list[Pointed], with_training_mean: bool) -> dic
             "training_mean": "the mean box centre of the part's training images",
             "brightest": f"the brightest pixel after a Gaussian blur of {BLUR:.0%} of the side",
         },
-        "interval": "95% study bootstrap (1000 resamples, seed 0); differences paired",
+        "interval": "95% patient bootstrap (1000 resamples, seed 0); differences paired",
         "parts": {p: hit_rates([r for r in results if r.part == p], baselines) for p in parts},
         "defects": {
             d: hit_rates([r for r in results if r.defect == d], baselines) for d in defects

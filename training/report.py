@@ -42,7 +42,7 @@ def localisation_markdown(report: dict[str, Any]) -> list[str]:
         "",
         f"{report['method']}; tolerance {report['tolerance']}. Hit rates with "
         f"{report['interval']}. Scored on abnormal test images whose defect box the "
-        "synthetic generator recorded. Baselines: "
+        "data records (drawn by the synthetic generator, or annotated: FracAtlas). Baselines: "
         + "; ".join(f"**{names[b]}**: {report['baselines'][b]}" for b in baselines)
         + ".",
         "",
@@ -160,8 +160,8 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "",
         f"Image-level accuracy **{format_with_ci(router['image'], 'accuracy')}** "
         f"(n={router['image']['n']}); study-level accuracy "
-        f"{format_with_ci(router['study'], 'accuracy')}. Intervals throughout: 95% study "
-        "bootstrap, 1000 resamples, seed 0.",
+        f"{format_with_ci(router['study'], 'accuracy')}. Intervals throughout: 95% patient "
+        "bootstrap, 1000 resamples, seed 0 (exact where degenerate; report.json names each).",
         "",
         "The router knows every part below; "
         + (

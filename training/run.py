@@ -407,7 +407,7 @@ def evaluate_run(
     boxes = read_boxes(root)
     report["stratification"] = hidden_stratification(test, thresholds, parts, boxes)
     if boxes is not None:
-        say("== scoring the heat maps against the drawn defect boxes (pointing game)")
+        say("== scoring the heat maps against the data's defect boxes (pointing game)")
         report["localisation"], pointed = pointing_game(
             models, test, boxes, data_folder(root), parts, config.input_size,
             train=split[split["split"] == "train"],

@@ -54,7 +54,8 @@ def hidden_stratification(
     studies = study_level(scored, "prob_true_part")
     report: dict[str, Any] = {"defects": None, "views": {}}
     if boxes is not None:
-        kinds = boxes[["rel_path", "defect"]]
+        # one row per image and defect type: an image with two fracture boxes counts once
+        kinds = boxes[["rel_path", "defect"]].drop_duplicates()
         typed = images.merge(kinds, on="rel_path", how="inner")
         study_kind = typed.groupby("study_id")["defect"].agg(lambda d: "+".join(sorted(set(d))))
         typed_studies = studies.assign(defect=studies["study_id"].map(study_kind)).dropna(
@@ -109,7 +110,7 @@ def stratification_markdown(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("defects"):
         lines += [
-            "Sensitivity per defect type the generator drew (95% study bootstrap):",
+            "Sensitivity per defect type the data records (95% patient bootstrap):",
             "",
             "| defect | abnormal images | image sensitivity | abnormal studies | "
             "study sensitivity |",

@@ -47,14 +47,6 @@ DICOM_TERMS: dict[str, frozenset[str]] = {
 }
 assert set(DICOM_TERMS) == set(ALL_BODY_PARTS), "a body part without its DICOM terms"
 
-#: The upper-limb values (MURA's seven parts): what a bundle without router classes knows.
-UPPER_LIMB_BODY_PARTS = frozenset().union(
-    *(
-        DICOM_TERMS[p]
-        for p in ("ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST")
-    )
-)
-
 
 def accepted_terms(known_parts: Iterable[str]) -> frozenset[str]:
     """The BodyPartExamined values a bundle whose router knows ``known_parts`` accepts."""

@@ -5,10 +5,13 @@
   :data:`MIN_ISOTONIC_CASES`) isotonic regression by their cross-fitted log-loss over the
   validation patients; below :data:`MIN_CLASS_CASES` of either class none is fitted and
   the raw P is served, marked uncalibrated;
-* :func:`threshold_for_sensitivity`: the triage rule (the highest threshold that still
-  catches ``target`` of the validation's abnormal images or studies);
+* :func:`guaranteed_threshold`: the triage rule (the highest threshold whose
+  sensitivity's one-sided 95% lower bound reaches the target); the in-sample rule it
+  replaced, :func:`threshold_for_sensitivity` (the highest threshold that still
+  catches ``target`` of the validation's abnormal images or studies), kept as what the
+  guarantee is measured against in the tests;
 * :func:`calibration_metrics`: equal-mass ECE, Brier score and log-loss
-  (scikit-learn), with study-level bootstrap intervals (:func:`bootstrap_ci`).
+  (scikit-learn), with patient-bootstrap intervals (:func:`bootstrap_ci`).
 
 Thresholds are chosen on the *raw* validation scores and carried into calibrated space
 through the part's (strictly increasing) map, so the decisions are the same whichever

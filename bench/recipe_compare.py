@@ -24,10 +24,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from bonexr.errors import ImageError
-from bonexr.imaging import model_input, preprocess_file
 from training.bootstrap import auroc_interval, fast_auroc, paired_difference
 from training.config import FRACATLAS_CPU, TrainConfig
+from training.pipeline import BadImageLog, predict_frame
 from training.run import run_training
 from training.split import read_split
 
@@ -51,16 +50,14 @@ def validation_scores(
     """(labels, P, patients) of a trained part model on its readable validation images."""
     model = keras.models.load_model(model_file)
     rows = split[(split["split"] == "validation") & (split["body_part"] == part.upper())]
-    probs, labels, patients = [], [], []
-    for row in rows.to_dict("records"):
-        try:
-            pixels = model_input(preprocess_file(row["path"], size))
-        except (ImageError, OSError):
-            continue
-        probs.append(float(np.asarray(model(pixels, training=False))[0, 0]))
-        labels.append(int(row["label"]))
-        patients.append(str(row["patient_id"]))
-    return np.asarray(labels), np.asarray(probs), np.asarray(patients)
+    # the training pipeline's own batched prediction (unreadable images come back NaN)
+    probs = predict_frame(model, rows, size=size, batch_size=32, bad_images=BadImageLog())[:, 0]
+    readable = ~np.isnan(probs)
+    return (
+        rows["label"].to_numpy().astype(int)[readable],
+        probs[readable],
+        rows["patient_id"].astype(str).to_numpy()[readable],
+    )
 
 
 def validation_auroc(model_file: Path, split: Any, part: str, size: int) -> dict[str, Any]:

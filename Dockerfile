@@ -85,7 +85,7 @@ COPY training ./training
 RUN --mount=type=secret,id=build-ca \
     if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
     && /opt/venv/bin/pip install "/src[service,s3,${DEVICE}]" \
-    && /opt/venv/bin/python -c "import onnxruntime, boto3, service.app" \
+    && /opt/venv/bin/python -c "import onnxruntime, boto3, service.doors.http.app" \
     && /opt/venv/bin/bonexr serve --help > /dev/null
 
 # ---- demo bundle: DEMO_BUNDLE=0 copies only a README, DEMO_BUNDLE=1 trains the demo --------

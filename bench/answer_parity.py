@@ -126,8 +126,11 @@ def _cli_answers(bundle: Path, images: list[Path], data: Path) -> dict[str, Any]
             for row in rows:
                 for column in ("path", "study"):
                     if column in row:
-                        row[column] = Path(row[column]).resolve().as_posix().replace(
-                            listing.resolve().as_posix() + "/", ""
+                        row[column] = (
+                            Path(row[column])
+                            .resolve()
+                            .as_posix()
+                            .replace(listing.resolve().as_posix() + "/", "")
                         )
             answers[name] = rows
         return answers
@@ -158,7 +161,11 @@ def differences(before: Any, after: Any, where: str = "") -> list[str]:
     if isinstance(before, list) and isinstance(after, list):
         if len(before) != len(after):
             return [f"{where}: {len(before)} items before, {len(after)} after"]
-        return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{where}[{i}]")]  # noqa: E501
+        return [
+            d
+            for i, (b, a) in enumerate(zip(before, after, strict=True))
+            for d in differences(b, a, f"{where}[{i}]")
+        ]
     return [] if before == after else [f"{where}: {before!r} -> {after!r}"]
 
 

@@ -64,7 +64,7 @@ def service_cost(bundle: Path, work: Path, count: int) -> dict[str, float]:
     from fastapi.testclient import TestClient
 
     from bench.service_bench import _xray_pngs
-    from service.app import create_app
+    from service.doors.http.app import create_app
     from service.settings import Settings
 
     settings = Settings(

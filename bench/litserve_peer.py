@@ -1,7 +1,8 @@
 """The peer: LitServe serving a bonexr bundle, for :mod:`bench.peer_bench`.
 
 What a user would write instead of running bonexr: a LitServe ``LitAPI`` around the same
-two-stage engine (same runtime and precision choice: :class:`service.engine.InferenceEngine`)
+two-stage engine (same runtime and precision choice:
+:class:`service.adapters.engine.InferenceEngine`)
 with bonexr's own decoding and preprocessing imported, so only the serving layer differs.
 One request per image (``POST /predict``, multipart field ``file``), batched by LitServe
 (``max_batch_size`` 8, ``batch_timeout`` 5 ms). No upload store: the peer keeps nothing,
@@ -21,7 +22,7 @@ from starlette.requests import Request
 
 from bonexr.imaging import decode_image, prepare_pixels
 from bonexr.labels import display_name
-from service.engine import InferenceEngine
+from service.adapters.engine import InferenceEngine
 from service.settings import Settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

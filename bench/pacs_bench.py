@@ -25,7 +25,7 @@ from PIL import Image
 
 from bench.common import write_result
 from bench.figures import provenance
-from service.dicom_node.results import RESULTS_SERIES_DESCRIPTION
+from service.doors.dicom.results import RESULTS_SERIES_DESCRIPTION
 from tests.dicom_node_support import Bonexr, Study, radiograph, running
 from tests.orthanc_support import orthanc_missing_reason, start_orthanc, stop_all
 

@@ -1,7 +1,7 @@
 """Benchmark: bonexr against the peer a user would pick instead (LitServe), in one run.
 
 Same bundle, same runtime and precision choice (both build
-:class:`service.engine.InferenceEngine` with ``BONEXR_PRECISION=auto``), same images, same
+:class:`service.adapters.engine.InferenceEngine` with ``BONEXR_PRECISION=auto``), same images, same
 keep-alive clients:
 
 * **bonexr upload+predict**: ``POST /upload`` (decode, pixel-only re-encode, two fsyncs:
@@ -114,7 +114,7 @@ def _drive(port: int, items: list[Any], clients: int, exchange: Exchange) -> dic
 def _raw_engine(bundle: Path, images: list[bytes], batch: int = 8) -> float:
     """Images/s of decode + letterbox + ``predict_batch`` in process, batches of ``batch``."""
     from bonexr.imaging import decode_image, prepare_pixels
-    from service.engine import InferenceEngine
+    from service.adapters.engine import InferenceEngine
     from service.settings import Settings
 
     engine = _raw_engine.engines.get(bundle)  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ import pandas as pd
 from bench.figures import provenance, replace_block
 from bonexr.bundle import verify_bundle
 from bonexr.labels import ALL_BODY_PARTS, display_name
-from service.offline_scoring import predict_files
+from service.doors.batch import predict_files
 from service.settings import Settings
 from training.bootstrap import auroc_interval, proportion_interval
 from training.calibrate import expected_calibration_error

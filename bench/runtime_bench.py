@@ -2,7 +2,7 @@
 
 ONNX Runtime fp32 (the reference), OpenVINO fp32, bf16 and int8 (the bundle's NNCF IR
 files; skipped when the bundle has none), each opened through
-``service.runtimes`` exactly as the engine opens it: one part model alone, and the
+``service.adapters.runtimes`` exactly as the engine opens it: one part model alone, and the
 two-stage path (router, then a part model on the same images), at batch 1 to 16. The max
 |P - P(ORT fp32)| on the same inputs is printed beside each row: speed with its accuracy.
 
@@ -35,7 +35,7 @@ CHOICES = (
 def measure(bundle: Path, batches: list[int], repeats: int) -> list[dict]:
     from bonexr.bundle import read_manifest
     from bonexr.labels import ROUTER
-    from service.runtimes import RuntimeChoice, open_session
+    from service.adapters.runtimes import RuntimeChoice, open_session
     from service.settings import Settings
 
     manifest = read_manifest(bundle)

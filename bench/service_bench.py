@@ -72,7 +72,7 @@ def _xray_pngs(count: int, workdir: Path) -> list[bytes]:
 
 def raw_engine(bundle: Path, batch_sizes: list[int], repeats: int) -> dict:
     """Two-stage throughput of the engine called directly, with the service's settings."""
-    from service.engine import InferenceEngine
+    from service.adapters.engine import InferenceEngine
     from service.settings import Settings
 
     engine = InferenceEngine(Settings(models_dir=bundle.parent, bundle=bundle.name))

@@ -103,7 +103,7 @@ def upload_before_after(
     """Median ms of an in-process ``POST /upload``, previous encoder against shipped."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.doors.http.app import create_app
     from service.settings import Settings
     from training.export import export_random_init_bundle
 
@@ -123,7 +123,7 @@ def upload_before_after(
                 log_level="warning",
             )
             with (
-                mock.patch("service.routes.upload.encode_png", encoder),
+                mock.patch("service.doors.http.routes.upload.encode_png", encoder),
                 TestClient(create_app(settings)) as client,
             ):
                 times = []

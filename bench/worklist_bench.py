@@ -26,8 +26,8 @@ import numpy as np
 from bench.common import write_result
 from bench.figures import provenance
 from bench.pacs_bench import median_interval
-from service.records.database import Database
-from service.records.worklist import RecordStore, StudyEntry, ViewEntry, utcnow
+from service.adapters.records.database import Database
+from service.adapters.records.worklist import RecordStore, StudyEntry, ViewEntry, utcnow
 
 RESULT = Path("bench/results/worklist_bench.json")
 HEADERS = {"X-API-Key": "bench-key"}

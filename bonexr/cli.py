@@ -1,13 +1,13 @@
 """The ``bonexr`` command line: the one entry module. It parses and dispatches, nothing more.
 
 Each command's arguments are declared by the package that owns the command
-(``training.cli``: synth, index, split, train, demo, cv; ``service.cli``: serve) and its
+(``training.cli``: synth, index, split, train, demo, cv; ``service.doors.cli``: serve) and its
 work is a plain function there. The core imports nothing from ``training`` or ``service``:
 those command modules are named here as strings and loaded with :mod:`importlib` when the
 parser is built, the way console entry points are, so the serving image (no TensorFlow,
 no ``training`` extras) and ``bonexr --help`` stay light. Two commands belong to no single
 package: ``verify`` (the bundle contract lives in the core) and ``run`` (the quick start:
-the demo bundle from ``training.run.run_demo`` if none is there, then ``service.server``).
+the demo bundle from ``training.run.run_demo`` if none is there, then ``service.doors.server``).
 
 User mistakes (:class:`bonexr.errors.BonexrError`) print one ``error:`` line and exit 2
 (``verify`` exits 1 on a refused bundle); Ctrl-C exits 130. Tracebacks are for bugs.
@@ -28,7 +28,7 @@ from bonexr.errors import BonexrError, BundleError
 Handler = Callable[[argparse.Namespace], int | None]
 
 #: Packages that contribute subcommands through a ``register(subparsers)`` function.
-COMMAND_MODULES: tuple[str, ...] = ("training.cli", "service.cli")
+COMMAND_MODULES: tuple[str, ...] = ("training.cli", "service.doors.cli")
 
 
 def _load(path: str) -> Any:
@@ -60,10 +60,10 @@ def _cmd_serving_copy(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    settings_overrides = _load("service.cli:settings_overrides")
-    load_settings = _load("service.server:load_settings")
+    settings_overrides = _load("service.doors.cli:settings_overrides")
+    load_settings = _load("service.doors.server:load_settings")
     settings = load_settings(**settings_overrides(args))
-    if not _load("service.server:has_bundle")(settings):
+    if not _load("service.doors.server:has_bundle")(settings):
         print(
             f"bonexr: no model bundle in {settings.models_dir}; "
             "training the synthetic demo bundle first",
@@ -73,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         train_demo = _load("training.run:run_demo_default")
         if train_demo(out=Path(settings.models_dir) / "demo") is None:
             return 3
-    return int(_load("service.server:serve")(settings))
+    return int(_load("service.doors.server:serve")(settings))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="quick start: train the demo bundle if models/ has none, then serve"
     )
     with contextlib.suppress(ImportError):
-        _load("service.cli:add_server_options")(p)
+        _load("service.doors.cli:add_server_options")(p)
     p.set_defaults(handler=_cmd_run)
     return parser
 

@@ -1,7 +1,7 @@
 """Service configuration: one pydantic-settings class, read from ``BONEXR_*`` env vars.
 
 Every knob the service has is here; ``docs/configuration.md`` is generated from these
-fields (``python -m service.config_docs``; a test fails when the two differ).
+fields (``python -m service.doors.config_docs``; a test fails when the two differ).
 """
 
 from __future__ import annotations

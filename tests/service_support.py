@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.doors.http.app import create_app
 from service.settings import Settings
 
 FILENAME_RE = r"^[0-9a-f]{64}\.png$"

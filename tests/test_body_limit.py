@@ -11,8 +11,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.body_limit import MULTIPART_ALLOWANCE, SMALL_BODY_LIMIT, BodySizeLimitMiddleware
-from service.security import key_matches
+from service.doors.http.body_limit import (
+    MULTIPART_ALLOWANCE,
+    SMALL_BODY_LIMIT,
+    BodySizeLimitMiddleware,
+)
+from service.doors.http.security import key_matches
 from tests.service_support import (
     assert_error,
     assert_still_serving,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from service.config_docs import PAGE, render
+from service.doors.config_docs import PAGE, render
 from service.settings import Settings
 
 
 def test_configuration_page_matches_the_settings() -> None:
     assert PAGE.read_text(encoding="utf-8") == render(), (
-        "docs/configuration.md is stale: run python -m service.config_docs"
+        "docs/configuration.md is stale: run python -m service.doors.config_docs"
     )
 
 

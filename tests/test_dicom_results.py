@@ -1,4 +1,4 @@
-"""The DICOM answer a PACS shows (service.dicom_node.results): the TID 1500 SR and the
+"""The DICOM answer a PACS shows (service.doors.dicom.results): the TID 1500 SR and the
 heat-map secondary captures, checked by reading them back with highdicom and by
 dicom3tools' ``dciodvfy`` (the IOD validator), in the study of the source images."""
 
@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from service.dicom_node.results import (
+from service.doors.dicom.results import (
     RESULTS_SERIES_DESCRIPTION,
     StudyOutcome,
     ViewOutcome,

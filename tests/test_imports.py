@@ -149,7 +149,7 @@ def test_no_import_cycle_between_modules() -> None:
     shared names belong in the module both depend on."""
     graph = module_graph()
     # Package __init__ files re-export their submodules by design; a submodule importing
-    # its own package's __init__ (``from service.stores import x``) is not a loop
+    # its own package's __init__ (``from service.adapters.stores import x``) is not a loop
     # back into itself unless __init__ imports it, which the graph still shows.
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
@@ -183,7 +183,7 @@ def test_training_and_service_stay_apart() -> None:
     [
         "import bonexr.cli",
         "import bonexr.cli as c; c.build_parser()",
-        "import service.app",
+        "import service.doors.http.app",
         "import training.cli, training.config",
     ],
 )

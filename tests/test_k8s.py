@@ -146,7 +146,7 @@ def get_routes() -> set[str]:
     """``/path`` of every GET route of the service's app."""
     from fastapi import FastAPI
 
-    from service.routes import api_router
+    from service.doors.http.routes import api_router
 
     app = FastAPI()
     app.include_router(api_router(auth_enabled=False))
@@ -487,7 +487,7 @@ def test_shutdown_outlasts_the_drain(rendered: dict[str, list[Object]], variant:
             "BONEXR_PREDICT_TIMEOUT_S", Settings.model_fields["predict_timeout_s"].default
         )
     )
-    drain_s = int(timeout_s) + 5  # service/server.py: timeout_graceful_shutdown
+    drain_s = int(timeout_s) + 5  # service/doors/server.py: timeout_graceful_shutdown
     assert spec["terminationGracePeriodSeconds"] > sleep_s + drain_s
 
 

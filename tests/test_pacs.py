@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.dicom_node.results import RESULTS_SERIES_DESCRIPTION, read_report
+from service.doors.dicom.results import RESULTS_SERIES_DESCRIPTION, read_report
 from tests.dicom_node_support import API_KEY, Bonexr, Study, radiograph, running, stow_body
 from tests.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
 from tests.service_support import wait_for

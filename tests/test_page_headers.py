@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.routes.page import CSP
+from service.doors.http.routes.page import CSP
 from tests.service_support import make_settings, running
 
 PATHS = [

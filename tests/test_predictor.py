@@ -21,9 +21,9 @@ from PIL import Image
 
 from bonexr.cli import main
 from bonexr.heatmap import overlay, render_overlay, to_image_grid
-from service.errors import LastResortMiddleware
-from service.heatmaps import render
-from service.pixel_cache import PixelCache
+from service.adapters.pixel_cache import PixelCache
+from service.domain.errors import LastResortMiddleware
+from service.triage.heatmaps import render
 from tests.dicom_support import dicom_file
 from tests.service_support import make_settings, png_bytes, running
 

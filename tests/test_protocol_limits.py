@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service.protocol_limits import limited_http_protocol
+from service.doors.http.protocol_limits import limited_http_protocol
 
 URL_LIMIT = 4096
 HEADER_LIMIT = 16 * 1024

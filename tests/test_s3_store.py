@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from bonexr.imaging import decode_image, encode_png
-from service.errors import StoreUnavailableError, UploadNotFoundError
-from service.stores.factory import open_store
-from service.stores.s3 import S3UploadStore, parse_s3_url
+from service.adapters.stores.factory import open_store
+from service.adapters.stores.s3 import S3UploadStore, parse_s3_url
+from service.domain.errors import StoreUnavailableError, UploadNotFoundError
 from tests.service_support import assert_error, make_settings, png_bytes, running
 
 boto3 = pytest.importorskip("boto3")

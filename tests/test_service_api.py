@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bonexr.imaging import decode_image, prepare_pixels
-from service.app import create_app
+from service.doors.http.app import create_app
 from tests.service_support import (
     FILENAME_RE,
     assert_error,
@@ -444,7 +444,7 @@ def test_unexpected_exception_is_a_logged_json_500(
 
 
 def test_engine_refuses_after_stop(untrained_bundle: Path, tmp_path: Path) -> None:
-    from service.errors import NotReadyError
+    from service.domain.errors import NotReadyError
 
     with running(make_settings(untrained_bundle, tmp_path)) as (_, app):
         engine = app.state.services.engine

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 
 from bonexr.imaging import decode_image, encode_png
-from service.stores.base import TEMP_PREFIX
-from service.stores.folder import FileUploadStore
+from service.adapters.stores.base import TEMP_PREFIX
+from service.adapters.stores.folder import FileUploadStore
 from tests.service_support import make_settings, png_bytes, running
 
 

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher
-from service.errors import NotReadyError, OverloadedError
+from service.adapters.batcher import MicroBatcher
+from service.domain.errors import NotReadyError, OverloadedError
 from tests.service_support import make_settings, png_bytes, running
 
 

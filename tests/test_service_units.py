@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import choose_providers
-from service.pixel_cache import PixelCache
-from service.routes.model import prefers_json
+from service.adapters.engine import choose_providers
+from service.adapters.pixel_cache import PixelCache
+from service.doors.http.routes.model import prefers_json
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

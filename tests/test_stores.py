@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from service.stores.base import BODY_PART, SIDECAR_RE
-from service.stores.folder import FileUploadStore
+from service.adapters.stores.base import BODY_PART, SIDECAR_RE
+from service.adapters.stores.folder import FileUploadStore
 from tests.service_support import make_settings, png_bytes, running
 
 TRIALS = 300

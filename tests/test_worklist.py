@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonexr.errors import ConfigError
-from service.records.database import Database, database_url
-from service.records.worklist import RecordStore, StudyEntry, ViewEntry, utcnow
+from service.adapters.records.database import Database, database_url
+from service.adapters.records.worklist import RecordStore, StudyEntry, ViewEntry, utcnow
 from tests.service_support import assert_error, make_settings, png_bytes, running, wait_for
 
 KEYS = "alice:key-a,bob:key-b"
@@ -93,7 +93,7 @@ def test_migrations_from_empty_and_from_the_previous_schema(tmp_path: Path) -> N
 
 
 def test_an_unknown_database_scheme_is_refused_at_start_up(tmp_path: Path) -> None:
-    from service.app import create_app
+    from service.doors.http.app import create_app
 
     with pytest.raises(ConfigError, match="scheme 'mysql' is not supported"):
         database_url("mysql://u:p@h/db", tmp_path)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.records.database import Database
+from service.adapters.records.database import Database
 from tests.postgres_support import Postgres, postgres_missing_reason, start_postgres
 from tests.service_support import assert_error, make_settings, png_bytes, running, wait_for
 from tests.tools import missing

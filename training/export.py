@@ -62,7 +62,7 @@ def export_onnx(model: keras.Model, path: Path) -> None:
         model.export(str(path), format="onnx", verbose=False)
 
 
-#: ONNX Runtime providers the service may run a bundle on (see service.engine).
+#: ONNX Runtime providers the service may run a bundle on (see service.adapters.engine).
 SERVING_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 

@@ -1,0 +1,119 @@
+"""Arguments of ``bonexr serve`` (and the server options ``bonexr run`` shares). Parsing only."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="bind address (env BONEXR_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env BONEXR_PORT, default 8000)")
+    p.add_argument(
+        "--models-dir", type=Path, help="bundle folder root (env BONEXR_MODELS_DIR, default models)"
+    )
+    p.add_argument(
+        "--bundle", help="bundle name or path (env BONEXR_BUNDLE, default: newest in models dir)"
+    )
+    p.add_argument(
+        "--upload-dir", type=Path, help="upload store (env BONEXR_UPLOAD_DIR, default uploads)"
+    )
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The server options as ``Settings`` field overrides (``None`` = not given)."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "models_dir": args.models_dir,
+        "bundle": args.bundle,
+        "upload_dir": args.upload_dir,
+    }
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.doors.server import load_settings, serve
+
+    return serve(load_settings(**settings_overrides(args)))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from service.doors.batch import predict_files
+    from service.doors.server import load_settings
+
+    settings = load_settings(models_dir=args.models_dir, bundle=args.bundle)
+    summary = predict_files(
+        args.inputs,
+        args.out,
+        settings,
+        operating_point=args.operating_point,
+        study_by=args.study_by,
+        resume=args.resume,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    print(summary.describe())
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from service.adapters.records.database import Database, database_url
+    from service.doors.server import load_settings
+
+    settings = load_settings()
+    database = Database(database_url(settings.database_url, settings.upload_dir))
+    try:
+        if args.action == "upgrade":
+            database.upgrade(args.revision)
+        print(f"records database {database.label}: schema {database.revision() or 'empty'}")
+    finally:
+        database.dispose()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``serve``, ``predict`` and ``db`` to the ``bonexr`` parser."""
+    p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
+    add_server_options(p)
+    p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser(
+        "predict",
+        help="score files, folders or a MURA tree with a bundle, no server (images.csv, "
+        "studies.csv, errors.csv)",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, help="image files, folders or a MURA root")
+    p.add_argument("--out", type=Path, required=True, help="folder for the CSV results")
+    p.add_argument(
+        "--models-dir", type=Path, help="bundle folder root (env BONEXR_MODELS_DIR, default models)"
+    )
+    p.add_argument(
+        "--bundle", help="bundle name or path (env BONEXR_BUNDLE, default: newest in models dir)"
+    )
+    p.add_argument(
+        "--study-by",
+        choices=("auto", "parent", "none"),
+        default="auto",
+        help="group images into studies by their folder (auto: when an input is a MURA "
+        "tree) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--operating-point",
+        help="decide at this operating point of the bundle (e.g. triage, balanced; "
+        "default: the bundle's default)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue results already in --out")
+    p.add_argument(
+        "--chunk-size", type=int, default=64, help="images per write (default: %(default)s)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "db",
+        help="the records database (BONEXR_DATABASE_URL): upgrade runs the migrations the "
+        "service runs at start-up; current prints the schema revision",
+    )
+    p.add_argument("action", choices=("upgrade", "current"))
+    p.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    p.set_defaults(handler=_cmd_db)

@@ -1,0 +1,228 @@
+"""A settled study -> the predictor's answer -> the DICOM result objects.
+
+The answer is the predictor's (:meth:`service.triage.predictor.Predictor.study`, the rule
+``POST /predict/study`` applies) over the study's eligible instances, so the report's
+finding and probability are exactly what the API answers for the same pixels. What the
+API refuses for the whole request, the node answers per view: instances the eligibility
+gate refused were never scored, views the content gate refuses are set aside (each with its
+reason) and the rest answered; a study with no view left, or one the rules refuse (a body
+part without a model, confidently mixed parts, too many views), gets a report that says why
+and has no finding. "Not ready", overload and deadline errors propagate: the node tries the
+study again later, because they say nothing about the study.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+import bonexr
+from bonexr.heatmap import render_overlay
+from bonexr.labels import RESULT_ABNORMAL
+from service.domain.errors import InvalidStudyError, NoPartModelError, NotEligibleError
+from service.doors.dicom.inbox import StudyRecord
+from service.doors.dicom.instances import ReceivedInstance, instance_path
+from service.doors.dicom.results import (
+    StudyOutcome,
+    ViewOutcome,
+    build_heatmap_capture,
+    build_report,
+)
+from service.triage.predictor import Predictor, StudyAnswer
+
+#: Heat-map opacity on the secondary captures (the page's default).
+OVERLAY_OPACITY = 0.5
+NOT_FOR_DIAGNOSIS = "bonexr is not a medical device: NOT FOR DIAGNOSIS."
+DEMO_STATEMENT = (
+    "Model '{name}' is a demonstration trained on synthetic images: its results mean "
+    "nothing about real patients."
+)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A study's outcome and, per scored view with a heat map, the overlay to capture."""
+
+    outcome: StudyOutcome
+    overlays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _content_refusal(view: dict[str, Any], limit: float) -> str:
+    return (
+        f"not eligible: content score {float(view.get('score', float('nan'))):.1f} is above "
+        f"the content gate's limit {limit:.1f}: it does not look like the upper-limb "
+        "radiographs this model was trained on"
+    )
+
+
+async def analyse(predictor: Predictor, record: StudyRecord) -> Analysis:
+    """Answer ``record``'s study (see the module docstring)."""
+    instances = list(record.instances.values())
+    refused: dict[str, str | None] = {i.sop_uid: i.refusal for i in instances if i.refusal}
+    candidates = [i for i in instances if i.filename and not i.refusal]
+    answer: StudyAnswer | None = None
+    refusal: str | None = None
+    while candidates and answer is None:
+        names = list(dict.fromkeys(str(i.filename) for i in candidates))
+        try:
+            answer = await predictor.study(names, None)
+        except NotEligibleError as exc:  # the content gate, for some views or the only one
+            limit = float(exc.fields.get("limit", float("nan")))
+            views = exc.fields.get("views") or [{"filename": names[0], **exc.fields}]
+            out = {str(v["filename"]): _content_refusal(v, limit) for v in views}
+            for instance in candidates:
+                if instance.filename in out:
+                    refused[instance.sop_uid] = out[instance.filename]
+            candidates = [i for i in candidates if i.filename not in out]
+        except (NoPartModelError, InvalidStudyError) as exc:
+            refusal = exc.detail
+            break
+    if answer is None and refusal is None:
+        refusal = "no view of this study is eligible: every instance was refused (see each view)"
+    views = _view_outcomes(instances, refused, answer, refusal)
+    outcome = _study_outcome(predictor, record, views, answer, refusal)
+    overlays = await run_in_threadpool(_overlays, predictor, candidates, answer)
+    return Analysis(outcome, overlays)
+
+
+def _view_outcomes(
+    instances: list[ReceivedInstance],
+    refused: dict[str, str | None],
+    answer: StudyAnswer | None,
+    refusal: str | None,
+) -> list[ViewOutcome]:
+    scored = dict(answer.views) if answer is not None else {}
+    found = []
+    for instance in instances:
+        common: dict[str, Any] = {
+            "sop_instance_uid": instance.sop_uid,
+            "sop_class_uid": instance.sop_class_uid,
+            "series_instance_uid": instance.series_uid,
+        }
+        prediction = scored.get(str(instance.filename)) if instance.filename else None
+        if prediction is not None and instance.sop_uid not in refused:
+            found.append(
+                ViewOutcome(
+                    **common,
+                    scored=True,
+                    abnormality_probability=prediction.abnormality_probability,
+                    threshold=prediction.threshold,
+                    abnormal=prediction.abnormal,
+                    bone_type=prediction.scored_by or prediction.bone_type,
+                )
+            )
+        else:
+            reason = refused.get(instance.sop_uid) or f"not scored: {refusal}"
+            found.append(ViewOutcome(**common, scored=False, reason=reason))
+    return found
+
+
+def _study_outcome(
+    predictor: Predictor,
+    record: StudyRecord,
+    views: list[ViewOutcome],
+    answer: StudyAnswer | None,
+    refusal: str | None,
+) -> StudyOutcome:
+    engine = predictor.engine
+    manifest = engine.manifest
+    statement = NOT_FOR_DIAGNOSIS
+    if manifest is not None and manifest.synthetic:
+        statement += " " + DEMO_STATEMENT.format(name=engine.model_name)
+    common: dict[str, Any] = {
+        "study_instance_uid": record.study_uid,
+        "model_name": engine.model_name,
+        "model_version": engine.model_version,
+        "software_version": bonexr.__version__,
+        "views": views,
+        "not_for_diagnosis": statement,
+    }
+    if answer is None:
+        return StudyOutcome(**common, refusal=refusal)
+    return StudyOutcome(
+        **common,
+        abnormal=answer.result == RESULT_ABNORMAL,
+        probability=answer.abnormality_probability,
+        threshold=answer.threshold,
+        operating_point=answer.operating_point,
+        operating_rule=answer.point.rule if answer.point is not None else None,
+        body_part=answer.bone_type,
+        warnings=tuple(answer.warnings),
+    )
+
+
+def _overlays(
+    predictor: Predictor, candidates: list[ReceivedInstance], answer: StudyAnswer | None
+) -> dict[str, np.ndarray]:
+    """The heat map over each scored view's stored image (inside a decode slot each)."""
+    if answer is None:
+        return {}
+    services, size = predictor.services, predictor.engine.input_size
+    predictions = dict(answer.views)
+    overlays = {}
+    for instance in candidates:
+        prediction = predictions.get(str(instance.filename))
+        if prediction is None or prediction.cam is None:
+            continue
+        png = services.store.read(str(instance.filename))
+        with services.decode_slot(), Image.open(io.BytesIO(png), formats=["PNG"]) as stored:
+            picture = render_overlay(stored.convert("L"), prediction.cam, size, OVERLAY_OPACITY)
+            overlays[instance.sop_uid] = np.asarray(picture.convert("RGB"))
+    return overlays
+
+
+def result_objects(
+    root: Path, record: StudyRecord, analysis: Analysis, key: str
+) -> list[tuple[str, bytes]]:
+    """The SR and the secondary captures as Part 10 files, named for the outbox.
+
+    Their UIDs derive from the report key, so building the same answer again (after a crash
+    between analysis and bookkeeping) gives the very same objects, which a PACS stores once.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    outcome = analysis.outcome
+    headers = {
+        sop: pydicom.dcmread(path, stop_before_pixels=True)
+        for sop, instance in record.instances.items()
+        if (path := instance_path(root, instance.dicom_sha256)).is_file()
+    }
+    series_uid = generate_uid(entropy_srcs=[key, "series"])
+    report = build_report(
+        outcome,
+        list(headers.values()),
+        series_instance_uid=series_uid,
+        sop_instance_uid=generate_uid(entropy_srcs=[key, "report"]),
+    )
+    objects = [("0-report.dcm", _encode(pydicom, report))]
+    number = 2
+    for view in outcome.views:
+        overlay = analysis.overlays.get(view.sop_instance_uid)
+        source = headers.get(view.sop_instance_uid)
+        if overlay is None or source is None or not view.scored:
+            continue
+        capture = build_heatmap_capture(
+            source,
+            overlay,
+            outcome,
+            view,
+            series_instance_uid=series_uid,
+            sop_instance_uid=generate_uid(entropy_srcs=[key, "heatmap", view.sop_instance_uid]),
+            instance_number=number,
+        )
+        objects.append((f"{number}-heatmap.dcm", _encode(pydicom, capture)))
+        number += 1
+    return objects
+
+
+def _encode(pydicom: Any, dataset: Any) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()

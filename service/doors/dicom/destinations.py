@@ -1,0 +1,98 @@
+"""The two ways results go back to a PACS: STOW-RS (``dicomweb-client``) and C-STORE
+(``pynetdicom``). Each is one blocking call with a timeout that raises
+:class:`~service.doors.dicom.outbox.DeliveryError` saying whether trying again can help; the
+retries themselves are the outbox's (the client libraries' own are turned off, so a down
+PACS never holds the delivery loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.doors.dicom.outbox import DeliveryError, Destination
+from service.settings import Settings, parse_dicom_address
+
+#: STOW-RS statuses that would come back the same however often the objects are sent.
+PERMANENT_HTTP = frozenset({400, 409, 413, 415})
+#: C-STORE success and warning statuses (PS3.4 B.2.3): the object is stored.
+STORED = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
+
+
+def dicomweb_destination(url: str, timeout: float) -> Destination:
+    """STOW-RS to ``url`` (a DICOMweb base such as ``http://pacs:8042/dicom-web``)."""
+
+    def send(paths: Sequence[Path]) -> None:
+        import pydicom
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(url=url, timeout=(min(10.0, timeout), timeout))
+        client.set_http_retry_params(retry=False)
+        datasets = [pydicom.dcmread(path) for path in paths]
+        try:
+            answer = client.store_instances(datasets)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            raise DeliveryError(
+                f"STOW-RS answered HTTP {status}", permanent=status in PERMANENT_HTTP
+            ) from None
+        except requests.RequestException as exc:
+            raise DeliveryError(f"STOW-RS unreachable ({type(exc).__name__})") from None
+        failed = answer.get("FailedSOPSequence") if answer is not None else None
+        if failed:
+            raise DeliveryError(f"STOW-RS refused {len(failed)} of {len(datasets)} object(s)")
+
+    return Destination("dicomweb", f"STOW-RS {url}", send)
+
+
+def dicom_destination(address: str, calling_aet: str, timeout: float) -> Destination:
+    """C-STORE to ``address`` (``AE@host:port``), as ``calling_aet``."""
+    called, host, port = parse_dicom_address(address)
+
+    def send(paths: Sequence[Path]) -> None:
+        import pydicom
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE
+
+        datasets = [pydicom.dcmread(path) for path in paths]
+        ae = AE(ae_title=calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+        ae.connection_timeout = min(10.0, timeout)
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        association = ae.associate(host, port, ae_title=called)
+        if not association.is_established:
+            why = "rejected" if association.is_rejected else "not established"
+            raise DeliveryError(f"C-STORE association with {called}@{host}:{port} {why}")
+        try:
+            for dataset in datasets:
+                status = association.send_c_store(dataset)
+                code = int(getattr(status, "Status", -1)) if status else -1
+                if code in STORED:
+                    continue
+                if code == -1:
+                    raise DeliveryError("C-STORE got no answer (timeout or aborted)")
+                raise DeliveryError(
+                    f"C-STORE status 0x{code:04X}", permanent=not 0xA700 <= code <= 0xA7FF
+                )
+        finally:
+            association.release()
+
+    return Destination("dicom", f"C-STORE {called}@{host}:{port}", send)
+
+
+def configured_destinations(settings: Settings) -> list[Destination]:
+    """The result destinations the settings name (none: results are not sent)."""
+    found = []
+    if settings.results_dicomweb_url:
+        found.append(
+            dicomweb_destination(settings.results_dicomweb_url, settings.delivery_timeout_s)
+        )
+    if settings.results_dicom:
+        found.append(
+            dicom_destination(
+                settings.results_dicom, settings.dicom_ae_title, settings.delivery_timeout_s
+            )
+        )
+    return found

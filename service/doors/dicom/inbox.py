@@ -1,0 +1,187 @@
+"""Studies being received: grouped by StudyInstanceUID, kept on disk, analysed once settled.
+
+A PACS sends a study one instance at a time, over one association or several, by C-STORE or
+STOW-RS. The node cannot know when the last one came, so a study is analysed once no new
+instance has arrived for ``BONEXR_STUDY_SETTLE_S``. Each study's record
+(``studies/<hash>.json``: its instances, when the last arrived, which answers were made) is
+rewritten atomically on every change, so a restart loses nothing: unanalysed studies settle
+again and are answered.
+
+An answer is identified by its **report key**: the study, the exact set of its instances and
+the bundle version. Re-sending the same instances gives the same key, so no second report;
+a study that gains an instance (or a new model version) gets a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bonexr.atomic import write_json_atomic
+from service.doors.dicom.instances import ReceivedInstance
+
+log = logging.getLogger("bonexr.dicom")
+
+
+def study_key(study_uid: str) -> str:
+    """A file-system-safe name for a study that reveals nothing of its UID (logs, files)."""
+    return hashlib.sha256(study_uid.encode()).hexdigest()[:24]
+
+
+def report_key(study_uid: str, sop_uids: list[str], model_version: str) -> str:
+    """The identity of one answer: this study, exactly these instances, this bundle."""
+    text = "\n".join([study_uid, model_version, *sorted(sop_uids)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class StudyRecord:
+    """One study's instances (by SOP Instance UID) and its analysis state."""
+
+    study_uid: str
+    instances: dict[str, ReceivedInstance] = field(default_factory=dict)
+    #: wall-clock time of the last new instance (survives a restart)
+    last_arrival: float = 0.0
+    #: report keys already answered (see the module docstring)
+    analysed: list[str] = field(default_factory=list)
+    #: do not try before this wall-clock time (the service was not ready, say)
+    retry_after: float = 0.0
+    attempts: int = 0
+
+    @property
+    def key(self) -> str:
+        return study_key(self.study_uid)
+
+    def report_key(self, model_version: str) -> str:
+        return report_key(self.study_uid, list(self.instances), model_version)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study_uid": self.study_uid,
+            "instances": [i.to_json() for i in self.instances.values()],
+            "last_arrival": self.last_arrival,
+            "analysed": self.analysed,
+            "retry_after": self.retry_after,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> StudyRecord:
+        instances = [ReceivedInstance.from_json(i) for i in payload.get("instances", [])]
+        return cls(
+            study_uid=str(payload["study_uid"]),
+            instances={i.sop_uid: i for i in instances},
+            last_arrival=float(payload.get("last_arrival", 0.0)),
+            analysed=[str(k) for k in payload.get("analysed", [])],
+            retry_after=float(payload.get("retry_after", 0.0)),
+            attempts=int(payload.get("attempts", 0)),
+        )
+
+
+class StudyInbox:
+    """Every study the node is receiving or has answered (thread-safe: the SCP's threads
+    add instances while the event loop settles and analyses)."""
+
+    def __init__(self, root: Path, settle_s: float) -> None:
+        self.folder = root / "studies"
+        self.settle_s = settle_s
+        self._lock = threading.Lock()
+        self._records: dict[str, StudyRecord] = {}
+
+    def load(self) -> int:
+        """Read every study record (at start-up); returns how many were read."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        loaded = 0
+        with self._lock:
+            for path in sorted(self.folder.glob("*.json")):
+                try:
+                    record = StudyRecord.from_json(json.loads(path.read_text()))
+                except (OSError, ValueError, KeyError, TypeError):
+                    log.warning("unreadable study record %s skipped", path.name)
+                    continue
+                self._records[record.key] = record
+                loaded += 1
+        return loaded
+
+    def add(self, instance: ReceivedInstance, *, now: float | None = None) -> bool:
+        """Record ``instance`` in its study; True when it is new (a re-sent instance only
+        keeps the study from settling)."""
+        now = time.time() if now is None else now
+        key = study_key(instance.study_uid)
+        with self._lock:
+            record = self._records.get(key) or StudyRecord(instance.study_uid)
+            new = instance.sop_uid not in record.instances
+            record.instances[instance.sop_uid] = instance
+            record.last_arrival = now
+            record.attempts = 0
+            record.retry_after = 0.0
+            self._records[key] = record
+            self._save(record)
+        return new
+
+    def due(self, model_version: str, *, now: float | None = None) -> list[StudyRecord]:
+        """Studies settled and not yet answered for these instances and this bundle (copies:
+        instances arriving meanwhile change the study, not the copy being analysed)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return [
+                dataclasses.replace(
+                    record, instances=dict(record.instances), analysed=list(record.analysed)
+                )
+                for record in self._records.values()
+                if now - record.last_arrival >= self.settle_s
+                and now >= record.retry_after
+                and record.report_key(model_version) not in record.analysed
+            ]
+
+    def waiting(self, model_version: str) -> int:
+        """Studies received and not answered yet (settling or due)."""
+        with self._lock:
+            return sum(
+                r.report_key(model_version) not in r.analysed for r in self._records.values()
+            )
+
+    def mark_answered(self, record: StudyRecord, key: str) -> None:
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None:
+                return
+            if key not in current.analysed:
+                current.analysed.append(key)
+            current.attempts = 0
+            current.retry_after = 0.0
+            self._save(current)
+
+    def defer(self, record: StudyRecord, seconds: float, *, now: float | None = None) -> None:
+        """Try this study again in ``seconds`` (the predictor could not answer now)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            current = self._records.get(record.key)
+            if current is None:
+                return
+            current.attempts += 1
+            current.retry_after = now + seconds
+            self._save(current)
+
+    def get(self, study_uid: str) -> StudyRecord | None:
+        with self._lock:
+            return self._records.get(study_key(study_uid))
+
+    def forget_older_than(self, cutoff: float) -> int:
+        """Drop records whose last instance came before ``cutoff`` (retention)."""
+        with self._lock:
+            old = [k for k, r in self._records.items() if r.last_arrival < cutoff]
+            for key in old:
+                del self._records[key]
+                (self.folder / f"{key}.json").unlink(missing_ok=True)
+        return len(old)
+
+    def _save(self, record: StudyRecord) -> None:
+        write_json_atomic(self.folder / f"{record.key}.json", record.to_json())

@@ -1,0 +1,187 @@
+"""One received DICOM instance: read, checked by the eligibility gate, stored like an upload.
+
+The instance is kept exactly as it was sent (``instances/<sha256>.dcm`` in the node's folder:
+content-addressed, never modified; retention applies), because the results copy its patient
+and study modules and reference its UIDs. An eligible radiograph's pixels also go into the
+upload store as the same pixel-only PNG ``POST /upload`` would store, so the predictor answers
+a received study exactly as ``POST /predict/study`` answers the same pixels. An instance the
+models were never trained to judge (a CT slice, a chest film) is recorded with the reason and
+never decoded or scored. bonexr's own results, routed back by a PACS rule, are taken and
+ignored: otherwise each report would make the study new again, and a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bonexr.atomic import write_bytes_atomic
+from bonexr.eligibility import metadata_refusal
+from bonexr.imaging import encode_png, prepare_pixels
+from service.domain.errors import ServiceError, StoreFullError, StoreUnavailableError
+from service.doors.dicom.results import MANUFACTURER, RESULTS_SERIES_DESCRIPTION
+from service.triage.services import Services
+
+#: DICOM failure codes (PS3.4 C-STORE statuses, reused as STOW-RS FailureReason values).
+CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+
+
+class InstanceRejected(Exception):
+    """The instance was not taken at all (unreadable, no UIDs, undecodable pixels, store
+    full): the sender is told with ``status`` and ``detail``; nothing was recorded."""
+
+    def __init__(self, status: int, detail: str, sop_uid: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.sop_uid = sop_uid
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the node keeps about one received instance (no patient data but UIDs)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    modality: str | None
+    body_part: str | None
+    #: sha256 of the instance as sent (``instances/<sha256>.dcm``)
+    dicom_sha256: str
+    #: the upload-store PNG of an eligible radiograph; None when not eligible
+    filename: str | None = None
+    #: why the instance is never scored (the eligibility gate's sentence)
+    refusal: str | None = None
+    #: one of bonexr's own result objects, routed back by the PACS: taken, never a view
+    own_result: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> ReceivedInstance:
+        fields: dict[str, Any] = {k: payload.get(k) for k in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
+def instance_path(root: Path, sha256: str) -> Path:
+    """Where an instance is kept, by the sha256 of its bytes."""
+    return root / "instances" / f"{sha256}.dcm"
+
+
+def read_header(data: bytes) -> Any:
+    """The instance's elements, values over 1 KiB (the pixels) left unread;
+    :class:`InstanceRejected` when it is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), defer_size=1024)
+    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+        raise InstanceRejected(
+            CANNOT_UNDERSTAND, f"not a readable DICOM instance ({type(exc).__name__})"
+        ) from None
+
+
+def _text(header: Any, keyword: str) -> str | None:
+    value = header.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def ingest(
+    services: Services, root: Path, data: bytes, *, study_uid: str | None = None
+) -> ReceivedInstance:
+    """Check and store one instance as sent (blocking: call from a worker thread).
+
+    Raises :class:`InstanceRejected` when it cannot be taken (also when ``study_uid`` is
+    given and the instance belongs to another study); a not-eligible instance is *taken*
+    (kept, recorded with its refusal) but never decoded.
+    """
+    header = read_header(data)
+    uids = {k: _text(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    sop_uid = _text(header, "SOPInstanceUID")
+    sop_class = _text(header, "SOPClassUID")
+    missing = [k for k, v in {**uids, "SOPInstanceUID": sop_uid, "SOPClassUID": sop_class}.items()
+               if v is None]  # fmt: skip
+    if missing:
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH, f"the instance has no {', '.join(missing)}", sop_uid
+        )
+    assert sop_uid is not None and sop_class is not None
+    if study_uid is not None and uids["StudyInstanceUID"] != study_uid:
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH, "the instance belongs to another study", sop_uid
+        )
+    modality, body_part = _text(header, "Modality"), _text(header, "BodyPartExamined")
+    if is_own_result(header):  # a routing rule sent our report back: never a new view
+        return ReceivedInstance(
+            str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop_uid,
+            sop_class, modality, body_part, "", own_result=True,
+        )  # fmt: skip
+    manifest = services.engine.manifest
+    known = list(manifest.router.classes) if manifest is not None else None
+    refusal = metadata_refusal(modality, body_part, known)
+    if refusal is None and "PixelData" not in header:  # a report, a presentation state
+        refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
+    else:
+        refusal_text = refusal.detail if refusal is not None else None
+    filename = None
+    if refusal_text is None:
+        filename = _store_pixels(services, data, sop_uid)
+    sha = hashlib.sha256(data).hexdigest()
+    path = instance_path(root, sha)
+    if not path.is_file():
+        try:
+            write_bytes_atomic(path, data)
+        except OSError as exc:
+            raise InstanceRejected(
+                OUT_OF_RESOURCES, f"the node's folder is not writable ({type(exc).__name__})"
+            ) from None
+    return ReceivedInstance(
+        study_uid=str(uids["StudyInstanceUID"]),
+        series_uid=str(uids["SeriesInstanceUID"]),
+        sop_uid=sop_uid,
+        sop_class_uid=sop_class,
+        modality=modality,
+        body_part=body_part,
+        dicom_sha256=sha,
+        filename=filename,
+        refusal=refusal_text,
+    )
+
+
+def is_own_result(header: Any) -> bool:
+    """Whether ``header`` is one of the objects bonexr sends back (report or heat map)."""
+    return (
+        _text(header, "SeriesDescription") == RESULTS_SERIES_DESCRIPTION
+        and _text(header, "Manufacturer") == MANUFACTURER
+    )
+
+
+def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
+    """Decode under the service's limits and store the pixel-only PNG, as ``/upload`` does."""
+    engine = services.engine
+    try:
+        with services.decode_slot():
+            decoded = services.decode(data)
+            png = encode_png(decoded.image)
+            size = engine.input_size if engine.ready else None
+            pixels = prepare_pixels(decoded.image, size) if size else None
+        stored = services.store.save(png, body_part=decoded.body_part)
+    except (StoreFullError, StoreUnavailableError) as exc:
+        raise InstanceRejected(OUT_OF_RESOURCES, exc.detail, sop_uid) from None
+    except ServiceError as exc:  # too large, undecodable, unsupported transfer syntax
+        raise InstanceRejected(CANNOT_UNDERSTAND, exc.detail, sop_uid) from None
+    if pixels is not None and size is not None:
+        services.pixels.put(stored.filename, size, pixels)
+    services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
+    return stored.filename

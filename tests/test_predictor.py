@@ -22,7 +22,7 @@ from PIL import Image
 from bonexr.cli import main
 from bonexr.heatmap import overlay, render_overlay, to_image_grid
 from service.adapters.pixel_cache import PixelCache
-from service.domain.errors import LastResortMiddleware
+from service.doors.http.errors import LastResortMiddleware
 from service.triage.heatmaps import render
 from tests.dicom_support import dicom_file
 from tests.service_support import make_settings, png_bytes, running

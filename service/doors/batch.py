@@ -42,7 +42,7 @@ from bonexr.errors import ConfigError, DataError, ImageError, ImageTooLargeError
 from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.study import route_study
 from service.adapters.engine import InferenceEngine, Prediction
-from service.domain.errors import NoPartModelError, NotEligibleError, ServiceError
+from service.domain.errors import NoPartModelError, NotEligibleError, TriageError
 from service.domain.policy import screen_metadata
 from service.settings import Settings
 from service.triage.predictor import AnswerRules
@@ -231,7 +231,7 @@ class OfflineScorer:
         self.rules = AnswerRules(self.engine, settings)
         try:
             self.point = self.rules.operating_point(operating_point)
-        except ServiceError as exc:
+        except TriageError as exc:
             raise ConfigError(f"--operating-point: {exc.detail}") from None
         self.classes = list(self.manifest.router.classes)
 
@@ -288,7 +288,7 @@ class OfflineScorer:
             row["content_score"] = _fmt(prediction.content_score)
         try:
             answer = self.rules.image(name, prediction, scored.body_part, self.point)
-        except ServiceError as refusal:
+        except TriageError as refusal:
             return row | {"refusal": refusal_code(refusal), "warnings": refusal.detail}
         decided = answer.prediction
         return row | {
@@ -310,7 +310,7 @@ class OfflineScorer:
         try:
             content = self.rules.screen_content(list(zip(names, predictions, strict=True)))
             part = self.rules.study_part(names, predictions, None)
-        except ServiceError as refusal:
+        except TriageError as refusal:
             routed = route_study([p.bone_type_probabilities for p in predictions])
             return row | {
                 "bone_type": routed,
@@ -343,7 +343,7 @@ class OfflineScorer:
         }
 
 
-def refusal_code(refusal: ServiceError) -> str:
+def refusal_code(refusal: TriageError) -> str:
     """The refusal's code as the API's 422 body gives it (``not_eligible:content`` ...)."""
     if isinstance(refusal, NotEligibleError):
         return f"not_eligible:{refusal.reason}"

@@ -6,7 +6,7 @@ Two layers, so the service and ``bonexr predict`` cannot drift apart:
   the study rule (:mod:`bonexr.study`) with its checks and warnings. It takes the engine's
   :class:`~service.adapters.engine.Prediction` values and the views' DICOM body parts and returns
   :class:`ImageAnswer` / :class:`StudyAnswer`; refusals are the same
-  :class:`~service.domain.errors.ServiceError` values the API answers with. ``bonexr predict``
+  :class:`~service.domain.errors.TriageError` values the API answers with. ``bonexr predict``
   (:mod:`service.doors.batch`) uses it over files.
 * :class:`Predictor` (async): the service's path from a stored upload to that answer.
   Every store call runs in a worker thread, never on the event loop; the queue places are

@@ -42,7 +42,7 @@ from service.adapters.stores.base import (
     sidecar_name,
     validate_name,
 )
-from service.domain.errors import ServiceError, StoreUnavailableError, UploadNotFoundError
+from service.domain.errors import StoreUnavailableError, TriageError, UploadNotFoundError
 
 T = TypeVar("T")
 
@@ -152,7 +152,7 @@ class S3UploadStore:
         """Run one S3 operation; any failure becomes a 503 naming the store problem."""
         try:
             return operation()
-        except ServiceError:
+        except TriageError:
             raise
         except Exception as exc:
             raise StoreUnavailableError(

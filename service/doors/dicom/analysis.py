@@ -73,8 +73,8 @@ async def analyse(predictor: Predictor, record: StudyRecord) -> Analysis:
         try:
             answer = await predictor.study(names, None)
         except NotEligibleError as exc:  # the content gate, for some views or the only one
-            limit = float(exc.fields.get("limit", float("nan")))
-            views = exc.fields.get("views") or [{"filename": names[0], **exc.fields}]
+            limit = float(exc.values.get("limit", float("nan")))
+            views = exc.values.get("views") or [{"filename": names[0], **exc.values}]
             out = {str(v["filename"]): _content_refusal(v, limit) for v in views}
             for instance in candidates:
                 if instance.filename in out:

@@ -21,7 +21,7 @@ from typing import Any
 from bonexr.atomic import write_bytes_atomic
 from bonexr.eligibility import metadata_refusal
 from bonexr.imaging import encode_png, prepare_pixels
-from service.domain.errors import ServiceError, StoreFullError, StoreUnavailableError
+from service.domain.errors import StoreFullError, StoreUnavailableError, TriageError
 from service.doors.dicom.results import MANUFACTURER, RESULTS_SERIES_DESCRIPTION
 from service.triage.services import Services
 
@@ -179,7 +179,7 @@ def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
         stored = services.store.save(png, body_part=decoded.body_part)
     except (StoreFullError, StoreUnavailableError) as exc:
         raise InstanceRejected(OUT_OF_RESOURCES, exc.detail, sop_uid) from None
-    except ServiceError as exc:  # too large, undecodable, unsupported transfer syntax
+    except TriageError as exc:  # too large, undecodable, unsupported transfer syntax
         raise InstanceRejected(CANNOT_UNDERSTAND, exc.detail, sop_uid) from None
     if pixels is not None and size is not None:
         services.pixels.put(stored.filename, size, pixels)

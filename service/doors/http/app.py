@@ -38,9 +38,10 @@ from service.adapters.records.database import Database, database_url
 from service.adapters.records.practice import PracticeCollector
 from service.adapters.records.worklist import RecordStore, utcnow
 from service.adapters.stores.factory import open_store
-from service.domain.errors import LastResortMiddleware, ServiceError, install_error_handlers
+from service.domain.errors import TriageError
 from service.doors.dicom.node import DicomNode
 from service.doors.http.body_limit import BodySizeLimitMiddleware
+from service.doors.http.errors import LastResortMiddleware, install_error_handlers
 from service.doors.http.routes import api_router
 from service.doors.http.routes.page import static_files
 from service.doors.http.security import ApiKeyMiddleware
@@ -98,7 +99,7 @@ async def _retention_loop(services: Services, node: DicomNode | None = None) -> 
                 swept = await asyncio.to_thread(node.sweep, max_age)
                 if swept:
                     log.info("retention sweep removed %d DICOM node file(s)", swept)
-        except (OSError, ServiceError) as exc:  # a folder or bucket problem: try again later
+        except (OSError, TriageError) as exc:  # a folder or bucket problem: try again later
             log.warning("retention sweep failed: %s", type(exc).__name__)
         if max_age is None and not record_days:
             return  # no retention: the startup pass only cleans stale temp files
@@ -112,7 +113,7 @@ async def _expire_records(services: Services, days: float) -> None:
     cutoff = utcnow() - dt.timedelta(days=days)
     try:
         orphans = await asyncio.to_thread(services.records.expire, cutoff)
-    except ServiceError as exc:
+    except TriageError as exc:
         log.warning("record retention failed: %s", type(exc).__name__)
         return
     removed = await asyncio.to_thread(services.delete_uploads, orphans, "retention")

@@ -31,6 +31,11 @@ class ErrorResponse(BaseModel):
     """The body of every error response."""
 
     detail: str = Field(description="Human-readable reason.")
+    code: str | None = Field(
+        None,
+        description="Stable machine code of a triage error (docs/api.md lists them); absent "
+        "for protocol errors (unknown route, 405, validation).",
+    )
     errors: list[FieldError] | None = Field(
         None, description="Per-field problems (validation errors only)."
     )

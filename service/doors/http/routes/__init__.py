@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Security
 
-from service.domain.errors import error_responses
+from service.doors.http.errors import error_responses
 from service.doors.http.routes import (
     audit,
     dicomweb,

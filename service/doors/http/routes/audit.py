@@ -9,8 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from service.domain.errors import ForbiddenError, error_responses
+from service.domain.errors import ForbiddenError
 from service.doors.http.deps import ServicesDep
+from service.doors.http.errors import error_responses
 from service.doors.http.routes.worklist import audited
 from service.doors.http.schemas import AuditItem, AuditPageResponse
 from service.doors.http.security import key_name

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.domain.errors import error_responses
 from service.doors.dicom.instances import InstanceRejected
 from service.doors.dicom.stow import read_parts
 from service.doors.http.deps import DicomNodeDep
+from service.doors.http.errors import error_responses
 
 router = APIRouter(tags=["dicom"])
 

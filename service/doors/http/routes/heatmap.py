@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.domain.errors import error_responses
 from service.doors.http.deps import PredictorDep, ReadyEngineDep, ServicesDep
+from service.doors.http.errors import error_responses
 from service.doors.http.routes.worklist import audited
 from service.doors.http.schemas import FILENAME_PATTERN
 

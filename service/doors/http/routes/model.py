@@ -9,8 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bonexr.manifest import TRIAGE, Manifest
-from service.domain.errors import ModelCardMissingError, error_responses
+from service.domain.errors import ModelCardMissingError
 from service.doors.http.deps import ReadyEngineDep, ServicesDep
+from service.doors.http.errors import error_responses
 from service.doors.http.schemas import ModelInfo, OperatingPoints, Rules
 from service.doors.http.usage_rules import build_rules, render_rules_png
 

@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.domain.errors import error_body, error_responses
 from service.doors.http.deps import DicomNodeDep, ServicesDep
+from service.doors.http.errors import error_body, error_responses
 from service.doors.http.schemas import (
     DicomDestinationStatus,
     DicomNodeStatus,

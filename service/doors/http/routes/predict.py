@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.domain.errors import error_responses
 from service.doors.http.deps import PredictorDep, ReadyEngineDep
+from service.doors.http.errors import error_responses
 from service.doors.http.schemas import ModelRef, PredictionResponse, PredictRequest, applied_point
 
 router = APIRouter(tags=["predict"])

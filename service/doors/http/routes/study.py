@@ -12,8 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from service.domain.errors import error_responses
 from service.doors.http.deps import PredictorDep, ReadyEngineDep, ServicesDep
+from service.doors.http.errors import error_responses
 from service.doors.http.schemas import (
     ModelRef,
     StudyRequest,

@@ -12,14 +12,10 @@ from fastapi import APIRouter, File, Path, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from bonexr.imaging import encode_png, prepare_pixels
-from service.domain.errors import (
-    DuplicateFieldError,
-    PayloadTooLargeError,
-    UploadNotFoundError,
-    error_responses,
-)
+from service.domain.errors import DuplicateFieldError, PayloadTooLargeError, UploadNotFoundError
 from service.domain.policy import screen_metadata
 from service.doors.http.deps import ServicesDep
+from service.doors.http.errors import error_responses
 from service.doors.http.schemas import FILENAME_PATTERN, UploadResponse
 from service.triage.services import Services
 

@@ -17,8 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.adapters.records.schema import Study
 from service.adapters.records.worklist import Status
-from service.domain.errors import ServiceError, error_responses
+from service.domain.errors import TriageError
 from service.doors.http.deps import ServicesDep
+from service.doors.http.errors import error_responses, status_for
 from service.doors.http.schemas import (
     Identity,
     ModelRef,
@@ -121,12 +122,12 @@ async def audited(
 
 
 async def refused(
-    services: Services, request: Request, action: str, study_id: str, error: ServiceError
+    services: Services, request: Request, action: str, study_id: str, error: TriageError
 ) -> None:
     """Audit a refused access with its status (an audit failure then must not hide the
     refusal's own error)."""
-    with contextlib.suppress(ServiceError):
-        await audited(services, request, action, study_id, str(error.status_code))
+    with contextlib.suppress(TriageError):
+        await audited(services, request, action, study_id, str(status_for(error)))
 
 
 @router.get(
@@ -216,7 +217,7 @@ async def recorded_study(
     """The study with its per-view results, heat-map links and every reader's review."""
     try:
         study = await run_in_threadpool(services.records.get, study_id)
-    except ServiceError as exc:
+    except TriageError as exc:
         await refused(services, request, "view", study_id, exc)
         raise
     await audited(services, request, "view", study_id, "ok")
@@ -239,7 +240,7 @@ async def review(
         study = await run_in_threadpool(
             services.records.review, study_id, reader, body.reader_result, body.note
         )
-    except ServiceError as exc:
+    except TriageError as exc:
         await refused(services, request, "review", study_id, exc)
         raise
     services.metrics.reviews.labels(study.body_part or "none", body.reader_result).inc()
@@ -259,7 +260,7 @@ async def delete_study(services: ServicesDep, request: Request, study_id: StudyI
     names -- the guarantee of ``DELETE /uploads``."""
     try:
         orphans = await run_in_threadpool(services.records.delete, study_id)
-    except ServiceError as exc:
+    except TriageError as exc:
         await refused(services, request, "delete", study_id, exc)
         raise
     await run_in_threadpool(services.delete_uploads, orphans, "client")

@@ -150,7 +150,6 @@ class Bonexr:
             "BONEXR_DELIVERY_RETRY_S": "0.5",
             "BONEXR_DELIVERY_RETRY_MAX_S": "1",
             "BONEXR_API_KEYS": API_KEY,
-            "BONEXR_ELIGIBILITY": "warn",  # random-init models: the content gate is noise
             "BONEXR_LOG_LEVEL": "info",
             **env,
         }

@@ -47,7 +47,6 @@ def node_app(untrained_bundle: Path, tmp_path: Path) -> Iterator[tuple[TestClien
         study_settle_s=0.5,
         results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
         delivery_retry_s=60,
-        eligibility="warn",  # the random-init bundle's content gate says nothing useful
     )
     with running(settings) as (client, app):
         yield client, app, port

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,10 +33,11 @@ from bonexr.calibration import calibrate
 from bonexr.contract import check_model_io, reference_inputs
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input
-from bonexr.labels import ROUTER, result_name
+from bonexr.labels import ROUTER
 from bonexr.runtime import ModelSession, OnnxRuntimeSession
 from service.adapters.batcher import Admission, MicroBatcher
 from service.adapters.runtimes import RuntimeChoice, choose_runtime, open_session
+from service.domain.answers import Prediction
 from service.domain.errors import NotReadyError
 
 if TYPE_CHECKING:
@@ -56,43 +56,6 @@ class EngineState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's two-stage result (model identity is the engine's ``model_name/version``).
-
-    ``scored_by`` is the part whose model gave ``abnormality_probability``: the routed part,
-    unless the caller named one (a study scores every view with the study's part).
-    ``abnormality_probability`` is calibrated (image level) where the bundle has a
-    calibration; ``raw_probability`` is the model's own output (what the study rule
-    averages). ``threshold`` is that part's image threshold at ``operating_point``.
-    ``content_score`` is the router's out-of-distribution score (None: no content gate).
-    """
-
-    bone_type: str
-    bone_type_probabilities: dict[str, float]
-    abnormality_probability: float
-    threshold: float
-    abnormal: bool
-    scored_by: str = ""  # "" when the bundle has no model for bone_type: no verdict
-    raw_probability: float = 0.0
-    operating_point: str = ""
-    content_score: float | None = None
-    #: the scoring model's raw class activation map (feature grid), when it has one
-    cam: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def has_verdict(self) -> bool:
-        return bool(self.scored_by)
-
-    @property
-    def result(self) -> str:
-        return result_name(self.abnormal)
-
-    @property
-    def router_confidence(self) -> float:
-        return self.bone_type_probabilities[self.bone_type]
 
 
 def choose_providers(device: str, available: Sequence[str]) -> list[str]:
@@ -453,6 +416,8 @@ class InferenceEngine:
         result: Prediction = await self.batcher.submit(
             pixels, part, self.not_ready_reason, admission
         )
+        if self.metrics is not None:
+            self.metrics.views_scored.inc()
         return result
 
     # ------------------------------------------------------------------ worker

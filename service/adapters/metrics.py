@@ -31,7 +31,13 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._http(self.registry)
+        self._engine(self.registry)
+        self._uploads(self.registry)
+        self._records(self.registry)
+        self._dicom(self.registry)
+
+    def _http(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "bonexr_http_requests_total",
             "HTTP requests by method, route template and status.",
@@ -43,6 +49,20 @@ class ServiceMetrics:
             "HTTP request latency by method, route template and status.",
             ["method", "route", "status"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _engine(self, r: CollectorRegistry) -> None:
+        self.views_scored = Counter(
+            "bonexr_views_scored_total",
+            "Views passed through the models (router and a part's model); a study's views "
+            "are each scored once, plus once more for a view routed to another part.",
+            registry=r,
+        )
+        self.studies_answered = Counter(
+            "bonexr_studies_answered_total",
+            "Studies answered by the triage core, by door (http, dicom).",
+            ["door"],
             registry=r,
         )
         self.queue_wait = Histogram(
@@ -64,6 +84,14 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.model_ready = Gauge(
+            "bonexr_model_ready", "1 when the model bundle is loaded and warmed.", registry=r
+        )
+        self.model_info = Gauge(
+            "bonexr_model_info", "Loaded bundle (value 1).", ["name", "version"], registry=r
+        )
+
+    def _uploads(self, r: CollectorRegistry) -> None:
         self.uploads = Counter(
             "bonexr_uploads_total",
             "Accepted uploads: 'new' stored a file, 'duplicate' matched a stored one.",
@@ -93,13 +121,8 @@ class ServiceMetrics:
         self.rejected = Counter(
             "bonexr_rejected_overload", "Predictions refused with 429 (queue full).", registry=r
         )
-        self.model_ready = Gauge(
-            "bonexr_model_ready", "1 when the model bundle is loaded and warmed.", registry=r
-        )
-        self.model_info = Gauge(
-            "bonexr_model_info", "Loaded bundle (value 1).", ["name", "version"], registry=r
-        )
 
+    def _records(self, r: CollectorRegistry) -> None:
         self.served_probability = Histogram(
             "bonexr_served_probability",
             "Calibrated study P(abnormal) of each recorded study, by body part (drift "
@@ -114,6 +137,8 @@ class ServiceMetrics:
             ["part", "reader_result"],
             registry=r,
         )
+
+    def _dicom(self, r: CollectorRegistry) -> None:
         self.dicom_instances = Counter(
             "bonexr_dicom_instances_total",
             "DICOM instances received, by way in (stow, c-store) and outcome (eligible, "

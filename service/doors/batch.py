@@ -41,12 +41,12 @@ from bonexr.atomic import write_bytes_atomic
 from bonexr.errors import ConfigError, DataError, ImageError, ImageTooLargeError
 from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.study import route_study
-from service.adapters.engine import InferenceEngine, Prediction
+from service.adapters.engine import InferenceEngine
+from service.domain.answers import Prediction
 from service.domain.errors import NoPartModelError, NotEligibleError, TriageError
-from service.domain.policy import screen_metadata
+from service.domain.intake import read_image
+from service.domain.rules import AnswerRules
 from service.settings import Settings
-from service.triage.predictor import AnswerRules
-from service.triage.services import decode_within_limits
 
 StudyBy = Literal["auto", "parent", "none"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".dcm", ".dicom", ""}
@@ -236,12 +236,16 @@ class OfflineScorer:
         self.classes = list(self.manifest.router.classes)
 
     def _prepare(self, path: Path) -> tuple[np.ndarray, str | None, tuple[str, ...]]:
-        """Prepared pixels, body part and gate warnings, under the service's limits and
-        eligibility gate (ImageError/OSError/NotEligibleError), as an upload would be."""
+        """Prepared pixels, body part and gate warnings, read through the one intake
+        (:func:`~service.domain.intake.read_image`: the service's limits and eligibility
+        gate) as an upload is. ImageError/OSError, or the gate's refusal as the
+        :class:`NotEligibleError` the upload answers with."""
         data = read_regular_file(path, self.settings.max_upload_bytes)
-        decoded = decode_within_limits(data, self.settings)
-        gate = screen_metadata(decoded, self.settings.eligibility, self.classes)
-        return prepare_pixels(decoded.image, self.manifest.input.size), decoded.body_part, gate
+        intake = read_image(data, self.settings, self.classes, provenance="file")
+        if intake.screen.refusal is not None:
+            raise AnswerRules.refusal_error([intake.screen.refusal], 1)
+        pixels = prepare_pixels(intake.decoded.image, self.manifest.input.size)
+        return pixels, intake.decoded.body_part, intake.screen.warnings
 
     def score(
         self, paths: Sequence[Path], parts: Sequence[str | None] | None = None
@@ -308,8 +312,7 @@ class OfflineScorer:
         names = [s.path.name for s in first]
         predictions = [s.prediction for s in first]
         try:
-            content = self.rules.screen_content(list(zip(names, predictions, strict=True)))
-            part = self.rules.study_part(names, predictions, None)
+            plan = self.rules.plan_study(names, predictions, None, set_aside_refused=False)
         except TriageError as refusal:
             routed = route_study([p.bone_type_probabilities for p in predictions])
             return row | {
@@ -317,21 +320,21 @@ class OfflineScorer:
                 "refusal": refusal_code(refusal),
                 "warnings": refusal.detail,
             }
-        again = self.rules.to_rescore(predictions, part)
-        if again:
-            rescored, errors = self.score([paths[i] for i in again], [part] * len(again))
+        if plan.rescore:
+            again = [paths[i] for i in plan.rescore]
+            rescored, errors = self.score(again, [plan.part] * len(again))
             if errors:
-                return row | {"bone_type": part, "warnings": "a view could not be read again"}
-            for index, scored in zip(again, rescored, strict=True):
+                return row | {"bone_type": plan.part, "warnings": "a view could not be read again"}
+            for index, scored in zip(plan.rescore, rescored, strict=True):
                 predictions[index] = scored.prediction
         answer = self.rules.study_answer(
-            names,
+            plan.names,
             predictions,
             [s.body_part for s in first],
-            part=part,
+            part=plan.part,
             forced=None,
             point=self.point,
-            content_warnings=content,
+            content_warnings=plan.content_warnings,
         )
         return row | {
             "bone_type": answer.bone_type,

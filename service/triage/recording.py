@@ -1,15 +1,16 @@
-"""What gets recorded: a predictor's study answer, or the DICOM node's, as a
-:class:`~service.adapters.records.worklist.StudyEntry`; and recording it with its metrics.
+"""What gets recorded: a study answer as a
+:class:`~service.adapters.records.worklist.StudyEntry`, and recording it with its metrics.
 
-One mapping for both sources, so the worklist shows an API study and a received one alike.
+The DICOM node maps its own outcome (:mod:`service.doors.dicom.entries`) with the same
+:func:`verdict` words and records through :func:`record_answer`, so the worklist shows an
+API study and a received one alike.
 """
 
 from __future__ import annotations
 
 from bonexr.labels import RESULT_ABNORMAL
 from service.adapters.records.worklist import StudyEntry, ViewEntry
-from service.doors.dicom.results import StudyOutcome
-from service.triage.predictor import StudyAnswer
+from service.domain.answers import StudyAnswer
 from service.triage.services import Services
 
 
@@ -39,35 +40,6 @@ def study_entry(answer: StudyAnswer, model_name: str, model_version: str) -> Stu
             for name, view in answer.views
         ],
         warnings=list(answer.warnings),
-    )
-
-
-def dicom_entry(outcome: StudyOutcome, filenames: dict[str, str | None]) -> StudyEntry:
-    """A study the DICOM node answered as a record (``filenames``: SOP Instance UID ->
-    upload name of each received instance; None for one never stored)."""
-    return StudyEntry(
-        source="dicom",
-        bundle_name=outcome.model_name,
-        bundle_version=outcome.model_version,
-        operating_point=outcome.operating_point,
-        body_part=outcome.body_part,
-        probability=outcome.probability,
-        threshold=outcome.threshold,
-        result=verdict(outcome.abnormal),
-        refusal=outcome.refusal,
-        views=[
-            ViewEntry(
-                filename=filenames.get(view.sop_instance_uid),
-                probability=view.abnormality_probability,
-                threshold=view.threshold,
-                result=verdict(view.abnormal),
-                refused=not view.scored,
-                reason=view.reason,
-                sop_instance_uid=view.sop_instance_uid,
-            )
-            for view in outcome.views
-        ],
-        warnings=list(outcome.warnings),
     )
 
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from bonexr.imaging import DecodedImage, decode_upload
+from bonexr.imaging import DecodedImage
 from service.adapters.engine import InferenceEngine
 from service.adapters.memory import release_free_memory
 from service.adapters.metrics import ServiceMetrics
@@ -21,6 +21,7 @@ from service.adapters.records.audit import AuditLog
 from service.adapters.records.database import Database
 from service.adapters.records.worklist import RecordStore
 from service.adapters.stores.base import UploadStore
+from service.domain.intake import decode_within_limits
 from service.settings import Settings
 
 
@@ -67,11 +68,3 @@ class Services:
         """Decode untrusted bytes under the configured pixel and decoded-memory limits.
         Call inside :meth:`decode_slot`, from the threadpool."""
         return decode_within_limits(data, self.settings)
-
-
-def decode_within_limits(data: bytes, settings: Settings) -> DecodedImage:
-    """Decode untrusted bytes under ``settings``' pixel and decoded-memory limits (the
-    service's uploads and ``bonexr predict`` alike)."""
-    return decode_upload(
-        data, max_pixels=settings.max_pixels, max_decoded_bytes=settings.max_decoded_bytes
-    )

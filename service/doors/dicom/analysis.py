@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi.concurrency import run_in_threadpool
+from anyio import to_thread
 from PIL import Image
 
 import bonexr
 from bonexr.heatmap import render_overlay
 from bonexr.labels import RESULT_ABNORMAL
+from service.domain.answers import Refusal, StudyAnswer
 from service.domain.errors import InvalidStudyError, NoPartModelError, NotEligibleError
 from service.doors.dicom.inbox import StudyRecord
 from service.doors.dicom.instances import ReceivedInstance, instance_path
@@ -34,7 +35,7 @@ from service.doors.dicom.results import (
     build_heatmap_capture,
     build_report,
 )
-from service.triage.predictor import Predictor, StudyAnswer
+from service.triage.predictor import Predictor
 
 #: Heat-map opacity on the secondary captures (the page's default).
 OVERLAY_OPACITY = 0.5
@@ -53,41 +54,53 @@ class Analysis:
     overlays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _content_refusal(view: dict[str, Any], limit: float) -> str:
+def _refusal_text(refusal: Refusal) -> str:
+    """A content refusal as the view's reason in the report."""
+    score = refusal.score if refusal.score is not None else float("nan")
+    limit = refusal.limit if refusal.limit is not None else float("nan")
     return (
-        f"not eligible: content score {float(view.get('score', float('nan'))):.1f} is above "
-        f"the content gate's limit {limit:.1f}: it does not look like the upper-limb "
-        "radiographs this model was trained on"
+        f"not eligible: content score {score:.1f} is above the content gate's limit "
+        f"{limit:.1f}: it does not look like the upper-limb radiographs this model was "
+        "trained on"
     )
 
 
 async def analyse(predictor: Predictor, record: StudyRecord) -> Analysis:
-    """Answer ``record``'s study (see the module docstring)."""
+    """Answer ``record``'s study (see the module docstring): one pass over its eligible
+    instances; views the content gate refuses come back as values and are set aside."""
     instances = list(record.instances.values())
     refused: dict[str, str | None] = {i.sop_uid: i.refusal for i in instances if i.refusal}
     candidates = [i for i in instances if i.filename and not i.refusal]
     answer: StudyAnswer | None = None
     refusal: str | None = None
-    while candidates and answer is None:
-        names = list(dict.fromkeys(str(i.filename) for i in candidates))
-        try:
-            answer = await predictor.study(names, None)
-        except NotEligibleError as exc:  # the content gate, for some views or the only one
-            limit = float(exc.values.get("limit", float("nan")))
-            views = exc.values.get("views") or [{"filename": names[0], **exc.values}]
-            out = {str(v["filename"]): _content_refusal(v, limit) for v in views}
+    names = list(dict.fromkeys(str(i.filename) for i in candidates))
+    try:
+        if names:
+            answer = await predictor.study(names, None, set_aside_refused=True, door="dicom")
+    except NotEligibleError as exc:  # every view refused by the content gate
+        views = exc.values.get("views") or [
+            {"filename": names[0], "score": exc.values.get("score")}
+        ]
+        limit = exc.values.get("limit")
+        for view in views:
+            gone = Refusal(str(view["filename"]), "content", "", view.get("score"), limit)
             for instance in candidates:
-                if instance.filename in out:
-                    refused[instance.sop_uid] = out[instance.filename]
-            candidates = [i for i in candidates if i.filename not in out]
-        except (NoPartModelError, InvalidStudyError) as exc:
-            refusal = exc.detail
-            break
-    if answer is None and refusal is None:
+                if instance.filename == gone.view:
+                    refused[instance.sop_uid] = _refusal_text(gone)
+        refusal = "no view of this study is eligible: every instance was refused (see each view)"
+    except (NoPartModelError, InvalidStudyError) as exc:
+        refusal = exc.detail
+    if answer is not None:
+        out = {r.view: _refusal_text(r) for r in answer.refused}
+        for instance in candidates:
+            if instance.filename in out:
+                refused[instance.sop_uid] = out[str(instance.filename)]
+    elif refusal is None:
         refusal = "no view of this study is eligible: every instance was refused (see each view)"
     views = _view_outcomes(instances, refused, answer, refusal)
-    outcome = _study_outcome(predictor, record, views, answer, refusal)
-    overlays = await run_in_threadpool(_overlays, predictor, candidates, answer)
+    gate = [w for i in candidates for w in i.warnings]  # BONEXR_ELIGIBILITY=warn
+    outcome = _study_outcome(predictor, record, views, answer, refusal, gate)
+    overlays = await to_thread.run_sync(_overlays, predictor, candidates, answer)
     return Analysis(outcome, overlays)
 
 
@@ -129,6 +142,7 @@ def _study_outcome(
     views: list[ViewOutcome],
     answer: StudyAnswer | None,
     refusal: str | None,
+    gate_warnings: list[str],
 ) -> StudyOutcome:
     engine = predictor.engine
     manifest = engine.manifest
@@ -153,7 +167,7 @@ def _study_outcome(
         operating_point=answer.operating_point,
         operating_rule=answer.point.rule if answer.point is not None else None,
         body_part=answer.bone_type,
-        warnings=tuple(answer.warnings),
+        warnings=(*gate_warnings, *answer.warnings),
     )
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bonexr.atomic import write_bytes_atomic
-from bonexr.eligibility import metadata_refusal
-from bonexr.imaging import encode_png, prepare_pixels
+from bonexr.errors import ImageError
 from service.domain.errors import StoreFullError, StoreUnavailableError, TriageError
+from service.domain.policy import screen_header
 from service.doors.dicom.results import MANUFACTURER, RESULTS_SERIES_DESCRIPTION
+from service.triage import ingest as triage_ingest
 from service.triage.services import Services
 
 #: DICOM failure codes (PS3.4 C-STORE statuses, reused as STOW-RS FailureReason values).
@@ -58,6 +59,8 @@ class ReceivedInstance:
     filename: str | None = None
     #: why the instance is never scored (the eligibility gate's sentence)
     refusal: str | None = None
+    #: the gate's warnings under BONEXR_ELIGIBILITY=warn (the instance is scored anyway)
+    warnings: tuple[str, ...] = ()
     #: one of bonexr's own result objects, routed back by the PACS: taken, never a view
     own_result: bool = False
 
@@ -67,6 +70,7 @@ class ReceivedInstance:
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> ReceivedInstance:
         fields: dict[str, Any] = {k: payload.get(k) for k in cls.__dataclass_fields__}
+        fields["warnings"] = tuple(payload.get("warnings") or ())  # absent before 0.4
         return cls(**fields)
 
 
@@ -129,11 +133,12 @@ def ingest(
         )  # fmt: skip
     manifest = services.engine.manifest
     known = list(manifest.router.classes) if manifest is not None else None
-    refusal = metadata_refusal(modality, body_part, known)
-    if refusal is None and "PixelData" not in header:  # a report, a presentation state
+    mode = services.settings.eligibility
+    screen = screen_header(sop_uid, modality, body_part, mode, known)  # before decoding
+    if screen.refusal is None and "PixelData" not in header:  # a report, a presentation state
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
     else:
-        refusal_text = refusal.detail if refusal is not None else None
+        refusal_text = screen.refusal.detail if screen.refusal is not None else None
     filename = None
     if refusal_text is None:
         filename = _store_pixels(services, data, sop_uid)
@@ -156,6 +161,7 @@ def ingest(
         dicom_sha256=sha,
         filename=filename,
         refusal=refusal_text,
+        warnings=screen.warnings,
     )
 
 
@@ -168,20 +174,19 @@ def is_own_result(header: Any) -> bool:
 
 
 def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
-    """Decode under the service's limits and store the pixel-only PNG, as ``/upload`` does."""
-    engine = services.engine
+    """Decode under the service's limits and store the pixel-only PNG: the one ingest path
+    ``/upload`` takes (:func:`service.triage.ingest.ingest`). The header gate already
+    passed; any image or store problem is the sender's status, never a half-taken study."""
     try:
-        with services.decode_slot():
-            decoded = services.decode(data)
-            png = encode_png(decoded.image)
-            size = engine.input_size if engine.ready else None
-            pixels = prepare_pixels(decoded.image, size) if size else None
-        stored = services.store.save(png, body_part=decoded.body_part)
+        ingested = triage_ingest.ingest(services, data, provenance="dicom", view=sop_uid)
     except (StoreFullError, StoreUnavailableError) as exc:
         raise InstanceRejected(OUT_OF_RESOURCES, exc.detail, sop_uid) from None
-    except TriageError as exc:  # too large, undecodable, unsupported transfer syntax
-        raise InstanceRejected(CANNOT_UNDERSTAND, exc.detail, sop_uid) from None
-    if pixels is not None and size is not None:
-        services.pixels.put(stored.filename, size, pixels)
-    services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
-    return stored.filename
+    except (TriageError, ImageError) as exc:  # too large, undecodable, unsupported syntax
+        raise InstanceRejected(CANNOT_UNDERSTAND, _detail(exc), sop_uid) from None
+    if ingested.filename is None:  # refused on the decoded header: cannot happen after
+        raise InstanceRejected(CANNOT_UNDERSTAND, "not eligible", sop_uid)  # the gate above
+    return ingested.filename
+
+
+def _detail(exc: Exception) -> str:
+    return exc.detail if isinstance(exc, TriageError) else str(exc)

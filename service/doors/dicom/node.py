@@ -27,12 +27,13 @@ from fastapi.concurrency import run_in_threadpool
 from service.domain.errors import NotReadyError, OverloadedError
 from service.doors.dicom.analysis import analyse, result_objects
 from service.doors.dicom.destinations import configured_destinations
+from service.doors.dicom.entries import dicom_entry
 from service.doors.dicom.inbox import StudyInbox, StudyRecord
 from service.doors.dicom.instances import InstanceRejected, ReceivedInstance, ingest
 from service.doors.dicom.outbox import Outbox
 from service.doors.dicom.scp import StorageScp
 from service.triage.predictor import Predictor
-from service.triage.recording import dicom_entry, record_answer
+from service.triage.recording import record_answer
 
 log = logging.getLogger("bonexr.dicom")
 

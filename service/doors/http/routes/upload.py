@@ -11,43 +11,35 @@ from typing import Annotated
 from fastapi import APIRouter, File, Path, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from bonexr.imaging import encode_png, prepare_pixels
 from service.domain.errors import DuplicateFieldError, PayloadTooLargeError, UploadNotFoundError
-from service.domain.policy import screen_metadata
+from service.domain.rules import AnswerRules
 from service.doors.http.deps import ServicesDep
 from service.doors.http.errors import error_responses
 from service.doors.http.schemas import FILENAME_PATTERN, UploadResponse
+from service.triage.ingest import ingest
 from service.triage.services import Services
 
 router = APIRouter(tags=["upload"])
 
 
-def _ingest(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
-    """Decode (limits enforced), re-encode pixel-only PNG, store; runs in the threadpool."""
-    engine = services.engine
-    with services.decode_slot():
-        decoded = services.decode(data)
-        known = list(engine.manifest.router.classes) if engine.manifest is not None else None
-        gate_warnings = screen_metadata(decoded, services.settings.eligibility, known)
-        image = decoded.image
-        png = encode_png(image)
-        size = engine.input_size if engine.ready else None
-        pixels = prepare_pixels(image, size) if size else None
-    stored = services.store.save(png, body_part=decoded.body_part)
-    if pixels is not None and size is not None:
-        services.pixels.put(stored.filename, size, pixels)
-    services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
+def _upload(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
+    """The one ingest path (:func:`service.triage.ingest.ingest`), as ``/upload`` answers."""
+    ingested = ingest(services, data, provenance="upload")
+    if ingested.refusal is not None:
+        raise AnswerRules.refusal_error([ingested.refusal], 1)
+    assert ingested.filename is not None
+    decoded = ingested.intake.decoded
     response = UploadResponse(
-        filename=stored.filename,
-        width=image.width,
-        height=image.height,
+        filename=ingested.filename,
+        width=decoded.image.width,
+        height=decoded.image.height,
         format=decoded.format,
         bytes=len(data),
-        stored_bytes=stored.size,
+        stored_bytes=ingested.stored_bytes,
         body_part_examined=decoded.body_part,
-        warnings=[*decoded.warnings, *gate_warnings],
+        warnings=list(ingested.intake.warnings),
     )
-    return response, stored.created
+    return response, ingested.created
 
 
 @router.post(
@@ -79,7 +71,7 @@ async def upload(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(f"file is larger than the limit of {limit:,} bytes")
-    result, created = await run_in_threadpool(_ingest, services, data)
+    result, created = await run_in_threadpool(_upload, services, data)
     response.status_code = 201 if created else 200
     return result
 

@@ -25,9 +25,9 @@ from PIL import Image
 
 from bench.common import write_result
 from bench.figures import provenance
+from harness.dicom_node_support import Bonexr, Study, radiograph, running
+from harness.orthanc_support import orthanc_missing_reason, start_orthanc, stop_all
 from service.doors.dicom.results import RESULTS_SERIES_DESCRIPTION
-from tests.dicom_node_support import Bonexr, Study, radiograph, running
-from tests.orthanc_support import orthanc_missing_reason, start_orthanc, stop_all
 
 RESULT = Path("bench/results/pacs_bench.json")
 CAPTURE_PNG = Path("docs/dicom-capture.png")

@@ -73,8 +73,8 @@ def timed(call: Callable[[], Any], repeats: int) -> list[float]:
 
 
 def measure(url: str, count: int, repeats: int, bundle: Path, work: Path) -> dict[str, Any]:
+    from harness.service_support import running
     from service.settings import Settings
-    from tests.service_support import running
 
     database = Database(url)
     database.upgrade()
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: a random-init one)")
     args = parser.parse_args(argv)
 
-    from tests.bundles import make_untrained_bundle
-    from tests.postgres_support import postgres_missing_reason, start_postgres
+    from harness.bundles import make_untrained_bundle
+    from harness.postgres_support import postgres_missing_reason, start_postgres
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bonexr-worklist-bench-") as tmp:

@@ -16,25 +16,29 @@ User mistakes (:class:`bonexr.errors.BonexrError`) print one ``error:`` line and
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
 from bonexr.errors import BonexrError, BundleError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
-#: Packages that contribute subcommands through a ``register(subparsers)`` function.
-COMMAND_MODULES: tuple[str, ...] = ("training.cli", "service.doors.cli")
+#: The plugin registry: each entry is a ``register(subparsers)`` function.
+COMMAND_GROUP = "bonexr.commands"
 
 
-def _load(path: str) -> Any:
-    """``"package.module:attribute"`` -> the attribute (imported now, not at module load)."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+def registered_commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    """The installed packages' ``register`` functions, in name order (one that cannot be
+    imported, e.g. ``training`` without its extras, adds nothing)."""
+    found = []
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ImportError:
+            continue
+    return found
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -59,34 +63,13 @@ def _cmd_serving_copy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings_overrides = _load("service.doors.cli:settings_overrides")
-    load_settings = _load("service.doors.server:load_settings")
-    settings = load_settings(**settings_overrides(args))
-    if not _load("service.doors.server:has_bundle")(settings):
-        print(
-            f"bonexr: no model bundle in {settings.models_dir}; "
-            "training the synthetic demo bundle first",
-            flush=True,
-        )
-        _load("training.cli:quiet_tensorflow")()
-        train_demo = _load("training.run:run_demo_default")
-        if train_demo(out=Path(settings.models_dir) / "demo") is None:
-            return 3
-    return int(_load("service.doors.server:serve")(settings))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bonexr",
         description="Bone X-ray triage: data tools, training, evaluation and serving.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        try:
-            register = _load(f"{module}:register")
-        except ImportError:  # e.g. the serving image has no training extras
-            continue
+    for register in registered_commands():
         register(sub)
 
     p = sub.add_parser("verify", help="check a bundle's files and its contract with this code")
@@ -102,12 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing copy")
     p.set_defaults(handler=_cmd_serving_copy)
 
-    p = sub.add_parser(
-        "run", help="quick start: train the demo bundle if models/ has none, then serve"
-    )
-    with contextlib.suppress(ImportError):
-        _load("service.doors.cli:add_server_options")(p)
-    p.set_defaults(handler=_cmd_run)
     return parser
 
 

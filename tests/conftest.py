@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.bundles import make_untrained_bundle
+from harness.bundles import make_untrained_bundle
 
 #: Shared fixtures defined elsewhere: ``browser`` (headless chromium for the page tests).
 pytest_plugins = ("tests.browser_support",)
@@ -76,7 +76,7 @@ def api(
 
     A module tunes it with a ``SERVICE_OVERRIDES`` dict of settings.
     """
-    from tests.service_support import make_settings, running
+    from harness.service_support import make_settings, running
 
     overrides: dict[str, Any] = getattr(request.module, "SERVICE_OVERRIDES", {})
     tmp = tmp_path_factory.mktemp("api")

@@ -13,8 +13,8 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from bonexr.cli import main
+from harness.service_support import make_settings, running
 from tests.dicom_support import dicom_file
-from tests.service_support import make_settings, running
 
 TOLERANCE = 1e-4
 

@@ -11,13 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.doors.http.body_limit import (
-    MULTIPART_ALLOWANCE,
-    SMALL_BODY_LIMIT,
-    BodySizeLimitMiddleware,
-)
-from service.doors.http.security import key_matches
-from tests.service_support import (
+from harness.service_support import (
     assert_error,
     assert_still_serving,
     cmyk_jpeg_bytes,
@@ -30,6 +24,12 @@ from tests.service_support import (
     rgba_png_bytes,
     running,
 )
+from service.doors.http.body_limit import (
+    MULTIPART_ALLOWANCE,
+    SMALL_BODY_LIMIT,
+    BodySizeLimitMiddleware,
+)
+from service.doors.http.security import key_matches
 
 LIMIT = 200_000  # small byte limit for this module
 UNKNOWN = "cd" * 32 + ".png"
@@ -47,7 +47,7 @@ def big_png() -> bytes:
     """Random noise barely compresses: well over LIMIT bytes."""
     from PIL import Image
 
-    from tests.service_support import encode
+    from harness.service_support import encode
 
     data = encode(Image.fromarray(noise(600, 600, seed=1), mode="L"))
     assert len(data) > LIMIT + MULTIPART_ALLOWANCE
@@ -107,7 +107,7 @@ def test_png_header_claiming_huge_dimensions(client: TestClient) -> None:
 def test_one_pixel_image(client: TestClient) -> None:
     from PIL import Image
 
-    from tests.service_support import encode
+    from harness.service_support import encode
 
     assert_error(upload_file(client, encode(Image.new("L", (1, 1), 128))), 422)
     assert_still_serving(client)

@@ -23,7 +23,7 @@ from bonexr.bundle import (
 from bonexr.cli import main
 from bonexr.errors import BundleError
 from bonexr.imaging import PREPROCESSING_ID
-from tests.bundles import make_untrained_bundle
+from harness.bundles import make_untrained_bundle
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -184,7 +184,7 @@ def test_verify_command_exit_codes(
 def test_service_refuses_a_bundle_that_breaks_the_contract(
     untrained_bundle: Path, tmp_path: Path
 ) -> None:
-    from tests.service_support import make_settings, running
+    from harness.service_support import make_settings, running
 
     models = tmp_path / "models"
     bundle = _copy(untrained_bundle, models)
@@ -200,7 +200,7 @@ def test_service_refuses_a_bundle_that_breaks_the_contract(
 def test_service_refuses_a_bundle_whose_thresholds_were_edited(
     untrained_bundle: Path, tmp_path: Path
 ) -> None:
-    from tests.service_support import make_settings, running
+    from harness.service_support import make_settings, running
 
     bundle = _copy(untrained_bundle, tmp_path / "models")
     _edit_manifest(bundle, lambda raw: raw["parts"]["Elbow"].update(threshold=0.0))
@@ -214,7 +214,7 @@ def test_service_refuses_a_bundle_whose_thresholds_were_edited(
 
 
 def _png() -> bytes:
-    from tests.service_support import png_bytes
+    from harness.service_support import png_bytes
 
     return png_bytes(40, 30, seed=3)
 

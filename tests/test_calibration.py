@@ -19,8 +19,8 @@ from scipy.stats import norm
 from bonexr.calibration import Calibration, calibrate
 from bonexr.errors import DataError
 from bonexr.manifest import BALANCED, GUARANTEED, INSUFFICIENT_DATA, TRIAGE, PartSpec
-from tests.bundles import write_as_exported
-from tests.service_support import make_settings, png_bytes, running
+from harness.bundles import write_as_exported
+from harness.service_support import make_settings, png_bytes, running
 from training.bootstrap import EXACT, bootstrap_ci, clopper_pearson_lower
 from training.calibrate import (
     apply,

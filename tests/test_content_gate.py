@@ -22,8 +22,8 @@ from bonexr.bundle import read_manifest, verify_bundle
 from bonexr.cli import main
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input, preprocess_file
-from tests.bundles import write_as_exported
-from tests.service_support import assert_error, make_settings, png_bytes, running
+from harness.bundles import write_as_exported
+from harness.service_support import assert_error, make_settings, png_bytes, running
 from training.eligibility import FittedGate
 from training.export import export_random_init_bundle
 from training.ood import (

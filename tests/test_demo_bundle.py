@@ -26,8 +26,8 @@ from bonexr.bundle import verify_bundle
 from bonexr.errors import BundleError
 from bonexr.imaging import model_input, preprocess_file
 from bonexr.labels import display_name
+from harness.service_support import running
 from service.settings import Settings
-from tests.service_support import running
 from training.run import run_training
 
 pytestmark = pytest.mark.slow

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from harness.dicom_node_support import Study, radiograph, stow_body
+from harness.service_support import assert_error, free_port, make_settings, running, wait_for
 from service.doors.dicom.results import read_report
-from tests.dicom_node_support import Study, radiograph, stow_body
-from tests.service_support import assert_error, free_port, make_settings, running, wait_for
 
 STOW = "/dicom-web/studies"
 

@@ -13,8 +13,8 @@ import pytest
 
 from bonexr.cli import main
 from bonexr.eligibility import metadata_refusal
+from harness.service_support import assert_error, make_settings, running
 from tests.dicom_support import dicom_file
-from tests.service_support import assert_error, make_settings, running
 
 CODES = np.random.default_rng(3).integers(0, 4000, (64, 80)).astype(np.uint16)
 

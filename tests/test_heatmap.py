@@ -15,8 +15,8 @@ from PIL import Image
 
 from bonexr.heatmap import normalized, overlay, peak, to_image_grid
 from bonexr.imaging import letterbox_geometry
-from tests.bundles import write_as_exported, write_as_legacy
-from tests.service_support import assert_error, encode, make_settings, noise, running
+from harness.bundles import write_as_exported, write_as_legacy
+from harness.service_support import assert_error, encode, make_settings, noise, running
 
 
 def upload(client: TestClient, width: int = 120, height: int = 80, seed: int = 0) -> str:

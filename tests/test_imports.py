@@ -1,7 +1,20 @@
-"""The package layering holds: the core stands alone and there is no cycle between packages.
+"""The import contract: the layering the folders show is the layering the code has.
 
-Walks every import statement (module level and inside functions) of the three packages
-with :mod:`ast`, so a lazy import counts as much as a top-level one.
+Walks every import statement (module level and inside functions, and imports by string)
+of the project's packages with :mod:`ast`, so a lazy import counts as much as a top-level
+one. The contract:
+
+* ``bonexr`` (the shared core) imports nothing above it; ``training`` and ``service``
+  never import each other.
+* Inside ``service``, top to bottom: ``doors`` (HTTP, DICOM, batch, CLI) -> ``triage``
+  (the use cases) -> ``adapters`` (engine, stores, records, metrics) -> ``domain`` (what an
+  answer is) -> ``settings``. A module imports its own layer and those below, never above.
+* ``domain`` and ``triage`` know no web framework.
+* ``bench`` and ``harness`` never import ``tests``; no shipped package imports ``bench``,
+  ``harness`` or ``tests``.
+* No project module is imported by a string (``importlib.import_module``, ``__import__``):
+  the one plugin registry is the ``bonexr.commands`` entry-point group in pyproject.toml,
+  which may name only the packages' command modules.
 """
 
 from __future__ import annotations
@@ -15,6 +28,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bonexr", "training", "service")
+#: Everything first-party that the contract covers (shipped packages and dev tooling).
+FIRST_PARTY = (*PACKAGES, "bench", "harness", "tests")
+#: Service layers, top first.
+SERVICE_LAYERS = (
+    "service.doors",
+    "service.triage",
+    "service.adapters",
+    "service.domain",
+    "service.settings",
+)
+WEB = ("fastapi", "starlette", "uvicorn")
+#: The plugin registry: entry-point group -> the modules it may name.
+REGISTRY = {"bonexr.commands": {"service.doors.cli", "training.cli"}}
 
 
 #: Calls that import a module named by a string: ``importlib.import_module("x")``,
@@ -193,3 +219,99 @@ def test_entry_points_import_no_tensorflow(code: str) -> None:
         [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _layer(module: str) -> int | None:
+    for index, layer in enumerate(SERVICE_LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return index
+    return None
+
+
+def _files(*folders: str) -> list[Path]:
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import in ``graph`` that runs from a lower service layer to a higher one."""
+    found = []
+    for source, targets in sorted(graph.items()):
+        own = _layer(source)
+        for target in sorted(targets):
+            layer = _layer(target)
+            if own is not None and layer is not None and layer < own:
+                found.append(f"{source} -> {target}")
+    return found
+
+
+def test_no_service_import_runs_up_a_layer() -> None:
+    graph = {_module_name(path): imported_modules(path) for path in _files("service")}
+    assert upward_imports(graph) == []
+
+
+def test_every_service_module_sits_in_a_layer() -> None:
+    """The folders are the design: nothing left beside them but the package itself."""
+    loose = [
+        _module_name(p)
+        for p in _files("service")
+        if _layer(_module_name(p)) is None and _module_name(p) != "service"
+    ]
+    assert loose == []
+
+
+def test_the_triage_core_knows_no_web_framework() -> None:
+    found = {
+        _module_name(path): sorted(t for t in imported_modules(path) if t.split(".")[0] in WEB)
+        for path in _files("service/domain", "service/triage", "service/adapters")
+    }
+    assert {module: web for module, web in found.items() if web} == {}
+
+
+def test_tooling_never_reaches_into_the_tests_and_shipped_code_never_into_tooling() -> None:
+    offenders = []
+    for folder, banned in (
+        ("bench", {"tests"}),
+        ("harness", {"tests"}),
+        ("bonexr", {"bench", "harness", "tests"}),
+        ("training", {"bench", "harness", "tests"}),
+        ("service", {"bench", "harness", "tests"}),
+    ):
+        for path in _files(folder):
+            hits = {t.split(".")[0] for t in imported_modules(path)} & banned
+            offenders += [f"{path.relative_to(ROOT)} -> {hit}" for hit in sorted(hits)]
+    assert offenders == []
+
+
+def test_no_project_module_is_imported_by_a_string() -> None:
+    found = []
+    for path in _files(*FIRST_PARTY):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and (named := _string_import(node)):
+                if named.split(".")[0] in FIRST_PARTY:
+                    found.append(f"{path.relative_to(ROOT)}: {named}")
+    assert found == []
+
+
+def test_the_plugin_registry_names_only_command_modules() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = project.get("entry-points", {})
+    assert set(groups) == set(REGISTRY)
+    for group, allowed in REGISTRY.items():
+        named = {value.partition(":")[0] for value in groups[group].values()}
+        assert named == allowed
+
+
+def test_the_layer_check_can_fail() -> None:
+    """An adapter importing a door, or the domain a use case, is caught; a door importing
+    anything below it is not."""
+    graph = {
+        "service.adapters.engine": {"service.doors.http.app", "service.domain.answers"},
+        "service.domain.rules": {"service.triage.predictor", "service.settings"},
+        "service.doors.batch": {"service.triage.ingest", "service.adapters.engine"},
+    }
+    assert upward_imports(graph) == [
+        "service.adapters.engine -> service.doors.http.app",
+        "service.domain.rules -> service.triage.predictor",
+    ]

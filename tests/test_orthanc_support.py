@@ -1,4 +1,4 @@
-"""The real-Orthanc harness (tests/orthanc_support.py) works: start, REST upload, QIDO-RS,
+"""The real-Orthanc harness (harness/orthanc_support.py) works: start, REST upload, QIDO-RS,
 WADO-RS, C-STORE and STOW-RS to a second Orthanc, start-failure reporting, port retry.
 
 Tests of the harness only. Skipped where Orthanc or its DICOMweb plugin is missing, except
@@ -18,8 +18,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from harness.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
 from tests import orthanc_support
-from tests.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
 
 CR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1")  # Computed Radiography Image Storage
 

@@ -24,10 +24,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from harness.dicom_node_support import API_KEY, Bonexr, Study, radiograph, running, stow_body
+from harness.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
+from harness.service_support import wait_for
 from service.doors.dicom.results import RESULTS_SERIES_DESCRIPTION, read_report
-from tests.dicom_node_support import API_KEY, Bonexr, Study, radiograph, running, stow_body
-from tests.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
-from tests.service_support import wait_for
 
 SR_MODALITY = "SR"
 

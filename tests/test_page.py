@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_support import server_process
+from harness.service_support import server_process
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_page_explains_every_failure_beside_its_view(
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from tests.service_support import encode, png_bytes
+    from harness.service_support import encode, png_bytes
 
     big = tmp_path / "big.png"
     noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.service_support import make_settings, running
 from service.doors.http.routes.page import CSP
-from tests.service_support import make_settings, running
 
 PATHS = [
     "/",

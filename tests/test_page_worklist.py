@@ -23,7 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.service_support import server_process
+from harness.service_support import server_process
 
 pytestmark = pytest.mark.slow
 

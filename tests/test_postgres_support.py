@@ -1,4 +1,4 @@
-"""The private-PostgreSQL harness (tests/postgres_support.py) works: start as an unprivileged
+"""The private-PostgreSQL harness (harness/postgres_support.py) works: start as an unprivileged
 account, two databases, two SQLAlchemy engines as two "service instances", row locks with
 ``SELECT ... FOR UPDATE`` across them, stop (port closed, cluster removed), port retry,
 start-failure reporting, and no server left behind when the test process is killed.
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import postgres_support
-from tests.postgres_support import (
+from harness.postgres_support import (
     Postgres,
     PostgresStartError,
     postgres_missing_reason,
     start_postgres,
 )
+from tests import postgres_support
 from tests.tools import in_ci
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ _ORPHAN = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from tests.postgres_support import start_postgres
+from harness.postgres_support import start_postgres
 pg = start_postgres(Path(sys.argv[1]))
 print(pg.process.pid, pg.port, pg.scratch, flush=True)
 time.sleep(120)

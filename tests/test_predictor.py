@@ -21,11 +21,11 @@ from PIL import Image
 
 from bonexr.cli import main
 from bonexr.heatmap import overlay, render_overlay, to_image_grid
+from harness.service_support import make_settings, png_bytes, running
 from service.adapters.pixel_cache import PixelCache
 from service.doors.http.errors import LastResortMiddleware
 from service.triage.heatmaps import render
 from tests.dicom_support import dicom_file
-from tests.service_support import make_settings, png_bytes, running
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

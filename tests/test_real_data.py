@@ -16,9 +16,9 @@ import pytest
 
 from bonexr.bundle import serving_copy, verify_bundle
 from bonexr.errors import ConfigError
+from harness.service_support import running
 from service.settings import Settings
 from tests.fracatlas_support import ROOT, fracatlas_root, small_fracatlas
-from tests.service_support import running
 from training.config import FRACATLAS_CPU, TrainConfig
 from training.run import run_training
 

@@ -14,8 +14,8 @@ import pytest
 from bonexr.bundle import Manifest, PrecisionSpec, publish_bundle, read_manifest, verify_files
 from bonexr.errors import BundleError
 from bonexr.runtime import openvino_capabilities
-from tests.bundles import write_as_exported
-from tests.service_support import assert_error, make_settings, png_bytes, running
+from harness.bundles import write_as_exported
+from harness.service_support import assert_error, make_settings, png_bytes, running
 from training.precision import PrecisionTestSet, measure_precision
 from training.quantize import produce_int8
 

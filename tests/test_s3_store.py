@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from bonexr.imaging import decode_image, encode_png
+from harness.service_support import assert_error, make_settings, png_bytes, running
 from service.adapters.stores.factory import open_store
 from service.adapters.stores.s3 import S3UploadStore, parse_s3_url
 from service.domain.errors import StoreUnavailableError, UploadNotFoundError
-from tests.service_support import assert_error, make_settings, png_bytes, running
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")

@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bonexr.imaging import decode_image, prepare_pixels
-from service.doors.http.app import create_app
-from tests.service_support import (
+from harness.service_support import (
     FILENAME_RE,
     assert_error,
     dicom_bytes,
@@ -27,6 +26,7 @@ from tests.service_support import (
     running,
     wait_for,
 )
+from service.doors.http.app import create_app
 
 UNKNOWN = "ab" * 32 + ".png"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from bonexr.imaging import decode_image, encode_png
+from harness.service_support import make_settings, png_bytes, running
 from service.adapters.stores.base import TEMP_PREFIX
 from service.adapters.stores.folder import FileUploadStore
-from tests.service_support import make_settings, png_bytes, running
 
 
 def stored_name(data: bytes) -> str:

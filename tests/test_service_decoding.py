@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.uid import JPEGLosslessSV1, RLELossless
 
-from tests.dicom_support import deflated_bomb, dicom_file, rescaled_and_raw_window
-from tests.service_support import (
+from harness.service_support import (
     ERRORS_SEEN,
     assert_error,
     assert_still_serving,
@@ -28,6 +27,7 @@ from tests.service_support import (
     png_bytes,
     running,
 )
+from tests.dicom_support import deflated_bomb, dicom_file, rescaled_and_raw_window
 
 
 def upload(client: TestClient, data: bytes, name: str = "scan.dcm") -> httpx.Response:
@@ -196,7 +196,7 @@ def test_error_scanner_catches_leaks() -> None:
 
 
 def test_errors_provoked_here_were_scanned(client: TestClient) -> None:
-    # the hygiene hook of tests.service_support.running saw this module's errors
+    # the hygiene hook of harness.service_support.running saw this module's errors
     assert_error(upload(client, b"\x00" * 200, "x.bin"), 415)
     statuses = {status for status, _ in ERRORS_SEEN}
     assert {400, 413, 415, 422} <= statuses, statuses

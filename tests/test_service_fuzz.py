@@ -19,8 +19,8 @@ from schemathesis.checks import not_a_server_error
 from starlette.types import Receive, Scope, Send
 
 from bonexr.imaging import decode_image, encode_png
+from harness.service_support import error_leaks, make_settings, png_bytes
 from service.doors.http.app import create_app
-from tests.service_support import error_leaks, make_settings, png_bytes
 
 
 @pytest.fixture(scope="module")

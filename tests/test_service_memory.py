@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 
+from harness.service_support import png_chunk, server_process
 from tests.dicom_support import deflated_bomb
-from tests.service_support import png_chunk, server_process
 
 pytestmark = pytest.mark.slow
 

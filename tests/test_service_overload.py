@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.service_support import make_settings, png_bytes, running
 from service.adapters.batcher import MicroBatcher
 from service.domain.errors import NotReadyError, OverloadedError
-from tests.service_support import make_settings, png_bytes, running
 
 
 def slow_batches(delay: float, seen: list[int]):  # type: ignore[no-untyped-def]

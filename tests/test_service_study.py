@@ -16,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonexr.study import route_study, study_probability
-from tests.bundles import write_as_legacy
-from tests.service_support import assert_error, make_settings, png_bytes, running
+from harness.bundles import write_as_legacy
+from harness.service_support import assert_error, make_settings, png_bytes, running
 
 UNKNOWN = ["ab" * 32 + ".png", "cd" * 32 + ".png"]
 
@@ -156,7 +156,7 @@ def wrist_first_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A router that knows Wrist (listed first) without a wrist model. A black image gets
     exactly equal router probabilities from the random-init router, so the argmax is the
     first class: Wrist."""
-    from tests.bundles import make_untrained_bundle
+    from harness.bundles import make_untrained_bundle
 
     folder = tmp_path_factory.mktemp("wrist") / "wrist"
     return make_untrained_bundle(
@@ -167,7 +167,7 @@ def wrist_first_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def black_png() -> bytes:
     from PIL import Image
 
-    from tests.service_support import encode
+    from harness.service_support import encode
 
     return encode(Image.new("L", (80, 64), 0))
 

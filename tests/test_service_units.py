@@ -175,7 +175,7 @@ def test_probes_answer_head(client: TestClient, path: str) -> None:
 
 
 def test_head_on_ready_says_503_while_not_ready(untrained_bundle: Path, tmp_path: Path) -> None:
-    from tests.service_support import make_settings, running
+    from harness.service_support import make_settings, running
 
     settings = make_settings(untrained_bundle, tmp_path, bundle="missing")
     with running(settings) as (client, _app):

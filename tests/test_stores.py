@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from harness.service_support import make_settings, png_bytes, running
 from service.adapters.stores.base import BODY_PART, SIDECAR_RE
 from service.adapters.stores.folder import FileUploadStore
-from tests.service_support import make_settings, png_bytes, running
 
 TRIALS = 300
 

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bonexr.errors import ConfigError
+from harness.service_support import assert_error, make_settings, png_bytes, running, wait_for
 from service.adapters.records.database import Database, database_url
 from service.adapters.records.worklist import RecordStore, StudyEntry, ViewEntry, utcnow
-from tests.service_support import assert_error, make_settings, png_bytes, running, wait_for
 
 KEYS = "alice:key-a,bob:key-b"
 ALICE, BOB = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}

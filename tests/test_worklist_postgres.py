@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from harness.postgres_support import Postgres, postgres_missing_reason, start_postgres
+from harness.service_support import assert_error, make_settings, png_bytes, running, wait_for
 from service.adapters.records.database import Database
-from tests.postgres_support import Postgres, postgres_missing_reason, start_postgres
-from tests.service_support import assert_error, make_settings, png_bytes, running, wait_for
 from tests.tools import missing
 
 KEYS = "alice:key-a,bob:key-b"
@@ -150,7 +150,7 @@ def test_a_read_only_postgres_is_a_503_naming_it_and_loses_nothing(
 
 
 def test_a_postgres_that_is_down_is_named_by_ready(untrained_bundle: Path, tmp_path: Path) -> None:
-    from tests.service_support import free_port
+    from harness.service_support import free_port
 
     url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
     with running(_settings(untrained_bundle, tmp_path, url, "down"), wait=False) as (client, app):

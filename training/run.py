@@ -36,11 +36,9 @@ from training.answers_markdown import plot_reliability
 from training.baselines import baselines_report
 from training.bootstrap import with_methods
 from training.config import (
-    DEMO_DATA,
     DEMO_PATIENTS_PER_PART,
     MIN_TRAIN_POSITIVES,
     TrainConfig,
-    demo_config,
     load_config,
     save_config,
 )
@@ -717,8 +715,3 @@ def run_demo(
     dist.step("generating the synthetic data", generate, chief_only=True)
     dist.step("finding the synthetic data", generate)
     return run_training(data, config, out=out, run_dir=run_dir, resume=resume, force=force)
-
-
-def run_demo_default(out: Path) -> Manifest | None:
-    """``bonexr demo`` with its defaults, writing the bundle to ``out`` (for ``bonexr run``)."""
-    return run_demo(DEMO_DATA, demo_config(), out=out, run_dir=Path("runs") / "demo")

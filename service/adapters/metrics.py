@@ -1,26 +1,17 @@
-"""Prometheus metrics and the access log, both recorded by one pure ASGI middleware.
+"""Every Prometheus metric the service exports, in one per-app registry.
 
 Each app gets its own :class:`CollectorRegistry`, so several apps in one process (tests)
-never collide on metric names. Labels are bounded: the *route template* (``/uploads/{filename}``),
-never the raw path, so neither a filename nor a scanner's random URLs reach the metrics or
-the logs. The access log records method, route template, status and duration only: no
-client address, no file names, no bodies (uploads are patient data).
+never collide on metric names. The HTTP metrics are recorded by the access middleware
+(:mod:`service.doors.http.access`), the rest by the engine, the stores, the records and
+the DICOM node.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-access_log = logging.getLogger("bonexr.access")
-
-UNMATCHED = "<unmatched>"
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -175,56 +166,3 @@ class ServiceMetrics:
 
     def count_stored_with(self, counter: Callable[[], int]) -> None:
         self.uploads_stored.set_function(lambda: float(counter()))
-
-
-def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
-    """The matched route's path template.
-
-    When a middleware answered before the router ran (401, 413), ``scope`` has no route, so
-    the request is matched against ``routes`` here; those responses are labelled too.
-    """
-    route = scope.get("route")
-    if route is not None and hasattr(route, "path"):
-        return str(route.path)
-    for candidate in routes:
-        try:
-            match, _ = candidate.matches(dict(scope))
-        except Exception:  # a malformed scope must never break accounting
-            continue
-        if match is Match.FULL:
-            return str(getattr(candidate, "path", UNMATCHED))
-    return UNMATCHED
-
-
-class AccessMiddleware:
-    """Outermost middleware: times each request, counts it, and writes one log line."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # if the app raises before answering, the server answers 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = route_template(self.routes, scope)
-            method = str(scope.get("method", ""))
-            method = method if method in _METHODS else "OTHER"
-            labels = (method, route, str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(elapsed)
-            access_log.info("%s %s %d %.1fms", method, route, status, elapsed * 1000)

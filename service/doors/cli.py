@@ -1,8 +1,16 @@
-"""Arguments of ``bonexr serve`` (and the server options ``bonexr run`` shares). Parsing only."""
+"""The service's commands: ``serve``, ``run`` (the quick start), ``predict`` and ``db``.
+
+Registered with the ``bonexr`` command line through the ``bonexr.commands`` entry point.
+``run`` trains the demo bundle when the models folder has none by running ``bonexr demo``
+as a child process: the service never imports ``training`` (the serving image has no
+TensorFlow), and the training's memory is given back before the server starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -35,6 +43,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from service.doors.server import load_settings, serve
 
     return serve(load_settings(**settings_overrides(args)))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from service.doors.server import has_bundle, load_settings, serve
+
+    settings = load_settings(**settings_overrides(args))
+    if not has_bundle(settings):
+        demo = Path(settings.models_dir) / "demo"
+        print(
+            f"bonexr: no model bundle in {settings.models_dir}; "
+            "training the synthetic demo bundle first (bonexr demo)",
+            flush=True,
+        )
+        command = [sys.executable, "-m", "bonexr.cli", "demo", "--out", str(demo)]
+        if subprocess.run(command, check=False).returncode != 0:
+            print("bonexr: the demo bundle could not be trained (see above)", file=sys.stderr)
+            return 3
+    return serve(settings)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -72,10 +98,16 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``serve``, ``predict`` and ``db`` to the ``bonexr`` parser."""
+    """Add ``serve``, ``run``, ``predict`` and ``db`` to the ``bonexr`` parser."""
     p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
     add_server_options(p)
     p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser(
+        "run", help="quick start: train the demo bundle if models/ has none, then serve"
+    )
+    add_server_options(p)
+    p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser(
         "predict",

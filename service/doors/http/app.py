@@ -4,7 +4,7 @@ Middleware order (outermost first) and why:
 
 0. :class:`~service.domain.errors.LastResortMiddleware`: any escaped exception becomes a JSON 500,
    logged without its message, and goes no further.
-1. :class:`~service.adapters.metrics.AccessMiddleware`: times, counts and logs *every* response,
+1. :class:`~service.doors.http.access.AccessMiddleware`: times, counts and logs *every* response,
    including the 401s and 413s produced below it.
 2. :class:`~service.doors.http.security.ApiKeyMiddleware`: refuses unauthenticated requests before
    any body byte is read.
@@ -31,7 +31,7 @@ from fastapi import FastAPI
 import bonexr
 from service.adapters.engine import InferenceEngine
 from service.adapters.memory import tune_malloc
-from service.adapters.metrics import AccessMiddleware, ServiceMetrics
+from service.adapters.metrics import ServiceMetrics
 from service.adapters.pixel_cache import PixelCache
 from service.adapters.records.audit import AuditLog
 from service.adapters.records.database import Database, database_url
@@ -40,6 +40,7 @@ from service.adapters.records.worklist import RecordStore, utcnow
 from service.adapters.stores.factory import open_store
 from service.domain.errors import TriageError
 from service.doors.dicom.node import DicomNode
+from service.doors.http.access import AccessMiddleware
 from service.doors.http.body_limit import BodySizeLimitMiddleware
 from service.doors.http.errors import LastResortMiddleware, install_error_handlers
 from service.doors.http.routes import api_router

@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.service_support import free_port, wait_for
+from harness.service_support import free_port, wait_for
 
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 API_KEY = "pacs-secret"

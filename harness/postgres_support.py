@@ -115,7 +115,7 @@ SERVER_SETTINGS: dict[str, str] = {
 #: ``pg_hba.conf`` as the harness writes it: no password, and nothing but the Unix socket
 #: and IPv4 loopback (``initdb --auth=trust`` would also allow ``::1`` and replication).
 PG_HBA = (
-    "# Written by tests/postgres_support.py: trust, Unix socket and 127.0.0.1 only.\n"
+    "# Written by harness/postgres_support.py: trust, Unix socket and 127.0.0.1 only.\n"
     "local all all trust\n"
     "host  all all 127.0.0.1/32 trust\n"
 )

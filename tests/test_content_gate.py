@@ -9,6 +9,7 @@ on the demo bundle (``tests/test_demo_bundle.py``)."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -278,3 +279,47 @@ def test_bonexr_predict_refuses_an_unknown_operating_point(
                  "--models-dir", models, "--operating-point", "triage"])  # fmt: skip
     assert code != 0
     assert "has no operating point 'triage'; it has balanced" in capsys.readouterr().err
+
+
+def _metric(client: Any, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_study_with_refused_views_is_scored_once(gated: dict[str, Any], tmp_path: Path) -> None:
+    """5 views, 3 beyond the limit: the node's path answers the other 2 from the same first
+    pass (5 views scored, plus any rescoring by the study's part), never a second pass."""
+    uploads = tmp_path / "uploads"
+    with running(
+        make_settings(_with_limit(gated, tmp_path / "a", limit=1e9), tmp_path, upload_dir=uploads)
+    ) as (client, _):
+        names = [
+            client.post("/upload", files={"file": (f"{i}.png", png_bytes(seed=i))}).json()[
+                "filename"
+            ]
+            for i in range(5)
+        ]
+        scores = [
+            client.post("/predict", json={"filename": n}).json()["content_score"] for n in names
+        ]
+    ranked = sorted(scores)
+    limit = (ranked[1] + ranked[2]) / 2  # the three highest scores are beyond it
+    bundle = _with_limit(gated, tmp_path / "b", limit=limit)
+    with running(make_settings(bundle, tmp_path, upload_dir=uploads)) as (client, app):
+        before = _metric(client, "bonexr_views_scored_total")
+        predictor = app.state.predictor
+        answer = client.portal.call(
+            functools.partial(predictor.study, names, None, set_aside_refused=True, door="dicom")
+        )
+        scored = _metric(client, "bonexr_views_scored_total") - before
+        answered = _metric(client, "bonexr_studies_answered_total")
+    assert len(answer.refused) == 3 and len(answer.views) == 2
+    beyond = {n for n, s in zip(names, scores, strict=True) if s > limit}
+    assert {r.view for r in answer.refused} == beyond
+    rescored = sum(p.bone_type != p.scored_by for _, p in answer.views)
+    assert scored == 5 + rescored  # the old node scored 5, then the 2 kept views again
+    assert answered == 1
+    mean = np.mean([p.raw_probability for _, p in answer.views])
+    assert answer.abnormality_probability == pytest.approx(float(mean), abs=1e-6)

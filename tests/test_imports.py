@@ -286,9 +286,9 @@ def test_no_project_module_is_imported_by_a_string() -> None:
     found = []
     for path in _files(*FIRST_PARTY):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and (named := _string_import(node)):
-                if named.split(".")[0] in FIRST_PARTY:
-                    found.append(f"{path.relative_to(ROOT)}: {named}")
+            named = _string_import(node) if isinstance(node, ast.Call) else None
+            if named and named.split(".")[0] in FIRST_PARTY:
+                found.append(f"{path.relative_to(ROOT)}: {named}")
     assert found == []
 
 

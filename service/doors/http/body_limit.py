@@ -5,8 +5,9 @@ received and spooled. Here a declared ``Content-Length`` over the limit is refus
 the app runs, and for chunked bodies (no ``Content-Length``) the bytes are counted as each
 chunk arrives, so at most one chunk past the limit is ever read.
 
-The upload route gets ``max_upload_bytes`` plus an allowance for the multipart envelope;
-the route itself then checks the file part exactly. STOW-RS (a whole study in one body)
+The routes that take an image (``/upload``, ``/predict/image``) get ``max_upload_bytes``
+plus an allowance for the multipart envelope; the route itself then checks the file part
+exactly. STOW-RS (a whole study in one body)
 gets ``max_stow_bytes``; its parser holds each instance to ``max_upload_bytes``. Every
 other route takes small JSON bodies, so it gets a small limit.
 """
@@ -46,20 +47,20 @@ class BodySizeLimitMiddleware:
         app: ASGIApp,
         *,
         upload_limit: int,
-        upload_path: str = "/upload",
+        upload_paths: tuple[str, ...] = ("/upload", "/predict/image"),
         stow_limit: int = 512 * 1024 * 1024,
         stow_prefix: str = "/dicom-web/studies",
     ) -> None:
         self.app = app
         self.upload_limit = upload_limit
-        self.upload_path = upload_path
+        self.upload_paths = upload_paths
         self.stow_limit = stow_limit
         self.stow_prefix = stow_prefix
 
     def limits_for(self, scope: Scope) -> tuple[int, int]:
         """(bytes enforced, bytes quoted to the client) for this request's path."""
         path = str(scope.get("path", ""))
-        if path == self.upload_path:
+        if path in self.upload_paths:
             return self.upload_limit + MULTIPART_ALLOWANCE, self.upload_limit
         if path == self.stow_prefix or path.startswith(self.stow_prefix + "/"):
             return self.stow_limit, self.stow_limit  # a whole study (STOW-RS)

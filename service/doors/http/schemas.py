@@ -16,7 +16,8 @@ from bonexr.manifest import INSUFFICIENT_DATA, OperatingPoint
 FILENAME_PATTERN = r"^[0-9a-f]{64}\.png$"
 
 #: An operating point's name as a request may give it.
-OperatingPointName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")]
+OPERATING_POINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,39}$"
+OperatingPointName = Annotated[str, Field(pattern=OPERATING_POINT_PATTERN)]
 
 
 class FieldError(BaseModel):

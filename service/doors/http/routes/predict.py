@@ -1,12 +1,31 @@
-"""POST /predict: route an uploaded image to its body part and score abnormality."""
+"""POST /predict: route an uploaded image to its body part and score abnormality;
+POST /predict/image: the same answer for an image sent in the request, in one round trip.
+
+Both go through the same triage core: ``/predict/image`` stores the image exactly as
+``/upload`` does (:func:`service.triage.ingest.ingest`: the same limits, gate and
+content-addressed name) and then answers exactly as ``/predict`` does for that name, so
+the heat map URL and ``/predict/study`` work on it afterwards.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from service.doors.http.deps import PredictorDep, ReadyEngineDep
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from service.adapters.engine import InferenceEngine
+from service.domain.answers import ImageAnswer
+from service.doors.http.deps import PredictorDep, ReadyEngineDep, ServicesDep
 from service.doors.http.errors import error_responses
-from service.doors.http.schemas import ModelRef, PredictionResponse, PredictRequest, applied_point
+from service.doors.http.routes.upload import read_file_part, store_upload
+from service.doors.http.schemas import (
+    OPERATING_POINT_PATTERN,
+    ModelRef,
+    PredictionResponse,
+    PredictRequest,
+    applied_point,
+)
 
 router = APIRouter(tags=["predict"])
 
@@ -31,9 +50,47 @@ async def predict(
     answer = await predictor.image(
         body.filename, heatmap=body.heatmap, operating_point=body.operating_point
     )
+    return _response(body.filename, answer, engine)
+
+
+@router.post(
+    "/predict/image",
+    response_model=PredictionResponse,
+    summary="Upload and classify an image in one request",
+    responses=error_responses(400, 413, 415, 422, 429, 503, 507),
+)
+async def predict_image(
+    services: ServicesDep,
+    engine: ReadyEngineDep,
+    predictor: PredictorDep,
+    request: Request,
+    file: Annotated[UploadFile, File(description="PNG, JPEG, WebP or DICOM; detected by content.")],
+    heatmap: Annotated[bool, Query(description="Also prepare the heat map.")] = False,
+    operating_point: Annotated[
+        str | None,
+        Query(pattern=OPERATING_POINT_PATTERN, description="Decide at this operating point."),
+    ] = None,
+) -> PredictionResponse:
+    """``/upload`` and ``/predict`` in one round trip, for a client that wants one answer
+    per request (as LitServe's clients do). The image is stored as ``/upload`` stores it
+    (``filename`` in the answer; the upload's warnings come first) and answered as
+    ``/predict`` answers; every error is the one either of them gives.
+    """
+    predictor.rules.operating_point(operating_point)  # an unknown one costs nothing
+    data = await read_file_part(services, request, file)
+    stored, _ = await run_in_threadpool(store_upload, services, data)
+    answer = await predictor.image(
+        stored.filename, heatmap=heatmap, operating_point=operating_point
+    )
+    response = _response(stored.filename, answer, engine)
+    response.warnings = [*stored.warnings, *response.warnings]
+    return response
+
+
+def _response(filename: str, answer: ImageAnswer, engine: InferenceEngine) -> PredictionResponse:
     prediction = answer.prediction
     return PredictionResponse(
-        filename=body.filename,
+        filename=filename,
         bone_type=prediction.bone_type,
         result=prediction.result,
         bone_type_probabilities=prediction.bone_type_probabilities,

@@ -22,7 +22,19 @@ from service.triage.services import Services
 router = APIRouter(tags=["upload"])
 
 
-def _upload(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
+async def read_file_part(services: Services, request: Request, file: UploadFile) -> bytes:
+    """The one ``file`` part's bytes, held to ``BONEXR_MAX_UPLOAD_BYTES`` exactly (the
+    body limit middleware already bounded the whole request)."""
+    if len((await request.form()).getlist("file")) > 1:  # the form FastAPI already parsed
+        raise DuplicateFieldError("send exactly one 'file' field per upload")
+    limit = services.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"file is larger than the limit of {limit:,} bytes")
+    return data
+
+
+def store_upload(services: Services, data: bytes) -> tuple[UploadResponse, bool]:
     """The one ingest path (:func:`service.triage.ingest.ingest`), as ``/upload`` answers."""
     ingested = ingest(services, data, provenance="upload")
     if ingested.refusal is not None:
@@ -65,13 +77,8 @@ async def upload(
     (same name). The client's file name and all metadata (EXIF, text chunks) are dropped;
     of a DICOM header only ``BodyPartExamined`` is reported (not stored).
     """
-    if len((await request.form()).getlist("file")) > 1:  # the form FastAPI already parsed
-        raise DuplicateFieldError("send exactly one 'file' field per upload")
-    limit = services.settings.max_upload_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"file is larger than the limit of {limit:,} bytes")
-    result, created = await run_in_threadpool(_upload, services, data)
+    data = await read_file_part(services, request, file)
+    result, created = await run_in_threadpool(store_upload, services, data)
     response.status_code = 201 if created else 200
     return result
 

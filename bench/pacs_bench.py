@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -83,27 +84,35 @@ def main(argv: list[str] | None = None) -> int:
             with running(bonexr):
                 orthanc.set_modality("bonexr", "BONEXR", "127.0.0.1", bonexr.dicom_port)
                 for number, pair in enumerate(views):
-                    study = Study()
-                    for index, path in enumerate(pair):
-                        study.add(
-                            radiograph(path),
-                            photometric="MONOCHROME1" if index else "MONOCHROME2",
-                        )
-                    ids = [orthanc.upload(d) for d in study.instances.values()]
-                    started = time.monotonic()
-                    orthanc.send_to_modality("bonexr", ids)
-                    while not _report_in(orthanc, study.study_uid):
-                        if time.monotonic() - started > 120:
-                            raise SystemExit(f"no report after 120 s\n{bonexr.log_tail()}")
-                        time.sleep(0.05)
-                    seconds.append(time.monotonic() - started)
+                    seconds.append(_one_study(orthanc, bonexr, pair, save=number == 0))
                     print(f"study {number + 1}: report in Orthanc after {seconds[-1]:.2f} s")
-                    if number == 0:
-                        _save_capture(orthanc, study.study_uid)
         finally:
             bonexr.stop()
             stop_all(orthanc)
 
+    _report(args, bundle, seconds)
+    return 0
+
+
+def _one_study(orthanc: Any, bonexr: Bonexr, pair: list[Path], *, save: bool) -> float:
+    """C-STORE a two-view study from Orthanc to bonexr; seconds until its report is back."""
+    study = Study()
+    for index, path in enumerate(pair):
+        study.add(radiograph(path), photometric="MONOCHROME1" if index else "MONOCHROME2")
+    ids = [orthanc.upload(d) for d in study.instances.values()]
+    started = time.monotonic()
+    orthanc.send_to_modality("bonexr", ids)
+    while not _report_in(orthanc, study.study_uid):
+        if time.monotonic() - started > 120:
+            raise SystemExit(f"no report after 120 s\n{bonexr.log_tail()}")
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    if save:
+        _save_capture(orthanc, study.study_uid)
+    return elapsed
+
+
+def _report(args: argparse.Namespace, bundle: Path, seconds: list[float]) -> None:
     median, low, high = median_interval(seconds)
     beyond = [s - args.settle for s in seconds]
     b_median, b_low, b_high = median_interval(beyond)
@@ -128,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             "mean_s": statistics.fmean(seconds),
         },
     )
-    return 0
 
 
 def _report_in(orthanc, study_uid: str) -> bool:  # type: ignore[no-untyped-def]

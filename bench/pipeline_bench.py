@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,7 +29,7 @@ def _rate(images: int, seconds: float) -> float:
     return images / seconds if seconds > 0 else float("nan")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -43,27 +44,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=8, help="batches timed per measurement")
     parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
     parser.add_argument("--cache-sizes", default="224,320", help="disk-cache passes at these sizes")
-    args = parser.parse_args(argv)
+    return parser
 
-    import keras
-    import numpy as np
 
+def _frame(data: Path | None) -> Any:
+    """The dataset index, shuffled (a synthetic MURA tree is generated when none is given)."""
     from training.dataset import index_dataset
-    from training.models import build_model
-    from training.pipeline import BadImageLog, make_dataset
 
-    data = args.data
     if data is None:
         from training.synthetic import generate_synthetic_mura
 
         data = Path(tempfile.mkdtemp(prefix="bonexr-bench-")) / "MURA-v1.1"
         generate_synthetic_mura(data, patients_per_part=30, seed=0, progress=False)
     index, _ = index_dataset(data)
-    frame = index.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    return index.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def _training_rates(args: argparse.Namespace, frame: Any) -> tuple[float, float, float]:
+    """Images/s of the pipeline alone, the training step alone, and the two together."""
+    import keras
+    import numpy as np
+
+    from training.models import build_model
+    from training.pipeline import BadImageLog, make_dataset
+
     labels = frame["label"].to_numpy()
     n_images = args.steps * args.batch_size
 
-    def pipeline():
+    def pipeline() -> Any:
         return make_dataset(
             frame,
             targets=labels,
@@ -100,7 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     model.fit(pipeline().take(args.steps), verbose=0)
     fit_rate = _rate(n_images, time.perf_counter() - start)
+    return pipeline_rate, step_rate, fit_rate
 
+
+def _cache_rates(args: argparse.Namespace, frame: Any) -> dict[str, dict[str, float]]:
+    """One cold and one warm pass through the disk cache per size."""
+    from training.pipeline import BadImageLog, make_dataset
+
+    labels = frame["label"].to_numpy()
     cache_rates = {}
     for size in (int(v) for v in args.cache_sizes.split(",") if v):
         with tempfile.TemporaryDirectory(prefix="bonexr-cache-") as folder:
@@ -113,6 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
                 images = sum(int(batch[0].shape[0]) for batch in ds)
                 rates[state] = round(_rate(images, time.perf_counter() - start), 1)
             cache_rates[str(size)] = rates
+    return cache_rates
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    frame = _frame(args.data)
+    pipeline_rate, step_rate, fit_rate = _training_rates(args, frame)
+    cache_rates = _cache_rates(args, frame)
 
     result = {
         "size": args.size,

@@ -377,87 +377,15 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
 
     print("measuring the engine in-process (the service's runtime choice, two-stage) ...")
     raw = raw_engine(bundle, [1, 2, 4, 8, 16], repeats=6)
-
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = _serve(
-        bundle,
-        work,
-        port,
-        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
-        BONEXR_MAX_BATCH_WAIT_MS=str(args.max_batch_wait_ms),
-    )
-    sampler = RssSampler(process.pid)
-    sampler.start()
-    service = []
-    try:
-        _wait_ready(base, process)
-        levels = [int(c) for c in args.concurrency.split(",")]
-        needed = sum(levels) * args.requests_per_client + 4 + args.burst
-        images = _xray_pngs(needed, work)
-        bodies = [_multipart(image) for image in images]
-        _drive(port, bodies[:4], 2)  # warm-up
-        offset = 4
-        for level in levels:
-            count = level * args.requests_per_client
-            batch = bodies[offset : offset + count]
-            offset += count
-            print(f"driving the service at concurrency {level} ({count} upload+predict pairs) ...")
-            service.append(_drive(port, batch, level))
-    finally:
-        process.terminate()
-        process.wait(30)
-        sampler.stopped.set()
-    peak_gb = sampler.peak / 1e9
-
-    print(f"overload: {args.burst} predicts at once against a queue of {args.burst_queue} ...")
-    port = _free_port()
-    process = _serve(
-        bundle,
-        work,
-        port,
-        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
-        BONEXR_MAX_QUEUE=str(args.burst_queue),
-    )
-    try:
-        _wait_ready(f"http://127.0.0.1:{port}", process)
-        overload = _overload(port, bodies[-args.burst :])
-    finally:
-        process.terminate()
-        process.wait(30)
+    service, bodies, peak_gb = _service_levels(args, bundle, work)
+    overload = _overload_run(args, bundle, work, bodies[-args.burst :])
 
     print("measuring plain in-process TensorFlow (two forwards at batch 8) ...")
     tensorflow = tensorflow_baseline(bundle, batch=8, repeats=5)
-
-    at8 = next((r for r in service if r["concurrency"] == 8), None)
-    at1 = next((r for r in service if r["concurrency"] == 1), None)
-    print(f"\nbonexr benchmark: {bundle.name}, {os.cpu_count()} CPU cores, one run")
-    print_runtime_table(runtimes)
-    print("\nEngine in-process (service settings and runtime choice, preprocessing included)")
-    print(f"{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
-    for batch, r in raw.items():
-        print(f"{batch:>6}{r['ms_per_batch']:>12.1f}{r['images_per_s']:>12.1f}")
-    print(
-        "\nService over HTTP (one request = upload + predict of a distinct 384-512 px radiograph)"
-    )
-    print(f"{'clients':>8}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
-    for r in service:
-        print(
-            f"{r['concurrency']:>8}{r['images_per_s']:>10.1f}"
-            f"{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-        )
-    print(
-        f"\nPlain TensorFlow, two forwards at batch 8: {tensorflow['images_per_s']:.1f} images/s "
-        f"({tensorflow['ms_per_batch']:.0f} ms per batch)"
-    )
-    print(
-        f"\nOverload ({overload['burst']} predicts at once, queue {args.burst_queue}): "
-        f"{overload['answered_200']} answered, {overload['refused_429']} refused (429), "
-        f"other statuses {overload['other'] or 'none'}, lost {overload['lost']}"
-    )
+    _print_run(bundle, runtimes, raw, service, tensorflow, overload, args.burst_queue)
     checks = _targets(
-        at8=at8,
-        at1=at1,
+        at8=next((r for r in service if r["concurrency"] == 8), None),
+        at1=next((r for r in service if r["concurrency"] == 1), None),
         fastest=fastest,
         fastest_b1=fastest_b1,
         tensorflow=tensorflow,
@@ -478,6 +406,97 @@ def _run(args: argparse.Namespace, work: Path) -> dict:
     }
     write_result(args.out, result)
     return result
+
+
+def _service_levels(
+    args: argparse.Namespace, bundle: Path, work: Path
+) -> tuple[list[dict], list[tuple[bytes, str]], float]:
+    """The service over HTTP at each concurrency: results, the request bodies made (the
+    overload run reuses the last ones) and the server's peak RSS in GB."""
+    port = _free_port()
+    process = _serve(
+        bundle,
+        work,
+        port,
+        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
+        BONEXR_MAX_BATCH_WAIT_MS=str(args.max_batch_wait_ms),
+    )
+    sampler = RssSampler(process.pid)
+    sampler.start()
+    service = []
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", process)
+        levels = [int(c) for c in args.concurrency.split(",")]
+        needed = sum(levels) * args.requests_per_client + 4 + args.burst
+        bodies = [_multipart(image) for image in _xray_pngs(needed, work)]
+        _drive(port, bodies[:4], 2)  # warm-up
+        offset = 4
+        for level in levels:
+            count = level * args.requests_per_client
+            batch = bodies[offset : offset + count]
+            offset += count
+            print(f"driving the service at concurrency {level} ({count} upload+predict pairs) ...")
+            service.append(_drive(port, batch, level))
+    finally:
+        process.terminate()
+        process.wait(30)
+        sampler.stopped.set()
+    return service, bodies, sampler.peak / 1e9
+
+
+def _overload_run(
+    args: argparse.Namespace, bundle: Path, work: Path, bodies: list[tuple[bytes, str]]
+) -> dict:
+    print(f"overload: {args.burst} predicts at once against a queue of {args.burst_queue} ...")
+    port = _free_port()
+    process = _serve(
+        bundle,
+        work,
+        port,
+        BONEXR_MAX_BATCH_SIZE=str(args.max_batch_size),
+        BONEXR_MAX_QUEUE=str(args.burst_queue),
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", process)
+        return _overload(port, bodies)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _print_run(
+    bundle: Path,
+    runtimes: list[dict],
+    raw: dict,
+    service: list[dict],
+    tensorflow: dict,
+    overload: dict,
+    burst_queue: int,
+) -> None:
+    print(f"\nbonexr benchmark: {bundle.name}, {os.cpu_count()} CPU cores, one run")
+    print_runtime_table(runtimes)
+    print("\nEngine in-process (service settings and runtime choice, preprocessing included)")
+    print(f"{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
+    for batch, r in raw.items():
+        print(f"{batch:>6}{r['ms_per_batch']:>12.1f}{r['images_per_s']:>12.1f}")
+    print(
+        "\nService over HTTP (one request = upload + predict of a distinct 384-512 px radiograph)"
+    )
+    print(f"{'clients':>8}{'images/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for r in service:
+        print(
+            f"{r['concurrency']:>8}{r['images_per_s']:>10.1f}"
+            f"{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+        )
+    print(
+        f"\nPlain TensorFlow, two forwards at batch 8: {tensorflow['images_per_s']:.1f} images/s "
+        f"({tensorflow['ms_per_batch']:.0f} ms per batch)"
+    )
+    print(
+        f"\nOverload ({overload['burst']} predicts at once, queue {burst_queue}): "
+        f"{overload['answered_200']} answered, {overload['refused_429']} refused (429), "
+        f"other statuses {overload['other'] or 'none'}, lost {overload['lost']}"
+    )
 
 
 if __name__ == "__main__":

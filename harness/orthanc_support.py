@@ -502,6 +502,25 @@ def _wait_ready(server: Orthanc, name: str, deadline: float) -> str | None:
             time.sleep(0.05)
 
 
+def _spawn(root: Path, command: list[str], attempt: int) -> tuple[subprocess.Popen, int]:
+    """Start Orthanc logging into ``root/orthanc.log``; the process and where its log
+    of this attempt starts."""
+    with (root / "orthanc.log").open("ab") as log:
+        log_start = log.tell()
+        log.write(f"=== attempt {attempt}: {' '.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_environment(),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    return process, log_start
+
+
 def start_orthanc(
     root: Path,
     *,
@@ -557,19 +576,7 @@ def start_orthanc(
         )
         config_path.write_text(json.dumps(config, indent=2))
         command = [ORTHANC_BINARY, *(["--verbose"] if verbose else []), str(config_path)]
-        with (root / "orthanc.log").open("ab") as log:
-            log_start = log.tell()
-            log.write(f"=== attempt {attempt}: {' '.join(command)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                command,
-                cwd=root,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_environment(),
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+        process, log_start = _spawn(root, command, attempt)
         server = Orthanc(
             http_port=http_port, dicom_port=dicom_port, aet=aet, root=root, process=process
         )

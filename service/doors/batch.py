@@ -38,12 +38,18 @@ import numpy as np
 from tqdm import tqdm
 
 from bonexr.atomic import write_bytes_atomic
-from bonexr.errors import ConfigError, DataError, ImageError, ImageTooLargeError
+from bonexr.errors import BundleError, ConfigError, DataError, ImageError, ImageTooLargeError
 from bonexr.imaging import prepare_pixels, sniff_format
 from bonexr.study import route_study
 from service.adapters.engine import InferenceEngine
 from service.domain.answers import Prediction
-from service.domain.errors import NoPartModelError, NotEligibleError, TriageError
+from service.domain.errors import (
+    InvalidStudyError,
+    NoPartModelError,
+    NotEligibleError,
+    TriageError,
+    UnknownOperatingPointError,
+)
 from service.domain.intake import read_image
 from service.domain.rules import AnswerRules
 from service.settings import Settings
@@ -349,10 +355,21 @@ class OfflineScorer:
 def refusal_code(refusal: TriageError) -> str:
     """The refusal's code as the API's 422 body gives it (``not_eligible:content`` ...)."""
     if isinstance(refusal, NotEligibleError):
-        return f"not_eligible:{refusal.reason}"
-    if isinstance(refusal, NoPartModelError):
-        return "unsupported_body_part"
-    return "invalid_study"
+        return f"{refusal.code}:{refusal.reason}"
+    return refusal.code
+
+
+#: What each error becomes in ``bonexr predict``, for the docs: a row (the run goes on),
+#: or the run stops with ``error:`` and exit 2 (a user mistake) before any file is read.
+BATCH_OUTCOME: dict[type[Exception], str] = {
+    ImageError: "errors.csv row with the reason; the run goes on",
+    NotEligibleError: "header gate: errors.csv row; content gate: images.csv `refusal` "
+    "`not_eligible:content` (studies.csv for a study)",
+    NoPartModelError: "images.csv / studies.csv `refusal` `unsupported_body_part`",
+    InvalidStudyError: "studies.csv `refusal` `invalid_study`",
+    UnknownOperatingPointError: "exit 2 before any file is read (`--operating-point`)",
+    BundleError: "exit 2: the bundle is refused at load",
+}
 
 
 def predict_files(

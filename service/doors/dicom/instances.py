@@ -20,16 +20,17 @@ from typing import Any
 
 from bonexr.atomic import write_bytes_atomic
 from bonexr.errors import ImageError
-from service.domain.errors import StoreFullError, StoreUnavailableError, TriageError
+from service.domain.errors import TriageError
 from service.domain.policy import screen_header
+from service.doors.dicom.outcomes import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    OUT_OF_RESOURCES,
+    instance_status,
+)
 from service.doors.dicom.results import MANUFACTURER, RESULTS_SERIES_DESCRIPTION
 from service.triage import ingest as triage_ingest
 from service.triage.services import Services
-
-#: DICOM failure codes (PS3.4 C-STORE statuses, reused as STOW-RS FailureReason values).
-CANNOT_UNDERSTAND = 0xC000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
 
 
 class InstanceRejected(Exception):
@@ -179,10 +180,8 @@ def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
     passed; any image or store problem is the sender's status, never a half-taken study."""
     try:
         ingested = triage_ingest.ingest(services, data, provenance="dicom", view=sop_uid)
-    except (StoreFullError, StoreUnavailableError) as exc:
-        raise InstanceRejected(OUT_OF_RESOURCES, exc.detail, sop_uid) from None
-    except (TriageError, ImageError) as exc:  # too large, undecodable, unsupported syntax
-        raise InstanceRejected(CANNOT_UNDERSTAND, _detail(exc), sop_uid) from None
+    except (TriageError, ImageError) as exc:  # full store; too large, undecodable ...
+        raise InstanceRejected(instance_status(exc), _detail(exc), sop_uid) from None
     if ingested.filename is None:  # refused on the decoded header: cannot happen after
         raise InstanceRejected(CANNOT_UNDERSTAND, "not eligible", sop_uid)  # the gate above
     return ingested.filename

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from bonexr import __version__
 from bonexr.errors import BonexrError, BundleError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bonexr",
         description="Bone X-ray triage: data tools, training, evaluation and serving.",
     )
+    parser.add_argument("--version", action="version", version=f"bonexr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in registered_commands():
         register(sub)

@@ -206,3 +206,51 @@ def test_a_ct_slice_is_answered_with_the_same_warning_by_every_door_under_warn(
     with (tmp_path / "out" / "images.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert warning in row["warnings"] and row["result"]
+
+
+def test_one_version_in_the_package_the_cli_the_api_and_the_changelog(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    import bonexr
+
+    root = Path(__file__).resolve().parents[1]
+    released = re.findall(
+        r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d\d-\d\d$", (root / "CHANGELOG.md").read_text(), re.M
+    )
+    assert released[0] == bonexr.__version__  # the newest release is the package's
+    shown = subprocess.run(
+        [sys.executable, "-m", "bonexr.cli", "--version"], capture_output=True, text=True
+    )
+    assert shown.stdout.strip() == f"bonexr {bonexr.__version__}"
+    with running(make_settings(untrained_bundle, tmp_path)) as (client, _):
+        assert client.get("/model").json()["software_version"] == bonexr.__version__
+
+
+def test_stow_takes_the_good_instances_around_one_whose_pixels_are_cut_short(
+    untrained_bundle: Path, views: list[np.ndarray], tmp_path: Path
+) -> None:
+    import io
+
+    import pydicom
+
+    study = Study()
+    uids = [study.add(view) for view in views]
+    broken = pydicom.dcmread(io.BytesIO(study.instances[uids[1]]))
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 3]
+    buffer = io.BytesIO()
+    broken.save_as(buffer, enforce_file_format=True)
+    study.instances[uids[1]] = buffer.getvalue()
+    body, content_type = stow_body(list(study.instances.values()))
+    with running(_node_settings(untrained_bundle, tmp_path)) as (client, _):
+        answer = client.post(STOW, content=body, headers={"content-type": content_type})
+    assert answer.status_code == 202, answer.text  # some taken, one refused
+    payload = answer.json()
+    taken = [t["00081155"]["Value"][0] for t in payload["00081199"]["Value"]]
+    failed = payload["00081198"]["Value"]
+    assert taken == [uids[0], uids[2]]
+    assert [f["00081155"]["Value"][0] for f in failed] == [uids[1]]
+    assert failed[0]["00081197"]["Value"] == [0xC000]

@@ -327,6 +327,9 @@ class ModelInfo(BaseModel):
 
     name: str
     version: str
+    software_version: str = Field(
+        description="The bonexr release serving it (bonexr --version; CHANGELOG.md)."
+    )
     created_at: str
     synthetic: bool = Field(description="True for a demo bundle trained on synthetic images.")
     body_parts: list[str]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+import bonexr
 from bonexr.manifest import TRIAGE, Manifest
 from service.domain.errors import ModelCardMissingError
 from service.doors.http.deps import ReadyEngineDep, ServicesDep
@@ -104,6 +105,7 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
     return ModelInfo(
         name=manifest.name,
         version=manifest.version,
+        software_version=bonexr.__version__,
         created_at=manifest.created_at,
         synthetic=manifest.synthetic,
         body_parts=list(manifest.body_parts),

@@ -6,10 +6,11 @@ data (:mod:`bench.fresh_data`), retrains its part models at five seeds on the sa
 run's ``report.json`` and writes:
 
 * ``docs/figures.md``: every table, with the date, commit, machine and commands;
-* the README's figures block (between the ``figures:begin`` / ``figures:end`` markers).
+* its summary block at the top (between the ``figures:begin`` / ``figures:end`` markers),
+  the table the README links to.
 
 Nothing here measures anything: it only renders what the committed scripts measured, so
-a README number is always the output of a command somebody can run again.
+a published number is always the output of a command somebody can run again.
 
     python -m bench.figures --run runs/demo --bundle models/demo
 """
@@ -38,7 +39,6 @@ from training.stratify import stratification_markdown
 FRESH = Path("bench/results/fresh_data.json")
 SEEDS = Path("bench/results/seed_spread.json")
 FIGURES = Path("docs/figures.md")
-README = Path("README.md")
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 COMMANDS = (
     "bonexr demo   # only when models/demo has no bundle",
@@ -228,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = json.loads(SEEDS.read_text()) if SEEDS.is_file() else None
     precisions = read_manifest(args.bundle).precisions
     stamp = provenance()
-    FIGURES.write_text(figures_markdown(report, fresh, seeds, precisions, stamp))
+    page = figures_markdown(report, fresh, seeds, precisions, stamp)
     block = readme_block(report, fresh, seeds, f"commit `{stamp['commit']}`, {stamp['date']}")
-    README.write_text(replace_block(README.read_text(), block))
-    print(f"wrote {FIGURES} and the README figures block")
+    head, _, rest = page.partition("\n## ")
+    FIGURES.write_text(f"{head}\n## Summary\n\n" + "\n".join(block) + f"\n\n## {rest}")
+    print(f"wrote {FIGURES} with its summary block")
     return 0
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness.imports import ROOT, imported_modules, module_name, string_import
+
 PACKAGES = ("bonexr", "training", "service")
 #: Everything first-party that the contract covers (shipped packages and dev tooling).
 FIRST_PARTY = (*PACKAGES, "bench", "harness", "tests")
@@ -41,54 +42,6 @@ SERVICE_LAYERS = (
 WEB = ("fastapi", "starlette", "uvicorn")
 #: The plugin registry: entry-point group -> the modules it may name.
 REGISTRY = {"bonexr.commands": {"service.doors.cli", "training.cli"}}
-
-
-#: Calls that import a module named by a string: ``importlib.import_module("x")``,
-#: ``import_module("x")`` and ``__import__("x")``.
-STRING_IMPORTERS = ("import_module", "__import__")
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _string_import(node: ast.Call) -> str | None:
-    """The module a call like ``importlib.import_module("service.x")`` names, if any."""
-    func = node.func
-    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-    if name not in STRING_IMPORTERS or not node.args:
-        return None
-    first = node.args[0]
-    if isinstance(first, ast.Constant) and isinstance(first.value, str):
-        return first.value
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module one file imports, anywhere in it (module level, in functions, by string).
-
-    ``from a.b import c`` yields both ``a.b`` and ``a.b.c`` (``c`` may be a module); a
-    relative import is resolved against the file's package.
-    """
-    module = _module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            targets.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, *([base] if base else [])])
-            targets.add(base)
-            targets.update(f"{base}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Call) and (named := _string_import(node)):
-            targets.add(named)
-    return targets
 
 
 def project_files() -> list[Path]:
@@ -111,10 +64,10 @@ def module_graph() -> dict[str, set[str]]:
     """``{project module: {project modules it imports}}``; a package's own ``__init__``
     counts as the package, and an import of a name inside a module counts as the module."""
     files = project_files()
-    modules = {_module_name(path) for path in files}
+    modules = {module_name(path) for path in files}
     graph: dict[str, set[str]] = {}
     for path in files:
-        source = _module_name(path)
+        source = module_name(path)
         graph[source] = {
             target for target in imported_modules(path) if target in modules and target != source
         }
@@ -190,7 +143,7 @@ def test_the_cycle_finder_finds_a_lazy_pair_and_a_string_import(tmp_path: Path) 
     calls = {
         named
         for node in ast.walk(source)
-        if isinstance(node, ast.Call) and (named := _string_import(node))
+        if isinstance(node, ast.Call) and (named := string_import(node))
     }
     assert calls == {"service.secret", "training.thing"}
     assert find_cycle({"a": {"b"}, "b": {"a"}}) in (["a", "b", "a"], ["b", "a", "b"])
@@ -245,23 +198,23 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_service_import_runs_up_a_layer() -> None:
-    graph = {_module_name(path): imported_modules(path) for path in _files("service")}
+    graph = {module_name(path): imported_modules(path) for path in _files("service")}
     assert upward_imports(graph) == []
 
 
 def test_every_service_module_sits_in_a_layer() -> None:
     """The folders are the design: nothing left beside them but the package itself."""
     loose = [
-        _module_name(p)
+        module_name(p)
         for p in _files("service")
-        if _layer(_module_name(p)) is None and _module_name(p) != "service"
+        if _layer(module_name(p)) is None and module_name(p) != "service"
     ]
     assert loose == []
 
 
 def test_the_triage_core_knows_no_web_framework() -> None:
     found = {
-        _module_name(path): sorted(t for t in imported_modules(path) if t.split(".")[0] in WEB)
+        module_name(path): sorted(t for t in imported_modules(path) if t.split(".")[0] in WEB)
         for path in _files("service/domain", "service/triage", "service/adapters")
     }
     assert {module: web for module, web in found.items() if web} == {}
@@ -286,7 +239,7 @@ def test_no_project_module_is_imported_by_a_string() -> None:
     found = []
     for path in _files(*FIRST_PARTY):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            named = _string_import(node) if isinstance(node, ast.Call) else None
+            named = string_import(node) if isinstance(node, ast.Call) else None
             if named and named.split(".")[0] in FIRST_PARTY:
                 found.append(f"{path.relative_to(ROOT)}: {named}")
     assert found == []

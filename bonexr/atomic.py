@@ -28,11 +28,15 @@ def current_umask() -> int:
     return _UMASK
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, with the permissions a plain ``open`` would give."""
+def write_bytes_atomic(path: str | Path, data: bytes, *, temp_prefix: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically, with the permissions a plain ``open`` would give.
+
+    ``temp_prefix`` names the temporary file (default ``.<name>.``), for a folder whose
+    sweeper removes stale temporaries by their prefix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = temp_prefix if temp_prefix is not None else f".{path.name}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -55,14 +55,19 @@ def load_cam(services: Services, filename: str) -> CachedCam | None:
         return None
 
 
-def render(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> bytes:
-    """The PNG answer at the upload's size: the stored image with the map blended in, or
-    the 16-bit map alone (bounded memory: :func:`bonexr.heatmap.render_overlay`)."""
+def draw(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> Image.Image:
+    """The one heat-map renderer (``GET /heatmap`` and the DICOM node's captures): the
+    stored image at its own size with the map blended in, or the 16-bit map alone
+    (bounded memory: :func:`bonexr.heatmap.render_overlay`)."""
     with Image.open(io.BytesIO(png), formats=["PNG"]) as stored:
         if raw:
-            picture = render_raw(stored.width, stored.height, cam, size)
-        else:
-            picture = render_overlay(stored.convert("L"), cam, size, opacity)
+            return render_raw(stored.width, stored.height, cam, size)
+        return render_overlay(stored.convert("L"), cam, size, opacity)
+
+
+def render(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> bytes:
+    """:func:`draw`, as the PNG ``GET /heatmap`` answers with."""
+    picture = draw(png, cam, size, opacity=opacity, raw=raw)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

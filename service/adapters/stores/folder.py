@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bonexr.atomic import write_bytes_atomic
 from service.adapters.stores.base import (
     BODY_PART,
     MIN_FREE_BYTES,
@@ -111,13 +112,7 @@ class FileUploadStore:
         target = self._sidecar_path(filename, kind)
         if not upload.is_file():
             return False
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_bytes_atomic(target, data, temp_prefix=TEMP_PREFIX)
         if upload.is_file():
             return True
         target.unlink(missing_ok=True)  # a delete ran meanwhile: it may have missed this

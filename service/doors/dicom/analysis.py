@@ -20,10 +20,8 @@ from typing import Any
 
 import numpy as np
 from anyio import to_thread
-from PIL import Image
 
 import bonexr
-from bonexr.heatmap import render_overlay
 from bonexr.labels import RESULT_ABNORMAL
 from service.domain.answers import Refusal, StudyAnswer
 from service.domain.errors import InvalidStudyError, NoPartModelError, NotEligibleError
@@ -35,6 +33,7 @@ from service.doors.dicom.results import (
     build_heatmap_capture,
     build_report,
 )
+from service.triage.heatmaps import draw
 from service.triage.predictor import Predictor
 
 #: Heat-map opacity on the secondary captures (the page's default).
@@ -185,8 +184,8 @@ def _overlays(
         if prediction is None or prediction.cam is None:
             continue
         png = services.store.read(str(instance.filename))
-        with services.decode_slot(), Image.open(io.BytesIO(png), formats=["PNG"]) as stored:
-            picture = render_overlay(stored.convert("L"), prediction.cam, size, OVERLAY_OPACITY)
+        with services.decode_slot():
+            picture = draw(png, prediction.cam, size, opacity=OVERLAY_OPACITY, raw=False)
             overlays[instance.sop_uid] = np.asarray(picture.convert("RGB"))
     return overlays
 

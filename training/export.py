@@ -13,6 +13,7 @@ import logging
 import platform
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,94 +168,31 @@ def export_bundle(
     staging = staging_dir(destination)
     try:
         samples = parity_samples(input_size, parity_images)
-        providers = parity_providers()
-        specs: dict[str, ModelFiles] = {}
-        grids: dict[str, tuple[int, ...]] = {}
-        parity: dict[str, float] = {}
-        per_provider: dict[str, dict[str, float]] = {p: {} for p in providers}
-        for model_name, model in models.items():
-            keras_file, onnx_file = f"{model_name}.keras", f"{model_name}.onnx"
-            model.save(staging / keras_file)
-            # part models are served with their class activation map as a second output
-            if model_name == "router":
-                served = (
-                    model if content_gate is None else with_content_score(model, content_gate.fit)
-                )
-            else:
-                served = with_cam(model)
-            export_onnx(served, staging / onnx_file)
-            for provider in providers:
-                diff = onnx_parity(served, staging / onnx_file, samples, provider)
-                per_provider[provider][model_name] = diff
-                if diff > PARITY_TOLERANCE:
-                    raise BundleError(
-                        f"ONNX export of {model_name} differs from Keras by {diff:.2e} on "
-                        f"{provider} (tolerance {PARITY_TOLERANCE:g}); refusing to publish"
-                    )
-            parity[model_name] = max(per_provider[p][model_name] for p in providers)
-            specs[model_name] = ModelFiles(
-                keras=keras_file, onnx=onnx_file, backbone=backbones[model_name]
-            )
-            if model_name != "router":
-                grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
-            log.info("exported %s (ONNX parity %.2e)", model_name, parity[model_name])
+        exported = _export_models(staging, models, backbones, samples, content_gate)
         precisions = reduced_precisions(
             staging,
-            {n: str(s.onnx) for n, s in specs.items()},
+            {n: str(s.onnx) for n, s in exported.specs.items()},
             pool=precision_pool,
             test=precision_test,
             calibration=calibration,
             # the gate scores raw outputs, so it decides at the raw thresholds
-            thresholds={
-                p: {
-                    level: float(thresholds[p][level].get("raw", thresholds[p][level]["value"]))
-                    for level in ("image", "study")
-                }
-                for p in body_parts
-            },
+            thresholds=_raw_thresholds(thresholds, body_parts),
             router_classes=list(router_parts or body_parts),
             content_limit=None if content_gate is None else content_gate.spec.limit,
         )
-        for rel, source in (extra_files or {}).items():
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        card = staging / "MODEL_CARD.md"
-        if card.is_file() and any(spec.measured for spec in precisions.values()):
-            text = card.read_text().rstrip("\n") + "\n\n"
-            card.write_text(text + "\n".join(precision_markdown(precisions)))
+        _copy_extra_files(staging, extra_files or {}, precisions)
         manifest = Manifest(
             name=name,
             synthetic=synthetic,
             body_parts=[display_name(p) for p in body_parts],
             input=InputSpec(size=input_size),
-            router=RouterSpec(
-                **specs["router"].model_dump(),
-                classes=[display_name(p) for p in (router_parts or body_parts)],
-                ood=None if content_gate is None else content_gate.spec,
-            ),
-            parts={
-                display_name(p): PartSpec(
-                    **specs[model_key(p)].model_dump(),
-                    threshold=thresholds[p]["study"]["value"],
-                    threshold_rule=thresholds[p]["study"]["rule"],
-                    image_threshold=thresholds[p]["image"]["value"],
-                    image_threshold_rule=thresholds[p]["image"]["rule"],
-                    heatmap=HeatmapSpec(grid=grids[model_key(p)]),
-                    **({} if answers is None else _answer_fields(answers[p])),
-                )
-                for p in body_parts
-            },
+            router=_router_spec(exported, router_parts or body_parts, content_gate),
+            parts=_part_specs(body_parts, exported, thresholds, answers),
             default_operating_point=None if answers is None else TRIAGE,
             metrics=metrics,
             precisions=precisions,
             data=data,
-            training=training
-            | {
-                "onnx_parity_max_abs_diff": parity,
-                "onnx_parity_by_provider": per_provider,
-                "onnx_parity_images": len(samples),
-            },
+            training=training | exported.parity_record(len(samples)),
             libraries=library_versions(),
         )
         if synthetic:
@@ -265,6 +203,126 @@ def export_bundle(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class _Exported:
+    """What exporting the models to the staging folder produced, per model name."""
+
+    specs: dict[str, ModelFiles] = field(default_factory=dict)
+    #: A part model's heat-map grid (its class activation map's height and width).
+    grids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: The largest Keras-vs-ONNX difference over the providers checked.
+    parity: dict[str, float] = field(default_factory=dict)
+    #: Provider -> model name -> Keras-vs-ONNX difference.
+    per_provider: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def parity_record(self, images: int) -> dict[str, Any]:
+        """The parity figures the manifest's ``training`` records (checked on ``images``)."""
+        return {
+            "onnx_parity_max_abs_diff": self.parity,
+            "onnx_parity_by_provider": self.per_provider,
+            "onnx_parity_images": images,
+        }
+
+
+def _export_models(
+    staging: Path,
+    models: dict[str, keras.Model],
+    backbones: dict[str, str],
+    samples: np.ndarray,
+    content_gate: FittedGate | None,
+) -> _Exported:
+    """Save every model as Keras and, as served, as ONNX in ``staging``; refuse (raise
+    :class:`BundleError`) if an ONNX file differs from Keras on any serving provider."""
+    providers = parity_providers()
+    exported = _Exported(per_provider={p: {} for p in providers})
+    for model_name, model in models.items():
+        keras_file, onnx_file = f"{model_name}.keras", f"{model_name}.onnx"
+        model.save(staging / keras_file)
+        # part models are served with their class activation map as a second output
+        if model_name == "router":
+            served = model if content_gate is None else with_content_score(model, content_gate.fit)
+        else:
+            served = with_cam(model)
+        export_onnx(served, staging / onnx_file)
+        for provider in providers:
+            diff = onnx_parity(served, staging / onnx_file, samples, provider)
+            exported.per_provider[provider][model_name] = diff
+            if diff > PARITY_TOLERANCE:
+                raise BundleError(
+                    f"ONNX export of {model_name} differs from Keras by {diff:.2e} on "
+                    f"{provider} (tolerance {PARITY_TOLERANCE:g}); refusing to publish"
+                )
+        exported.parity[model_name] = max(exported.per_provider[p][model_name] for p in providers)
+        exported.specs[model_name] = ModelFiles(
+            keras=keras_file, onnx=onnx_file, backbone=backbones[model_name]
+        )
+        if model_name != "router":
+            exported.grids[model_name] = tuple(int(d) for d in served.outputs[1].shape[1:3])
+        log.info("exported %s (ONNX parity %.2e)", model_name, exported.parity[model_name])
+    return exported
+
+
+def _raw_thresholds(
+    thresholds: dict[str, dict[str, dict[str, Any]]], body_parts: list[str]
+) -> dict[str, dict[str, float]]:
+    """Each part's image and study thresholds on the raw (uncalibrated) scale."""
+    return {
+        p: {
+            level: float(thresholds[p][level].get("raw", thresholds[p][level]["value"]))
+            for level in ("image", "study")
+        }
+        for p in body_parts
+    }
+
+
+def _copy_extra_files(
+    staging: Path, extra_files: dict[str, Path], precisions: dict[str, PrecisionSpec]
+) -> None:
+    """Copy ``extra_files`` into ``staging``; a copied model card gets the reduced-precision
+    section when a precision was measured."""
+    for rel, source in extra_files.items():
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    card = staging / "MODEL_CARD.md"
+    if card.is_file() and any(spec.measured for spec in precisions.values()):
+        text = card.read_text().rstrip("\n") + "\n\n"
+        card.write_text(text + "\n".join(precision_markdown(precisions)))
+
+
+def _router_spec(
+    exported: _Exported, classes: list[str], content_gate: FittedGate | None
+) -> RouterSpec:
+    """The manifest's ``router``: its files, classes and the content gate built into it."""
+    return RouterSpec(
+        **exported.specs["router"].model_dump(),
+        classes=[display_name(p) for p in classes],
+        ood=None if content_gate is None else content_gate.spec,
+    )
+
+
+def _part_specs(
+    body_parts: list[str],
+    exported: _Exported,
+    thresholds: dict[str, dict[str, dict[str, Any]]],
+    answers: dict[str, PartAnswers] | None,
+) -> dict[str, PartSpec]:
+    """The manifest's ``parts``: files, thresholds, heat-map grid and, when fitted, the
+    calibration and operating points of each part's model."""
+    return {
+        display_name(p): PartSpec(
+            **exported.specs[model_key(p)].model_dump(),
+            threshold=thresholds[p]["study"]["value"],
+            threshold_rule=thresholds[p]["study"]["rule"],
+            image_threshold=thresholds[p]["image"]["value"],
+            image_threshold_rule=thresholds[p]["image"]["rule"],
+            heatmap=HeatmapSpec(grid=exported.grids[model_key(p)]),
+            **({} if answers is None else _answer_fields(answers[p])),
+        )
+        for p in body_parts
+    }
 
 
 def _answer_fields(answers: PartAnswers) -> dict[str, Any]:

@@ -59,6 +59,24 @@ FRACATLAS_FAILURE_MODES = [
 ]
 
 
+#: How the thresholds were chosen and how a site re-chooses them (the same for every bundle).
+THRESHOLDS_SECTION = [
+    "## Thresholds and how to re-choose them per site",
+    "",
+    "Each part has two operating points, each with an image threshold (`/predict`) "
+    "and a study threshold (`/predict/study`), chosen on the validation split: "
+    "`triage` (served by default; the highest threshold whose sensitivity's 95% lower "
+    "bound reaches the target, or marked insufficient data) and `balanced` (Youden's "
+    "J). A request picks one with "
+    "`operating_point`. A site that needs another point should score its own labelled "
+    "studies and export a bundle with thresholds chosen on them. Thresholds, "
+    "calibration and the content gate's limit are part of the bundle version "
+    "(`field_hashes`): a `manifest.json` edited by hand is refused by `bonexr verify` "
+    "and the service, naming the changed fields.",
+    "",
+]
+
+
 def intended_use(config: TrainConfig, data: dict[str, Any]) -> str:
     """What the bundle is for, from what it was trained on and which parts have a model."""
     if config.synthetic:
@@ -100,10 +118,44 @@ def _data_lines(config: TrainConfig, data: dict[str, Any]) -> list[str]:
 
 
 def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[str, Any]) -> str:
+    """``MODEL_CARD.md``: ``report`` is the evaluation, ``config`` the run's, ``data`` the
+    split's provenance (its layout decides between the FracAtlas and the MURA wording)."""
     parts = list(report["parts"])
     fracatlas = data.get("layout") == "fracatlas"
-    refused = [display_name(p) for p in config.router_parts if p not in config.body_parts]
     lines = [
+        *_use_lines(config, data, fracatlas=fracatlas),
+        "## Training data",
+        "",
+        *_data_lines(config, data),
+        *_count_lines(config, data, fracatlas=fracatlas),
+        "",
+        "## Models",
+        "",
+        _models_line(config),
+        "",
+        *_results_lines(report, parts, fracatlas=fracatlas),
+        *([] if fracatlas else published_comparison(report, parts, config.synthetic)),
+        *baselines_markdown(report.get("baselines")),
+        *(
+            stratification_markdown(report["stratification"])
+            if report.get("stratification")
+            else []
+        ),
+        *(localisation_markdown(report["localisation"]) if report.get("localisation") else []),
+        *THRESHOLDS_SECTION,
+        *answer_sections(report),
+        "## Known failure modes",
+        "",
+        *[f"- {item}" for item in (FRACATLAS_FAILURE_MODES if fracatlas else KNOWN_FAILURE_MODES)],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _use_lines(config: TrainConfig, data: dict[str, Any], *, fracatlas: bool) -> list[str]:
+    """The title and the intended-use section: what the answers mean and what is refused."""
+    refused = [display_name(p) for p in config.router_parts if p not in config.body_parts]
+    return [
         f"# Model card: {config.name}",
         "",
         "## Intended use",
@@ -125,15 +177,16 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
         )
         + ".",
         "",
-        "## Training data",
-        "",
-        *_data_lines(config, data),
     ]
-    for split, counts in data.get("counts", {}).items():
-        lines.append(
-            f"- {split}: {counts['images']} images, {counts['studies']} studies "
-            f"({counts['abnormal_studies']} abnormal), {counts['patients']} patients"
-        )
+
+
+def _count_lines(config: TrainConfig, data: dict[str, Any], *, fracatlas: bool) -> list[str]:
+    """Images, studies and patients per split; for real MURA data, MURA's public size too."""
+    lines = [
+        f"- {split}: {counts['images']} images, {counts['studies']} studies "
+        f"({counts['abnormal_studies']} abnormal), {counts['patients']} patients"
+        for split, counts in data.get("counts", {}).items()
+    ]
     if not config.synthetic and not fracatlas:
         public = MURA_V11_PUBLIC
         lines.append(
@@ -141,18 +194,26 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
             f"images / {public['train']['studies']:,} studies, valid "
             f"{public['valid']['images']:,} / {public['valid']['studies']:,}."
         )
-    lines += [
-        "",
-        "## Models",
-        "",
+    return lines
+
+
+def _models_line(config: TrainConfig) -> str:
+    """The recipe, backbones, input and training options in one sentence."""
+    return (
         f"- Recipe: `{config.recipe}`. Router: {config.router_backbone}; abnormality "
         f"models: {config.part_backbone}"
         + (f", each an ensemble of {config.ensemble} checkpoints" if config.ensemble > 1 else "")
         + f"; input {config.input_size}x{config.input_size} grayscale, "
         f"weights start: {config.weights}; learning-rate schedule {config.lr_schedule}"
         + (", mixed precision" if config.mixed_precision else "")
-        + ".",
-        "",
+        + "."
+    )
+
+
+def _results_lines(report: dict[str, Any], parts: list[str], *, fracatlas: bool) -> list[str]:
+    """The test-split results: each part at both operating points, the router and the
+    two-stage answer pooled over parts."""
+    lines = [
         "## Results on the test split",
         "",
         "Two operating points per part: `POST /predict` decides a single image at the "
@@ -177,38 +238,12 @@ def render_model_card(report: dict[str, Any], config: TrainConfig, data: dict[st
             )
     router = report["router"]["image"]
     two_stage = report["two_stage"]["overall"]["pooled"]["study"]
-    lines += [
+    return [
+        *lines,
         "",
         f"Router accuracy (images): {format_with_ci(router, 'accuracy')}. Two-stage as the "
         f"service answers (study routed once, that part's model on every view), all parts "
         f"pooled: study kappa {format_with_ci(two_stage, 'kappa')}, AUROC "
         f"{format_with_ci(two_stage, 'auroc')}.",
         "",
-        *([] if fracatlas else published_comparison(report, parts, config.synthetic)),
-        *baselines_markdown(report.get("baselines")),
-        *(
-            stratification_markdown(report["stratification"])
-            if report.get("stratification")
-            else []
-        ),
-        *(localisation_markdown(report["localisation"]) if report.get("localisation") else []),
-        "## Thresholds and how to re-choose them per site",
-        "",
-        "Each part has two operating points, each with an image threshold (`/predict`) "
-        "and a study threshold (`/predict/study`), chosen on the validation split: "
-        "`triage` (served by default; the highest threshold whose sensitivity's 95% lower "
-        "bound reaches the target, or marked insufficient data) and `balanced` (Youden's "
-        "J). A request picks one with "
-        "`operating_point`. A site that needs another point should score its own labelled "
-        "studies and export a bundle with thresholds chosen on them. Thresholds, "
-        "calibration and the content gate's limit are part of the bundle version "
-        "(`field_hashes`): a `manifest.json` edited by hand is refused by `bonexr verify` "
-        "and the service, naming the changed fields.",
-        "",
-        *answer_sections(report),
-        "## Known failure modes",
-        "",
-        *[f"- {item}" for item in (FRACATLAS_FAILURE_MODES if fracatlas else KNOWN_FAILURE_MODES)],
-        "",
     ]
-    return "\n".join(lines)

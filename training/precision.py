@@ -293,37 +293,17 @@ def measure_precision(
         two_stage_decisions(fp32, router_classes, thresholds, studies, content_limit),
         two_stage_decisions(reduced, router_classes, thresholds, studies, content_limit),
     )
-    validation = pool.in_split("validation")
-    labels = np.asarray(pool.labels)
-    non_inferiority: dict[str, Any] = {}
-    for part in thresholds:
-        rows = np.intersect1d(validation, pool.of_part(part))
-        key = model_key(part)
-        if rows.size and len(np.unique(labels[rows])) == 2:
-            non_inferiority[display_name(part)] = study_auroc_difference(
-                labels[rows], studies[rows], fp32.parts[key][rows], reduced.parts[key][rows]
-            )
-    max_diff = max(
-        (float(np.max(np.abs(fp32.parts[k] - reduced.parts[k]))) for k in fp32.parts if len(x)),
-        default=0.0,
-    )
+    non_inferiority = _validation_noninferiority(pool, list(thresholds), fp32, reduced)
+    max_diff = _max_probability_change(fp32, reduced, len(x))
     ref_diff = reference_diff(staging, onnx_files, precision, pool.pixels.shape[1], files)
     flips_ok = all(flips[level]["upper_95"] <= FLIP_BOUND for level in ("image", "study"))
-    worst = min(
-        (m["change_ci"][0] for m in non_inferiority.values() if m["change_ci"]), default=None
-    )
     auroc_ok = bool(non_inferiority) and all(
         m["change_ci"] is not None and m["change_ci"][0] >= -NONINFERIORITY_MARGIN
         for m in non_inferiority.values()
     )
     allowed = flips_ok and auroc_ok
     measured: dict[str, Any] = {
-        "criteria": {
-            "flip_bound": FLIP_BOUND,
-            "noninferiority_margin": NONINFERIORITY_MARGIN,
-            "pool": "training and validation images, labels unused",
-            "interval": "Clopper-Pearson one-sided 95% upper bound; paired study bootstrap",
-        },
+        "criteria": _criteria(),
         "pool_images": len(x),
         "flips": flips,
         "validation_noninferiority": non_inferiority,
@@ -332,15 +312,9 @@ def measure_precision(
     }
     if gated and fp32.content is not None and reduced.content is not None:
         assert content_limit is not None
-        measured["content_gate"] = {
-            "limit": content_limit,
-            "flipped": int(
-                np.sum((fp32.content <= content_limit) != (reduced.content <= content_limit))
-            ),
-            "max_abs_score_change": float(np.max(np.abs(fp32.content - reduced.content)))
-            if len(x)
-            else 0.0,
-        }
+        measured["content_gate"] = _content_gate_change(
+            fp32.content, reduced.content, content_limit
+        )
     if test is not None and len(test.parts):
         xt = model_input(test.pixels)
         measured["test"] = test_figures(
@@ -350,15 +324,7 @@ def measure_precision(
             list(thresholds),
         )
     measured["seconds"] = round(time.perf_counter() - started, 1)
-    image, study = flips["image"], flips["study"]
-    reason = (
-        f"label-free pool of {len(x)} images: {image['flipped']} of {image['decisions']} "
-        f"image answers flipped (95% upper bound {image['upper_95']:.2%}), "
-        f"{study['flipped']} of {study['decisions']} study answers (upper bound "
-        f"{study['upper_95']:.2%}; limit {FLIP_BOUND:.0%}); validation study AUROC change "
-        f"lower bound {'n/a' if worst is None else f'{worst:+.4f}'} "
-        f"(margin -{NONINFERIORITY_MARGIN}); max |dP| {max_diff:.4f}"
-    )
+    reason = _verdict_reason(len(x), flips, non_inferiority, max_diff)
     return PrecisionSpec(
         allowed=allowed,
         runtime="openvino",
@@ -366,6 +332,70 @@ def measure_precision(
         tolerance=load_tolerance(ref_diff),
         measured=measured,
         files=files,
+    )
+
+
+def _criteria() -> dict[str, Any]:
+    """The verdict's criteria, recorded with every measurement (``measured["criteria"]``)."""
+    return {
+        "flip_bound": FLIP_BOUND,
+        "noninferiority_margin": NONINFERIORITY_MARGIN,
+        "pool": "training and validation images, labels unused",
+        "interval": "Clopper-Pearson one-sided 95% upper bound; paired study bootstrap",
+    }
+
+
+def _max_probability_change(fp32: Outputs, reduced: Outputs, images: int) -> float:
+    """The largest change of any part model's P(abnormal) over the pool (0 if empty)."""
+    return max(
+        (float(np.max(np.abs(fp32.parts[k] - reduced.parts[k]))) for k in fp32.parts if images),
+        default=0.0,
+    )
+
+
+def _validation_noninferiority(
+    pool: PrecisionTestSet, parts: list[str], fp32: Outputs, reduced: Outputs
+) -> dict[str, Any]:
+    """Per part with both labels among its validation images: the study AUROC at fp32
+    and at the reduced precision, with the paired interval of the change."""
+    validation = pool.in_split("validation")
+    labels, studies = np.asarray(pool.labels), np.asarray(pool.studies)
+    out: dict[str, Any] = {}
+    for part in parts:
+        rows = np.intersect1d(validation, pool.of_part(part))
+        key = model_key(part)
+        if rows.size and len(np.unique(labels[rows])) == 2:
+            out[display_name(part)] = study_auroc_difference(
+                labels[rows], studies[rows], fp32.parts[key][rows], reduced.parts[key][rows]
+            )
+    return out
+
+
+def _content_gate_change(fp32: np.ndarray, reduced: np.ndarray, limit: float) -> dict[str, Any]:
+    """How the content gate's answers and scores move between fp32 and a precision."""
+    return {
+        "limit": limit,
+        "flipped": int(np.sum((fp32 <= limit) != (reduced <= limit))),
+        "max_abs_score_change": float(np.max(np.abs(fp32 - reduced))) if len(fp32) else 0.0,
+    }
+
+
+def _verdict_reason(
+    images: int, flips: dict[str, Any], non_inferiority: dict[str, Any], max_diff: float
+) -> str:
+    """The verdict's figures in one sentence: flips and their upper bounds, the worst
+    validation AUROC change, the largest probability change."""
+    worst = min(
+        (m["change_ci"][0] for m in non_inferiority.values() if m["change_ci"]), default=None
+    )
+    image, study = flips["image"], flips["study"]
+    return (
+        f"label-free pool of {images} images: {image['flipped']} of {image['decisions']} "
+        f"image answers flipped (95% upper bound {image['upper_95']:.2%}), "
+        f"{study['flipped']} of {study['decisions']} study answers (upper bound "
+        f"{study['upper_95']:.2%}; limit {FLIP_BOUND:.0%}); validation study AUROC change "
+        f"lower bound {'n/a' if worst is None else f'{worst:+.4f}'} "
+        f"(margin -{NONINFERIORITY_MARGIN}); max |dP| {max_diff:.4f}"
     )
 
 

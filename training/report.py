@@ -94,6 +94,10 @@ def _row(label: str, m: dict[str, Any], *extra: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+#: The two summary rows of the per-part tables: all parts pooled, and the mean of parts.
+_SUMMARIES = (("pooled", "all parts pooled"), ("mean_of_parts", "mean of parts"))
+
+
 def published_comparison(report: dict[str, Any], parts: list[str], synthetic: bool) -> list[str]:
     """The MURA paper's study kappas beside ours: only for real MURA-style data, with the
     caveat (another data set's kappa, FracAtlas's, is not comparable with MURA's)."""
@@ -146,16 +150,52 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
             "nothing about performance on radiographs.",
             "",
         ]
-    counts = report.get("counts", {})
-    if counts:
-        lines += ["## Data", "", "| split | images | studies | patients |", "|---|---|---|---|"]
-        for split, c in counts.items():
-            lines.append(f"| {split} | {c['images']} | {c['studies']} | {c['patients']} |")
-        lines.append("")
+    lines += _data_section(report.get("counts", {}))
+    lines += _router_section(report)
+    lines += _operating_points_section(report, parts)
+    lines += _two_stage_section(report, parts)
+    lines += ["", *answer_sections(report)]
+    if report.get("stratification"):
+        lines += ["", *stratification_markdown(report["stratification"])]
+    if report.get("baselines"):
+        lines += ["", *baselines_markdown(report["baselines"])]
+    if report.get("localisation"):
+        lines += ["", *localisation_markdown(report["localisation"])]
+    lines += ["", *published_comparison(report, parts, synthetic)]
+    lines += _skipped_section(report.get("bad_images", {}))
+    lines += [
+        "## Plots",
+        "",
+        "![ROC](plots/roc.png)",
+        "",
+        "![Confusion](plots/confusion.png)",
+        "",
+        "![Reliability](plots/reliability.png)",
+        "",
+        "![Training curves](plots/training_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _data_section(counts: dict[str, Any]) -> list[str]:
+    """Images, studies and patients per split (nothing when the report has no counts)."""
+    if not counts:
+        return []
+    lines = ["## Data", "", "| split | images | studies | patients |", "|---|---|---|---|"]
+    for split, c in counts.items():
+        lines.append(f"| {split} | {c['images']} | {c['studies']} | {c['patients']} |")
+    lines.append("")
+    return lines
+
+
+def _router_section(report: dict[str, Any]) -> list[str]:
+    """The body-part router's accuracy and confusion matrix, naming the parts it knows
+    without an abnormality model."""
     router = report["router"]
     classes = router["image"]["classes"]
     without_model = [display_name(p) for p in classes if p not in report["parts"]]
-    lines += [
+    lines = [
         "## Body-part router (test split)",
         "",
         f"Image-level accuracy **{format_with_ci(router['image'], 'accuracy')}** "
@@ -177,7 +217,13 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
     ]
     for part, row in zip(classes, router["image"]["confusion_matrix"], strict=True):
         lines.append(f"| {display_name(part)} | " + " | ".join(str(v) for v in row) + " |")
-    lines += [
+    return lines
+
+
+def _operating_points_section(report: dict[str, Any], parts: list[str]) -> list[str]:
+    """Each part's abnormality model at its image and study thresholds (true body part),
+    then all parts pooled and the mean of parts."""
+    lines = [
         "",
         "## Abnormality at both operating points (test split, true body part)",
         "",
@@ -195,11 +241,18 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
             m = report["parts"][part][level]
             label = display_name(part) if level == "image" else ""
             lines.append(_row(f"{label} | {level}", m, format_metric(m["threshold"])))
-    for key, title in (("pooled", "all parts pooled"), ("mean_of_parts", "mean of parts")):
+    for key, title in _SUMMARIES:
         for level in ("image", "study"):
             m = {"n": "", **report["overall"][key][level]}
             lines.append(_row(f"**{title}** | {level}", m, "per part"))
-    lines += [
+    return lines
+
+
+def _two_stage_section(report: dict[str, Any], parts: list[str]) -> list[str]:
+    """Router then the routed part's model, as the service answers, per true body part."""
+    two_stage = report["two_stage"]
+    unanswered = two_stage.get("unanswered", {})
+    lines = [
         "",
         "## Two-stage, as the service answers (router, then the routed part's model)",
         "",
@@ -208,48 +261,32 @@ def render_markdown(report: dict[str, Any], *, name: str, synthetic: bool) -> st
         "decided at the study threshold.",
         "",
         f"Unanswered (routed to a part without a model): "
-        f"{report['two_stage'].get('unanswered', {}).get('images', 0)} images, "
-        f"{report['two_stage'].get('unanswered', {}).get('studies', 0)} studies.",
+        f"{unanswered.get('images', 0)} images, {unanswered.get('studies', 0)} studies.",
         "",
         "| true body part | level | n | AUROC | kappa | sensitivity | specificity |",
         "|---|---|---|---|---|---|---|",
     ]
     for part in parts:
         for level in ("image", "study"):
-            m = report["two_stage"]["parts"][part][level]
+            m = two_stage["parts"][part][level]
             label = display_name(part) if level == "image" else ""
             lines.append(_row(f"{label} | {level}", m))
-    for key, title in (("pooled", "all parts pooled"), ("mean_of_parts", "mean of parts")):
+    for key, title in _SUMMARIES:
         for level in ("image", "study"):
-            m = {"n": "", **report["two_stage"]["overall"][key][level]}
+            m = {"n": "", **two_stage["overall"][key][level]}
             lines.append(_row(f"**{title}** | {level}", m))
-    lines += ["", *answer_sections(report)]
-    if report.get("stratification"):
-        lines += ["", *stratification_markdown(report["stratification"])]
-    if report.get("baselines"):
-        lines += ["", *baselines_markdown(report["baselines"])]
-    if report.get("localisation"):
-        lines += ["", *localisation_markdown(report["localisation"])]
-    lines += ["", *published_comparison(report, parts, synthetic)]
-    bad = report.get("bad_images", {})
-    if bad:
-        lines += [f"## Skipped images ({len(bad)})", ""] + [
-            f"- `{p}`: {r}" for p, r in list(bad.items())[:50]
-        ]
-        lines.append("")
-    lines += [
-        "## Plots",
-        "",
-        "![ROC](plots/roc.png)",
-        "",
-        "![Confusion](plots/confusion.png)",
-        "",
-        "![Reliability](plots/reliability.png)",
-        "",
-        "![Training curves](plots/training_curves.png)",
-        "",
+    return lines
+
+
+def _skipped_section(bad: dict[str, Any]) -> list[str]:
+    """The images the run could not read, with why (the first 50)."""
+    if not bad:
+        return []
+    lines = [f"## Skipped images ({len(bad)})", ""] + [
+        f"- `{p}`: {r}" for p, r in list(bad.items())[:50]
     ]
-    return "\n".join(lines)
+    lines.append("")
+    return lines
 
 
 def plot_roc(test: pd.DataFrame, parts: list[str], path: Path) -> None:

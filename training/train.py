@@ -22,6 +22,7 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +265,7 @@ def train_model(
     dist = distribution or get_distribution(config.strategy)
     model_dir = Path(run_dir) / model_name
     best_path = model_dir / BEST_MODEL
-    monitor, mode = _monitor(model_name)
+    monitor, _ = _monitor(model_name)
     state = dist.step(
         f"resuming {model_name}",
         lambda: _resume_state(model_dir, monitor),
@@ -277,20 +278,128 @@ def train_model(
         log.info("%s already trained; skipping", model_name)
         return best_path
 
+    classes = list(config.router_parts or config.body_parts)
+    inputs = _model_inputs(
+        model_name, split, config, Path(run_dir), dist, classes, bad_images=bad_images, boxes=boxes
+    )
+    with dist.strategy.scope():
+        model = build_model(
+            model_name if model_name == ROUTER else "abnormality",
+            classes=classes,
+            backbone=config.backbone_for(model_name),
+            input_size=config.input_size,
+            weights=config.weights_for(model_name),
+            downsample=config.downsample_for(model_name),
+        )
+
+    best = state["best"]
+    head_trained_here = False
+    with dist.write_dir(model_dir) as out:  # the chief: model_dir; other workers: a temp dir
+        out.mkdir(parents=True, exist_ok=True)
+        job = _Job(model_name, config, dist, model_dir, out, inputs, bad_images, extra_callbacks)
+        for phase in _phases(model_name, config):
+            if phase.name in state["phases"]:
+                continue
+            # this task's own file when it trained the head (a worker must not wait for
+            # the chief's), the chief's when resuming after the head phase
+            head = out if head_trained_here else model_dir
+            has_head = head_trained_here or state["head_weights"]
+            best = _train_phase(job, model, phase, best, head / HEAD_WEIGHTS if has_head else None)
+            head_trained_here = head_trained_here or phase.name == "head"
+        _finish_model(job, model)
+    return best_path
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """A model's training and validation rows and the datasets made of them."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    #: Images per step over all replicas (``--batch-size`` is per replica).
+    global_batch: int
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """One training phase: the head on a frozen backbone, or the whole network."""
+
+    name: str  # "head" or "finetune"
+    #: Keras counts epochs on across phases: fine-tuning starts where the head stopped.
+    initial_epoch: int
+    last_epoch: int
+    learning_rate: float
+    train_backbone: bool
+
+    @property
+    def epochs(self) -> int:
+        """Epochs this phase itself runs."""
+        return self.last_epoch - self.initial_epoch
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every phase of one model's training shares."""
+
+    model_name: str
+    config: TrainConfig
+    dist: Distribution
+    #: The model's folder in the run (the chief's; read by every worker).
+    model_dir: Path
+    #: Where this process writes: ``model_dir`` on the chief, a temporary folder elsewhere.
+    out: Path
+    inputs: _Inputs
+    bad_images: BadImageLog
+    extra_callbacks: Sequence[keras.callbacks.Callback]
+
+
+def _training_rows(
+    model_name: str,
+    split: pd.DataFrame,
+    config: TrainConfig,
+    model_dir: Path,
+    boxes: pd.DataFrame | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The model's train and validation rows, a part model's train rows with box crops."""
     train, val = model_frames(split, model_name)
     if model_name != ROUTER and config.box_crops:
         crops = box_crops(train, boxes, config.box_crops, model_dir / "crops", config.seed)
         log.info("%s: %d box crops added to %d training images", model_name, len(crops), len(train))
         train = pd.concat([train, crops], ignore_index=True)
-    classes = list(config.router_parts or config.body_parts)
+    return train, val
+
+
+def _targets(
+    model_name: str, train: pd.DataFrame, val: pd.DataFrame, classes: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Targets and sample weights (train, validation): one-hot parts for the router,
+    labels with the MURA paper's class weights for a part model."""
     if model_name == ROUTER:
-        y_train, y_val = router_targets(train, classes), router_targets(val, classes)
-        w_train = w_val = None
-    else:
-        y_train, y_val = train["label"].to_numpy(), val["label"].to_numpy()
-        weights = abnormality_weights(y_train)
-        w_train = train["label"].map(weights).to_numpy()
-        w_val = val["label"].map(weights).to_numpy()
+        return router_targets(train, classes), router_targets(val, classes), None, None
+    y_train, y_val = train["label"].to_numpy(), val["label"].to_numpy()
+    weights = abnormality_weights(y_train)
+    w_train = train["label"].map(weights).to_numpy()
+    w_val = val["label"].map(weights).to_numpy()
+    return y_train, y_val, w_train, w_val
+
+
+def _model_inputs(
+    model_name: str,
+    split: pd.DataFrame,
+    config: TrainConfig,
+    run_dir: Path,
+    dist: Distribution,
+    classes: list[str],
+    *,
+    bad_images: BadImageLog,
+    boxes: pd.DataFrame | None,
+) -> _Inputs:
+    """The model's rows and datasets; seeds everything (:func:`make_deterministic`) after
+    the crops and before the datasets and the model, which draw from the seeded state."""
+    train, val = _training_rows(model_name, split, config, run_dir / model_name, boxes)
+    y_train, y_val, w_train, w_val = _targets(model_name, train, val, classes)
 
     make_deterministic(config.seed, config.deterministic)
     # --batch-size is per replica: the pipeline yields global batches, tf.distribute splits
@@ -303,7 +412,7 @@ def train_model(
         min_batch=dist.replicas,  # no replica may get an empty batch
         # the run folder's decoded-image cache, shared by its models and later runs; one
         # process only (workers of a multi-worker run would write the same files)
-        disk_cache=Path(run_dir) / CACHE_DIR if dist.workers == 1 else None,
+        disk_cache=run_dir / CACHE_DIR if dist.workers == 1 else None,
         memory_budget_gb=config.cache_memory_gb,
     )
     train_ds = make_dataset(
@@ -320,128 +429,139 @@ def train_model(
     val_ds = make_dataset(
         val, targets=y_val, sample_weights=w_val, training=False, cache=config.cache, **common
     )
+    return _Inputs(train, val, train_ds, val_ds, global_batch)
 
-    strategy = dist.strategy
-    with strategy.scope():
-        model = build_model(
-            model_name if model_name == ROUTER else "abnormality",
-            classes=classes,
-            backbone=config.backbone_for(model_name),
-            input_size=config.input_size,
-            weights=config.weights_for(model_name),
-            downsample=config.downsample_for(model_name),
-        )
 
+def _phases(model_name: str, config: TrainConfig) -> list[_Phase]:
+    """The head phase (a pretrained backbone with ``head_epochs`` only), then fine-tuning
+    of the whole network, at the fine-tuning rate when the backbone was pretrained."""
     pretrained = config.weights_for(model_name) not in ("none", "")
     phases = []
     if pretrained and config.head_epochs > 0:
-        phases.append(("head", config.head_epochs, config.learning_rate, False))
+        phases.append(_Phase("head", 0, config.head_epochs, config.learning_rate, False))
     first_epoch = config.head_epochs if phases else 0
     finetune_lr = config.fine_tune_learning_rate if pretrained else config.learning_rate
-    phases.append(("finetune", first_epoch + config.epochs_for(model_name), finetune_lr, True))
+    last_epoch = first_epoch + config.epochs_for(model_name)
+    phases.append(_Phase("finetune", first_epoch, last_epoch, finetune_lr, True))
+    return phases
 
-    best = state["best"]
-    head_trained_here = False
-    with dist.write_dir(model_dir) as out:  # the chief: model_dir; other workers: a temp dir
-        out.mkdir(parents=True, exist_ok=True)
-        for phase, last_epoch, learning_rate, train_backbone in phases:
-            if phase in state["phases"]:
-                continue
-            with strategy.scope():
-                backbone_of(model).trainable = train_backbone
-                epochs_in_phase = last_epoch - (first_epoch if phase == "finetune" else 0)
-                schedule: float | keras.optimizers.schedules.LearningRateSchedule = (
-                    learning_rate
-                    if config.lr_schedule == "plateau"
-                    else learning_rate_schedule(
-                        learning_rate,
-                        epochs=max(1, epochs_in_phase),
-                        steps_per_epoch=math.ceil(len(train) / global_batch),
-                    )
-                )
-                _compile(model, model_name, schedule, config.jit_compile)
-            if phase == "finetune":
-                # this task's own file when it trained the head (a worker must not wait for
-                # the chief's), the chief's when resuming after the head phase
-                head = out if head_trained_here else model_dir
-                if head_trained_here or state["head_weights"]:
-                    model.load_weights(head / HEAD_WEIGHTS)
-            checkpoint = keras.callbacks.ModelCheckpoint(
-                str(out / BEST_MODEL),
-                monitor=monitor,
-                mode=mode,
-                save_best_only=True,
-                initial_value_threshold=best,
-            )
-            study_auc = (
-                []
-                if model_name == ROUTER
-                else [
-                    StudyAuc(
-                        val,
-                        size=config.input_size,
-                        batch_size=global_batch,
-                        bad_images=bad_images,
-                    )
-                ]
-            )
-            callbacks = [
-                *([SyncBatchNormStatistics(strategy)] if dist.replicas > 1 else []),
-                *study_auc,  # before everything that reads val_study_auc
-                _backup_callback(out, model_dir, phase),
-                checkpoint,
-                keras.callbacks.EarlyStopping(
-                    monitor=monitor,
-                    mode=mode,
-                    patience=early_stopping_patience(config.patience, epochs_in_phase),
-                ),
-                keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
-            ]
-            if config.lr_schedule == "plateau":  # the MURA paper: / 10 when val loss stalls
-                callbacks.append(
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor="val_loss", factor=0.1, patience=PLATEAU_PATIENCE, min_lr=1e-7
-                    )
-                )
-            if config.ensemble > 1 and model_name != ROUTER:
-                callbacks.append(KeepLowestLoss(out / MEMBERS_DIR, config.ensemble))
-            if config.tensorboard:
-                callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
-            callbacks.extend(extra_callbacks)
-            log.info(
-                "%s: %s phase, epochs up to %d, lr %g", model_name, phase, last_epoch, learning_rate
-            )
-            if last_epoch > 0:
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=last_epoch,
-                    initial_epoch=first_epoch if phase == "finetune" else 0,
-                    callbacks=callbacks,
-                    verbose=fit_verbosity(config.progress),
-                    shuffle=False,  # the dataset shuffles itself, seeded
-                )
-            # the best value so far, the same on every worker (logged metrics are global)
-            best = None if checkpoint.best is None else float(checkpoint.best)
-            if phase == "head":
-                model.save_weights(out / HEAD_WEIGHTS)
-                head_trained_here = True
-            (out / f"{phase}.done").write_text("done\n")
 
-        if not (out / BEST_MODEL).is_file():  # zero epochs (a smoke run): keep these weights
-            model.save(out / BEST_MODEL)
-        if config.ensemble > 1 and model_name != ROUTER:
-            rebuild = lambda: build_model(  # noqa: E731
-                "abnormality",
-                backbone=config.backbone_for(model_name),
-                input_size=config.input_size,
-                weights="none",
+def _train_phase(
+    job: _Job, model: keras.Model, phase: _Phase, best: float | None, head_weights: Path | None
+) -> float | None:
+    """Compile ``model`` for ``phase`` (fine-tuning starts from ``head_weights`` when
+    given), fit it and mark the phase done; return the best monitored value so far."""
+    config = job.config
+    with job.dist.strategy.scope():
+        backbone_of(model).trainable = phase.train_backbone
+        schedule: float | keras.optimizers.schedules.LearningRateSchedule = (
+            phase.learning_rate
+            if config.lr_schedule == "plateau"
+            else learning_rate_schedule(
+                phase.learning_rate,
+                epochs=max(1, phase.epochs),
+                steps_per_epoch=math.ceil(len(job.inputs.train) / job.inputs.global_batch),
             )
-            ensemble = assemble_ensemble(out / MEMBERS_DIR, rebuild)
-            if ensemble is not None:
-                ensemble.save(out / BEST_MODEL)
-        _write_done(out, monitor, dist.record(config.batch_size))
-    return best_path
+        )
+        _compile(model, job.model_name, schedule, config.jit_compile)
+    if phase.name == "finetune" and head_weights is not None:
+        model.load_weights(head_weights)
+    checkpoint, callbacks = _phase_callbacks(job, phase, best)
+    log.info(
+        "%s: %s phase, epochs up to %d, lr %g",
+        job.model_name,
+        phase.name,
+        phase.last_epoch,
+        phase.learning_rate,
+    )
+    if phase.last_epoch > 0:
+        model.fit(
+            job.inputs.train_ds,
+            validation_data=job.inputs.val_ds,
+            epochs=phase.last_epoch,
+            initial_epoch=phase.initial_epoch,
+            callbacks=callbacks,
+            verbose=fit_verbosity(config.progress),
+            shuffle=False,  # the dataset shuffles itself, seeded
+        )
+    # the best value so far, the same on every worker (logged metrics are global)
+    best = None if checkpoint.best is None else float(checkpoint.best)
+    if phase.name == "head":
+        model.save_weights(job.out / HEAD_WEIGHTS)
+    (job.out / f"{phase.name}.done").write_text("done\n")
+    return best
+
+
+def _phase_callbacks(
+    job: _Job, phase: _Phase, best: float | None
+) -> tuple[keras.callbacks.ModelCheckpoint, list[keras.callbacks.Callback]]:
+    """The checkpoint (kept apart: its best value carries over to the next phase) and
+    every callback of the phase's fit, in the order they must run."""
+    config, out, model_name = job.config, job.out, job.model_name
+    monitor, mode = _monitor(model_name)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(out / BEST_MODEL),
+        monitor=monitor,
+        mode=mode,
+        save_best_only=True,
+        initial_value_threshold=best,
+    )
+    study_auc = (
+        []
+        if model_name == ROUTER
+        else [
+            StudyAuc(
+                job.inputs.val,
+                size=config.input_size,
+                batch_size=job.inputs.global_batch,
+                bad_images=job.bad_images,
+            )
+        ]
+    )
+    callbacks = [
+        *([SyncBatchNormStatistics(job.dist.strategy)] if job.dist.replicas > 1 else []),
+        *study_auc,  # before everything that reads val_study_auc
+        _backup_callback(out, job.model_dir, phase.name),
+        checkpoint,
+        keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode=mode,
+            patience=early_stopping_patience(config.patience, phase.epochs),
+        ),
+        keras.callbacks.CSVLogger(str(out / HISTORY), append=True),
+    ]
+    if config.lr_schedule == "plateau":  # the MURA paper: / 10 when val loss stalls
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.1, patience=PLATEAU_PATIENCE, min_lr=1e-7
+            )
+        )
+    if config.ensemble > 1 and model_name != ROUTER:
+        callbacks.append(KeepLowestLoss(out / MEMBERS_DIR, config.ensemble))
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
+    callbacks.extend(job.extra_callbacks)
+    return checkpoint, callbacks
+
+
+def _finish_model(job: _Job, model: keras.Model) -> None:
+    """Save the final best model (these weights after zero epochs; the ensemble of the
+    kept members with ``--ensemble``) and write ``done.json``."""
+    config, out, model_name = job.config, job.out, job.model_name
+    if not (out / BEST_MODEL).is_file():  # zero epochs (a smoke run): keep these weights
+        model.save(out / BEST_MODEL)
+    if config.ensemble > 1 and model_name != ROUTER:
+        rebuild = lambda: build_model(  # noqa: E731
+            "abnormality",
+            backbone=config.backbone_for(model_name),
+            input_size=config.input_size,
+            weights="none",
+        )
+        ensemble = assemble_ensemble(out / MEMBERS_DIR, rebuild)
+        if ensemble is not None:
+            ensemble.save(out / BEST_MODEL)
+    monitor, _ = _monitor(model_name)
+    _write_done(out, monitor, job.dist.record(config.batch_size))
 
 
 class KeepLowestLoss(keras.callbacks.Callback):

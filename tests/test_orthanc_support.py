@@ -18,8 +18,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from harness import orthanc_support
 from harness.orthanc_support import Orthanc, orthanc_missing_reason, start_orthanc, stop_all
-from tests import orthanc_support
 
 CR_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.1")  # Computed Radiography Image Storage
 

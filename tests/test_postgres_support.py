@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from harness import postgres_support
 from harness.postgres_support import (
     Postgres,
     PostgresStartError,
     postgres_missing_reason,
     start_postgres,
 )
-from tests import postgres_support
 from tests.tools import in_ci
 
 REPO = Path(__file__).resolve().parents[1]

@@ -54,6 +54,7 @@ def api_schema(untrained_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 OPERATIONS = [
     ("/upload", "POST"),
     ("/predict", "POST"),
+    ("/predict/image", "POST"),
     ("/predict/study", "POST"),
     ("/heatmap/{filename}", "GET"),
     ("/uploads/{filename}", "DELETE"),
@@ -88,6 +89,7 @@ def test_all_operations_are_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
 WITH_INPUTS = {
     ("/upload", "POST"),
     ("/predict", "POST"),
+    ("/predict/image", "POST"),
     ("/predict/study", "POST"),
     ("/heatmap/{filename}", "GET"),
     ("/uploads/{filename}", "DELETE"),

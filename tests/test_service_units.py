@@ -135,6 +135,7 @@ EXPECTED_OPERATIONS = {
     ("/upload", "post", "upload"),
     ("/uploads/{filename}", "delete", "upload"),
     ("/predict", "post", "predict"),
+    ("/predict/image", "post", "predict"),
     ("/predict/study", "post", "predict"),
     ("/heatmap/{filename}", "get", "predict"),
     ("/model", "get", "model"),

@@ -211,13 +211,6 @@ def figures_markdown(
     return "\n".join(lines).replace("(heat maps, test split)", "(heat maps)") + "\n"
 
 
-def replace_block(text: str, block: list[str], begin: str = BEGIN, end: str = END) -> str:
-    """``text`` with the block between ``begin`` and ``end`` replaced by ``block`` (which
-    carries the markers itself; ``text`` must already have them)."""
-    first, last = text.index(begin), text.index(end) + len(end)
-    return text[:first] + "\n".join(block) + text[last:]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))

@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.figures import provenance, replace_block
+from bench.figures import provenance
 from bonexr.bundle import verify_bundle
 from bonexr.labels import ALL_BODY_PARTS, display_name
+from bonexr.markdown import replace_between
 from service.doors.batch import predict_files
 from service.settings import Settings
 from training.bootstrap import auroc_interval, proportion_interval
@@ -224,7 +225,6 @@ def report_table(bundle: Path) -> list[str]:
 def readme_block(result: dict[str, Any], bundle: Path) -> list[str]:
     stamp = provenance()
     return [
-        BEGIN,
         f"Measured {stamp['date']} at commit `{stamp['commit']}` on {stamp['machine']} by "
         f"`{COMMAND} --readme`; {CITATION}. 95% intervals: exact Clopper-Pearson for rates, "
         "bootstrap for AUROC, **by image** (FracAtlas has no patient ids, so two images of "
@@ -236,7 +236,7 @@ def readme_block(result: dict[str, Any], bundle: Path) -> list[str]:
         "test split):",
         "",
         *report_table(bundle),
-        END,
+        "",
     ]
 
 
@@ -256,7 +256,8 @@ def main() -> None:
     if args.readme:
         readme = Path("README.md")
         block = readme_block(result, args.bundle)
-        readme.write_text(replace_block(readme.read_text(), block, BEGIN, END))
+        body = "\n".join(block)
+        readme.write_text(replace_between(readme.read_text(), BEGIN, END, body))
         print("wrote the README's real-figures block")
 
 

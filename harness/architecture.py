@@ -14,6 +14,7 @@ import ast
 import sys
 from pathlib import Path
 
+from bonexr.markdown import regenerate, replace_between
 from harness.imports import ROOT, imported_modules, module_name
 
 PAGE = ROOT / "docs" / "architecture.md"
@@ -93,21 +94,14 @@ def generated() -> str:
 
 
 def render(page: str) -> str:
-    head, _, rest = page.partition(START)
-    _, _, tail = rest.partition(END)
-    return f"{head}{START}\n{generated()}{END}{tail}"
+    return replace_between(page, START, END, generated())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
     args = parser.parse_args(argv)
-    current = PAGE.read_text(encoding="utf-8")
-    wanted = render(current)
-    if args.check:
-        return 0 if current == wanted else 1
-    PAGE.write_text(wanted, encoding="utf-8")
-    return 0
+    return regenerate(PAGE, render, check=args.check)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,23 @@ def test_the_readme_is_short_and_its_links_resolve() -> None:
         if target.startswith(("http://", "https://", "mailto:")):
             continue
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_a_generated_block_is_replaced_and_a_stale_page_found(tmp_path: Path) -> None:
+    import pytest
+
+    from bonexr.errors import ConfigError
+    from bonexr.markdown import regenerate, replace_between
+
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- a -->\nold\n<!-- b -->\nafter\n")
+
+    def render(text: str) -> str:
+        return replace_between(text, "<!-- a -->", "<!-- b -->", "new\n")
+
+    assert regenerate(page, render, check=True) == 1
+    assert regenerate(page, render, check=False) == 0
+    assert page.read_text() == "intro\n<!-- a -->\nnew\n<!-- b -->\nafter\n"
+    assert regenerate(page, render, check=True) == 0
+    with pytest.raises(ConfigError, match="no generated block"):
+        replace_between("no markers", "<!-- a -->", "<!-- b -->", "x")

@@ -129,18 +129,25 @@ def test_http_the_cli_and_the_dicom_node_give_the_same_answer(
         assert row["operating_point"] == image["operating_point"]["name"]
 
 
-def test_predict_image_is_upload_then_predict_in_one_request(
+def test_predict_image_answers_as_predict_in_one_request(
     untrained_bundle: Path, tmp_path: Path
 ) -> None:
     study = Study()
     study.add(np.linspace(0, 4000, 64 * 64).reshape(64, 64).astype(np.uint16))
     (data,) = study.instances.values()
-    with running(make_settings(untrained_bundle, tmp_path)) as (client, _):
-        one = client.post("/predict/image", files={"file": ("x.dcm", data)})
-        assert one.status_code == 200, one.text
+    with running(make_settings(untrained_bundle, tmp_path)) as (client, app):
+        store = app.state.services.store
+        kept = client.post("/predict/image", files={"file": ("x.dcm", data)})
+        assert kept.status_code == 200, kept.text
+        assert store.count() == 0  # the default keeps nothing
         upload = client.post("/upload", files={"file": ("x.dcm", data)}).json()
         two = client.post("/predict", json={"filename": upload["filename"]}).json()
-        assert one.json() == {**two, "warnings": [*upload["warnings"], *two["warnings"]]}
+        both = {**two, "warnings": [*upload["warnings"], *two["warnings"]]}
+        assert kept.json() == {**both, "filename": None}
+        stored = client.post(
+            "/predict/image", params={"store": "true"}, files={"file": ("x.dcm", data)}
+        )
+        assert stored.json() == both  # stored as /upload stores it: the same name
 
         # its errors are the ones /upload or /predict give
         body = assert_error(
@@ -156,7 +163,24 @@ def test_predict_image_is_upload_then_predict_in_one_request(
             422,
         )
         assert body["code"] == "unknown_operating_point" and body["operating_points"]
+        body = assert_error(
+            client.post("/predict/image", params={"heatmap": "true"}, files={"file": data}), 422
+        )
+        assert body["code"] == "invalid_request"
         assert_error(client.post("/predict/image", data={"other": "x"}), 400)
+
+
+def _one_file_through_the_cli(
+    settings: Settings, data: bytes, tmp_path: Path, table: str
+) -> dict[str, str]:
+    """``bonexr predict`` over one DICOM file: its one row of ``table``."""
+    inputs = tmp_path / "cli"
+    inputs.mkdir()
+    (inputs / "ct.dcm").write_bytes(data)
+    predict_files([inputs], tmp_path / "out", settings, progress=False)
+    with (tmp_path / "out" / table).open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    return row
 
 
 def _ct_slice() -> Study:
@@ -177,13 +201,10 @@ def test_a_ct_slice_is_refused_by_every_door_under_enforce(
         report = _through_the_node(client, app, study)
     (view,) = report["views"]
     assert not view["scored"] and view["reason"] == body["detail"]
-    inputs = tmp_path / "cli"
-    inputs.mkdir()
-    (inputs / "ct.dcm").write_bytes(data)
-    predict_files([inputs], tmp_path / "out", settings, progress=False)
-    with (tmp_path / "out" / "errors.csv").open() as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert row["reason"] == body["detail"]
+    assert (
+        _one_file_through_the_cli(settings, data, tmp_path, "errors.csv")["reason"]
+        == (body["detail"])
+    )
 
 
 def test_a_ct_slice_is_answered_with_the_same_warning_by_every_door_under_warn(
@@ -199,12 +220,7 @@ def test_a_ct_slice_is_answered_with_the_same_warning_by_every_door_under_warn(
         report = _through_the_node(client, app, study)
     (view,) = report["views"]
     assert view["scored"] and warning in report["warnings"]
-    inputs = tmp_path / "cli"
-    inputs.mkdir()
-    (inputs / "ct.dcm").write_bytes(data)
-    predict_files([inputs], tmp_path / "out", settings, progress=False)
-    with (tmp_path / "out" / "images.csv").open() as handle:
-        (row,) = list(csv.DictReader(handle))
+    row = _one_file_through_the_cli(settings, data, tmp_path, "images.csv")
     assert warning in row["warnings"] and row["result"]
 
 

@@ -29,6 +29,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import beta, rankdata
 
+from bonexr.agreement import Table
+
 #: Resamples per interval, and the seed: stated in every report that prints an interval.
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -181,21 +183,13 @@ def fast_auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def decision_rates(labels: np.ndarray, decided: np.ndarray) -> dict[str, float | None]:
-    """Kappa, sensitivity and specificity of boolean decisions (the evaluation's rules:
-    kappa of one class on both sides is 1 when they agree, else 0)."""
-    y, d = labels.astype(bool), decided.astype(bool)
-    n = len(y)
-    if n == 0:
-        return {"kappa": None, "sensitivity": None, "specificity": None}
-    tp, tn = float(np.sum(y & d)), float(np.sum(~y & ~d))
-    fp, fn = float(np.sum(~y & d)), float(np.sum(y & ~d))
-    agree = (tp + tn) / n
-    chance = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
-    kappa = (agree - chance) / (1 - chance) if chance < 1 else float(agree == 1.0)
+    """Kappa, sensitivity and specificity of boolean decisions (:class:`bonexr.agreement.Table`,
+    the rates the service's practice metrics use too)."""
+    table = Table.of(labels, decided)
     return {
-        "kappa": kappa,
-        "sensitivity": tp / (tp + fn) if tp + fn else None,
-        "specificity": tn / (tn + fp) if tn + fp else None,
+        "kappa": table.kappa,
+        "sensitivity": table.sensitivity,
+        "specificity": table.specificity,
     }
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from bonexr.agreement import Table
 from training.bootstrap import binary_intervals, bootstrap_ci, rate_interval
 
 
@@ -79,16 +80,17 @@ def binary_metrics(
     predicted = (
         (probs >= threshold).astype(int) if decided is None else np.asarray(decided).astype(int)
     )
-    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    table = Table.of(labels, predicted)
+    tn, fp, fn, tp = table.tn, table.fp, table.fn, table.tp
     both = len(np.unique(labels)) == 2
     metrics: dict[str, Any] = {
         "n": len(labels),
         "n_abnormal": int(labels.sum()),
         "auroc": float(roc_auc_score(labels, probs)) if both else None,
-        "kappa": _kappa(labels, predicted),
-        "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
-        "specificity": float(tn / (tn + fp)) if tn + fp else None,
-        "accuracy": float((tp + tn) / len(labels)) if len(labels) else None,
+        "kappa": table.kappa,
+        "sensitivity": table.sensitivity,
+        "specificity": table.specificity,
+        "accuracy": table.agreement,
         "threshold": float(threshold),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
@@ -100,14 +102,6 @@ def binary_metrics(
                 interval = rate_interval(metrics[key], interval, *counts[key])
             metrics[f"{key}_ci"] = interval
     return metrics
-
-
-def _kappa(labels: np.ndarray, predicted: np.ndarray) -> float | None:
-    if len(labels) == 0:
-        return None
-    if len(np.unique(np.concatenate([labels, predicted]))) < 2:
-        return 1.0 if np.array_equal(labels, predicted) else 0.0
-    return float(cohen_kappa_score(labels, predicted))
 
 
 def router_metrics(

@@ -59,6 +59,12 @@ class NotReadyError(TriageError):
     code = "not_ready"
 
 
+class InvalidRequestError(TriageError):
+    """A well-formed request whose options contradict each other."""
+
+    code = "invalid_request"
+
+
 class InvalidStudyError(TriageError):
     """A well-formed study request that cannot be answered as asked."""
 

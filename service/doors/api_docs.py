@@ -21,6 +21,7 @@ from bonexr.errors import (
     UndecodableImageError,
     UnsupportedFormatError,
 )
+from bonexr.markdown import regenerate, replace_between
 from service.domain.errors import all_triage_errors, error_code
 from service.doors.batch import BATCH_OUTCOME
 from service.doors.dicom.outcomes import DICOM_OUTCOME
@@ -73,21 +74,14 @@ def table() -> str:
 
 def render(page: str) -> str:
     """``page`` with the table between the markers replaced by the current one."""
-    head, _, rest = page.partition(START)
-    _, _, tail = rest.partition(END)
-    return f"{head}{START}\n{table()}{END}{tail}"
+    return replace_between(page, START, END, table())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
     args = parser.parse_args(argv)
-    current = PAGE.read_text(encoding="utf-8")
-    wanted = render(current)
-    if args.check:
-        return 0 if current == wanted else 1
-    PAGE.write_text(wanted, encoding="utf-8")
-    return 0
+    return regenerate(PAGE, render, check=args.check)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from service.domain.errors import (
     NotReadyError,
     UploadNotFoundError,
 )
+from service.domain.intake import Intake, read_image
 from service.domain.rules import AnswerRules
 from service.triage.heatmaps import CachedCam, load_cam, render, save_cam
 from service.triage.services import Services
@@ -116,6 +117,34 @@ class Predictor:
                 save_cam, self.services, filename, prediction.scored_by, prediction.cam
             )
             return dataclasses.replace(answer, heatmap_url=f"/heatmap/{filename}")
+
+    async def image_bytes(
+        self, data: bytes, *, operating_point: str | None = None
+    ) -> tuple[ImageAnswer, Intake]:
+        """An image sent in the request, answered and dropped: read through the one intake
+        (limits, header gate) inside the request's queue place and deadline, scored, and
+        never stored (nothing kept: no upload, no heat map to fetch later)."""
+        engine, settings = self.engine, self.services.settings
+        self.rules.operating_point(operating_point)
+        known = list(engine.manifest.router.classes) if engine.manifest is not None else None
+
+        def read() -> tuple[Intake, np.ndarray | None]:
+            with self.services.decode_slot():
+                intake = read_image(data, settings, known, provenance="upload")
+                if intake.screen.refusal is not None:
+                    return intake, None
+                return intake, prepare_pixels(intake.decoded.image, engine.input_size)
+
+        async with self.deadline():
+            with engine.admit(1) as admission:
+                intake, pixels = await to_thread.run_sync(read)
+                if pixels is None:
+                    assert intake.screen.refusal is not None
+                    raise self.rules.refusal_error([intake.screen.refusal], 1)
+                prediction = await engine.predict(pixels, None, admission)
+            name = "the image sent"
+            answer = self.rules.image(name, prediction, intake.decoded.body_part, operating_point)
+        return answer, intake
 
     async def study(
         self,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from bonexr.agreement import Table
+
 log = logging.getLogger("bonexr.records")
 
 Counts = dict[str, dict[tuple[str, str], int]]
@@ -60,16 +62,18 @@ class PracticeCollector(Collector):
             labels=["part"],
         )
         for part, cells in sorted(counts.items()):
-            aa = cells.get(("abnormal", "abnormal"), 0)
-            an = cells.get(("abnormal", "normal"), 0)
-            na = cells.get(("normal", "abnormal"), 0)
-            nn = cells.get(("normal", "normal"), 0)
-            total = aa + an + na + nn
-            reviewed.add_metric([part], total)
-            if total:
-                agreement.add_metric([part], (aa + nn) / total)
-            if aa + na:
-                sensitivity.add_metric([part], aa / (aa + na))
-            if an + nn:
-                specificity.add_metric([part], nn / (an + nn))
+            table = Table(  # (model, reader): the reader is the reference
+                tp=cells.get(("abnormal", "abnormal"), 0),
+                fn=cells.get(("normal", "abnormal"), 0),
+                fp=cells.get(("abnormal", "normal"), 0),
+                tn=cells.get(("normal", "normal"), 0),
+            )
+            reviewed.add_metric([part], table.n)
+            for family, rate in (
+                (agreement, table.agreement),
+                (sensitivity, table.sensitivity),
+                (specificity, table.specificity),
+            ):
+                if rate is not None:
+                    family.add_metric([part], rate)
         return [reviewed, agreement, sensitivity, specificity]

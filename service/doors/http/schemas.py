@@ -187,7 +187,9 @@ class ModelRef(BaseModel):
 class PredictionResponse(BaseModel):
     """Two-stage result: the router picks the body part, that part's model scores abnormality."""
 
-    filename: str = Field(description="The upload that was classified.")
+    filename: str | None = Field(
+        description="The upload that was classified (null: POST /predict/image kept nothing)."
+    )
     bone_type: str = Field(description="Body part with the highest router probability.")
     result: Literal["fractured", "normal"] = Field(
         description=(

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.adapters.engine import InferenceEngine
 from service.domain.answers import ImageAnswer
+from service.domain.errors import InvalidRequestError
 from service.doors.http.deps import PredictorDep, ReadyEngineDep, ServicesDep
 from service.doors.http.errors import error_responses
 from service.doors.http.routes.upload import read_file_part, store_upload
@@ -56,7 +57,7 @@ async def predict(
 @router.post(
     "/predict/image",
     response_model=PredictionResponse,
-    summary="Upload and classify an image in one request",
+    summary="Classify an image sent in the request (one round trip)",
     responses=error_responses(400, 413, 415, 422, 429, 503, 507),
 )
 async def predict_image(
@@ -65,19 +66,34 @@ async def predict_image(
     predictor: PredictorDep,
     request: Request,
     file: Annotated[UploadFile, File(description="PNG, JPEG, WebP or DICOM; detected by content.")],
-    heatmap: Annotated[bool, Query(description="Also prepare the heat map.")] = False,
+    store: Annotated[
+        bool,
+        Query(description="Also store it as /upload does: the answer names it, heat map allowed."),
+    ] = False,
+    heatmap: Annotated[bool, Query(description="Also prepare the heat map (needs store).")] = False,
     operating_point: Annotated[
         str | None,
         Query(pattern=OPERATING_POINT_PATTERN, description="Decide at this operating point."),
     ] = None,
 ) -> PredictionResponse:
-    """``/upload`` and ``/predict`` in one round trip, for a client that wants one answer
-    per request (as LitServe's clients do). The image is stored as ``/upload`` stores it
-    (``filename`` in the answer; the upload's warnings come first) and answered as
-    ``/predict`` answers; every error is the one either of them gives.
+    """The answer ``/predict`` gives, for an image in this request: one round trip, as
+    LitServe's clients do. By default **nothing is kept**: the image is decoded under the
+    upload limits and the eligibility gate, answered and dropped (``filename`` null). With
+    ``store=true`` it is stored as ``/upload`` stores it, and the answer names it (for
+    ``/predict/study`` and the heat map, ``heatmap=true``). Every error is the one
+    ``/upload`` or ``/predict`` gives.
     """
     predictor.rules.operating_point(operating_point)  # an unknown one costs nothing
+    if heatmap and not store:
+        raise InvalidRequestError(
+            "heatmap=true needs store=true: a heat map is kept with its image"
+        )
     data = await read_file_part(services, request, file)
+    if not store:
+        answer, intake = await predictor.image_bytes(data, operating_point=operating_point)
+        response = _response(None, answer, engine)
+        response.warnings = [*intake.warnings, *response.warnings]
+        return response
     stored, _ = await run_in_threadpool(store_upload, services, data)
     answer = await predictor.image(
         stored.filename, heatmap=heatmap, operating_point=operating_point
@@ -87,7 +103,9 @@ async def predict_image(
     return response
 
 
-def _response(filename: str, answer: ImageAnswer, engine: InferenceEngine) -> PredictionResponse:
+def _response(
+    filename: str | None, answer: ImageAnswer, engine: InferenceEngine
+) -> PredictionResponse:
     prediction = answer.prediction
     return PredictionResponse(
         filename=filename,

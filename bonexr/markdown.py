@@ -9,7 +9,8 @@ same ``--check``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bonexr.errors import ConfigError
@@ -34,3 +35,13 @@ def regenerate(page: Path, render: Callable[[str], str], *, check: bool) -> int:
         return 0 if current == wanted else 1
     page.write_text(wanted, encoding="utf-8")
     return 0
+
+
+def page_command(
+    page: Path, render: Callable[[str], str], description: str, argv: Sequence[str] | None
+) -> int:
+    """The ``python -m <generator> [--check]`` command of a generated page section."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
+    args = parser.parse_args(argv)
+    return regenerate(page, render, check=args.check)

@@ -9,12 +9,11 @@ differs. ``python -m harness.architecture`` rewrites it.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 from pathlib import Path
 
-from bonexr.markdown import regenerate, replace_between
+from bonexr.markdown import page_command, replace_between
 from harness.imports import ROOT, imported_modules, module_name
 
 PAGE = ROOT / "docs" / "architecture.md"
@@ -98,10 +97,7 @@ def render(page: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
-    args = parser.parse_args(argv)
-    return regenerate(PAGE, render, check=args.check)
+    return page_command(PAGE, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

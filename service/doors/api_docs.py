@@ -10,7 +10,6 @@ fails when it is stale or an error lacks an HTTP status.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from bonexr.errors import (
     UndecodableImageError,
     UnsupportedFormatError,
 )
-from bonexr.markdown import regenerate, replace_between
+from bonexr.markdown import page_command, replace_between
 from service.domain.errors import all_triage_errors, error_code
 from service.doors.batch import BATCH_OUTCOME
 from service.doors.dicom.outcomes import DICOM_OUTCOME
@@ -78,10 +77,7 @@ def render(page: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
-    args = parser.parse_args(argv)
-    return regenerate(PAGE, render, check=args.check)
+    return page_command(PAGE, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

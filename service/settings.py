@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,7 +54,15 @@ class Settings(BaseSettings):
         "short hash of it); empty disables auth.",
     )
     admin_keys: str = Field(
-        "", description="Comma-separated key names (from api_keys) that may read GET /audit."
+        "",
+        description="Comma-separated key names (from api_keys) with the admin role: they read "
+        "GET /audit and alone may DELETE /worklist/{id}.",
+    )
+    integration_keys: str = Field(
+        "",
+        description="Comma-separated key names (from api_keys) with the integration role (a "
+        "PACS sending studies): POST /dicom-web/studies only, never the worklist, the audit "
+        "or an answer (403).",
     )
     database_url: str | None = Field(
         None,
@@ -229,6 +237,33 @@ class Settings(BaseSettings):
 
     def admin_key_names(self) -> set[str]:
         return {n.strip() for n in self.admin_keys.split(",") if n.strip()}
+
+    def integration_key_names(self) -> set[str]:
+        return {n.strip() for n in self.integration_keys.split(",") if n.strip()}
+
+    @model_validator(mode="after")
+    def _roles(self) -> Settings:
+        """Keys checked at start: no name or key twice, every role names a key, no key
+        with two roles (a mistake here would give or take access silently)."""
+        items = [i.strip() for i in self.api_keys.split(",") if i.strip()]
+        named = self.named_api_keys()
+        if len(named) < len(items):
+            raise ValueError("BONEXR_API_KEYS names a key twice: every name must be unique")
+        if len(set(named.values())) < len(named):
+            raise ValueError("BONEXR_API_KEYS gives two names the same key")
+        for role, names in (
+            ("BONEXR_ADMIN_KEYS", self.admin_key_names()),
+            ("BONEXR_INTEGRATION_KEYS", self.integration_key_names()),
+        ):
+            unknown = sorted(names - set(named))
+            if unknown and named:
+                raise ValueError(f"{role} names no key in BONEXR_API_KEYS: {', '.join(unknown)}")
+        both = self.admin_key_names() & self.integration_key_names()
+        if both:
+            raise ValueError(
+                f"a key cannot be both admin and integration: {', '.join(sorted(both))}"
+            )
+        return self
 
 
 def check_ae_title(value: str) -> str:

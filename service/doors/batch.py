@@ -52,6 +52,7 @@ from service.domain.errors import (
 )
 from service.domain.intake import read_image
 from service.domain.rules import AnswerRules
+from service.doors.csv_cells import escape_cell, unescape_cell
 from service.settings import Settings
 
 StudyBy = Literal["auto", "parent", "none"]
@@ -176,20 +177,6 @@ def read_regular_file(path: Path, limit: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------- CSVs
-
-#: First characters a spreadsheet treats as a formula (and the quote that escapes them).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-def escape_cell(value: object) -> str:
-    """A cell a spreadsheet shows as text: one leading ``'`` before a formula character
-    (OWASP's CSV-injection advice); :func:`unescape_cell` undoes it exactly."""
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def unescape_cell(text: str) -> str:
-    return text[1:] if text.startswith("'") else text
 
 
 def _read_rows(path: Path) -> list[dict[str, object]]:

@@ -51,7 +51,7 @@ class AuditLog:
         """Newest first; the cursor is the last event's id."""
         query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
         if cursor is not None:
-            if not cursor.isdigit():
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
                 raise InvalidCursorError("cursor does not parse: pass next_cursor unchanged")
             query = query.where(AuditEvent.id < int(cursor))
         with self.database.session() as session:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,12 +93,16 @@ def encode_cursor(study: Study) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[int, float, datetime, str]:
-    """The sort key a cursor holds; :class:`InvalidCursorError` (422) when it does not parse."""
+    """The sort key a cursor holds; :class:`InvalidCursorError` when it does not parse or
+    holds values no page could have produced."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         group, probability, arrived, study_id = json.loads(raw)
-        return int(group), float(probability), datetime.fromisoformat(arrived), str(study_id)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        key = int(group), float(probability), datetime.fromisoformat(arrived), str(study_id)
+        if not (abs(key[0]) < 2**31 and math.isfinite(key[1]) and abs(key[1]) <= 2):
+            raise ValueError("out of range")  # a crafted cursor: the database would overflow
+        return key
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidCursorError(
             "cursor does not parse: pass the next_cursor of a previous page unchanged"
         ) from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from service.doors.dicom.outbox import DeliveryError, Destination
 from service.settings import Settings, parse_dicom_address
@@ -39,11 +41,39 @@ def dicomweb_destination(url: str, timeout: float) -> Destination:
             ) from None
         except requests.RequestException as exc:
             raise DeliveryError(f"STOW-RS unreachable ({type(exc).__name__})") from None
-        failed = answer.get("FailedSOPSequence") if answer is not None else None
-        if failed:
-            raise DeliveryError(f"STOW-RS refused {len(failed)} of {len(datasets)} object(s)")
+        check_stow_answer(answer, [str(ds.SOPInstanceUID) for ds in datasets])
 
-    return Destination("dicomweb", f"STOW-RS {url}", send)
+    return Destination("dicomweb", f"STOW-RS {without_credentials(url)}", send)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` as it may be shown (``/ready``, logs, metrics): a ``user:password@`` in it
+    becomes ``***@`` (the secret is used to send, never displayed)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def check_stow_answer(answer: Any, sent: Sequence[str]) -> None:
+    """A STOW-RS answer counts as delivered only when it references every SOP Instance UID
+    sent: "no failure listed" is not success (a PACS answered 200 with both sequences empty
+    and stored nothing). A failure listed is tried again (it may say "out of resources"); a
+    UID silently missing is permanent (the same objects meet the same answer), and the job
+    goes to the failed folder that ``/ready`` and ``/metrics`` count."""
+    failed = answer.get("FailedSOPSequence") if answer is not None else None
+    if failed:
+        raise DeliveryError(f"STOW-RS refused {len(failed)} of {len(sent)} object(s)")
+    items = (answer.get("ReferencedSOPSequence") if answer is not None else None) or []
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in items if "ReferencedSOPInstanceUID" in i}
+    missing = [uid for uid in sent if uid not in referenced]
+    if missing:
+        raise DeliveryError(
+            f"STOW-RS answered without storing {len(missing)} of {len(sent)} object(s): "
+            "they are not in its ReferencedSOPSequence and no failure was listed",
+            permanent=True,
+        )
 
 
 def dicom_destination(address: str, calling_aet: str, timeout: float) -> Destination:

@@ -185,7 +185,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit=settings.max_upload_bytes,
         stow_limit=settings.max_stow_bytes,
     )
-    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(
+        ApiKeyMiddleware, keys=keys, integration=frozenset(settings.integration_key_names())
+    )
     # Concrete routes, for labelling responses sent before routing (401, 413).
     routes = [r for r in app.router.routes if hasattr(r, "path")]
     app.add_middleware(AccessMiddleware, metrics=metrics, routes=routes)

@@ -76,6 +76,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     HeatmapUnavailableError: 404,
     DuplicateFieldError: 400,
     MalformedBodyError: 400,
+    InvalidCursorError: 400,
     ForbiddenError: 403,
     PayloadTooLargeError: 413,
     ImageTooLargeError: 413,
@@ -87,7 +88,6 @@ HTTP_STATUS: dict[type[Exception], int] = {
     NoPartModelError: 422,
     NotEligibleError: 422,
     UnknownOperatingPointError: 422,
-    InvalidCursorError: 422,
     UndecodableImageError: 422,
     ImageError: 422,
     OverloadedError: 429,
@@ -101,7 +101,8 @@ HTTP_STATUS: dict[type[Exception], int] = {
 
 #: What each error status means, for the OpenAPI ``responses`` of the routes.
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "Malformed request: the body is not what this endpoint takes.",
+    400: "Malformed request: the body is not what this endpoint takes, or a cursor that "
+    "no page gave.",
     401: "Missing or wrong X-API-Key (only when API keys are configured).",
     403: "This key may not do that (GET /audit: keys named in BONEXR_ADMIN_KEYS).",
     404: "No upload with that filename, no recorded study with that id (or no heat map in "

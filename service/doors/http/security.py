@@ -63,19 +63,39 @@ def key_name(scope: Scope) -> str:
     return str(scope.get("state", {}).get("api_key_name", ANONYMOUS))
 
 
-class ApiKeyMiddleware:
-    """Reject requests to protected paths without a valid ``X-API-Key`` (401), and record
-    the key's name in the request state for the records and the audit."""
+#: The only paths an integration key (a PACS sending studies) may use.
+INTEGRATION_PREFIX = "/dicom-web/"
 
-    def __init__(self, app: ASGIApp, *, keys: dict[str, str]) -> None:
+
+class ApiKeyMiddleware:
+    """Reject requests to protected paths without a valid ``X-API-Key`` (401), refuse an
+    integration key anything but sending studies (403), and record the key's name in the
+    request state for the records and the audit."""
+
+    def __init__(
+        self, app: ASGIApp, *, keys: dict[str, str], integration: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.keys = {name: k.encode("utf-8") for name, k in keys.items()}
+        self.integration = integration
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys:
             await self.app(scope, receive, send)
             return
         name = matching_name(_header(scope, b"x-api-key"), self.keys)
+        path = str(scope.get("path", ""))
+        if name in self.integration and not (path + "/").startswith(INTEGRATION_PREFIX):
+            response = JSONResponse(
+                {
+                    "detail": "an integration key (BONEXR_INTEGRATION_KEYS) may only send "
+                    "studies (POST /dicom-web/studies)",
+                    "code": "forbidden",
+                },
+                status_code=403,
+            )
+            await response(scope, receive, send)
+            return
         if name is not None:
             scope.setdefault("state", {})["api_key_name"] = name
         if (

@@ -23,7 +23,7 @@ router = APIRouter(tags=["worklist"])
     "/audit",
     response_model=AuditPageResponse,
     summary="Who accessed which study (admin keys)",
-    responses=error_responses(403, 422, 503),
+    responses=error_responses(400, 403, 422, 503),
 )
 async def audit(
     services: ServicesDep,

@@ -17,7 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.adapters.records.schema import Study
 from service.adapters.records.worklist import Status
-from service.domain.errors import TriageError
+from service.domain.errors import ForbiddenError, TriageError
+from service.doors.csv_cells import escape_cell
 from service.doors.http.deps import ServicesDep
 from service.doors.http.errors import error_responses, status_for
 from service.doors.http.schemas import (
@@ -134,7 +135,7 @@ async def refused(
     "/worklist",
     response_model=WorklistPage,
     summary="Recorded studies in triage order",
-    responses=error_responses(422, 503),
+    responses=error_responses(400, 422, 503),
 )
 async def worklist(
     services: ServicesDep,
@@ -193,7 +194,7 @@ async def export(services: ServicesDep, request: Request) -> Response:
         writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS)
         writer.writeheader()
         for row in services.records.reviewed_rows():
-            writer.writerow(row)
+            writer.writerow({key: escape_cell(value) for key, value in row.items()})
         return buffer.getvalue()
 
     body = await run_in_threadpool(render)
@@ -252,12 +253,18 @@ async def review(
     "/worklist/{study_id}",
     status_code=204,
     response_class=Response,
-    summary="Delete a recorded study and its uploads",
-    responses=error_responses(404, 422, 503),
+    summary="Delete a recorded study and its uploads (admin keys)",
+    responses=error_responses(403, 404, 422, 503),
 )
 async def delete_study(services: ServicesDep, request: Request, study_id: StudyId) -> Response:
     """Removes the record, then its uploads (and their heat maps) that no other record
-    names -- the guarantee of ``DELETE /uploads``."""
+    names -- the guarantee of ``DELETE /uploads``. With API keys, only an admin key
+    (``BONEXR_ADMIN_KEYS``) may: 403 for a reader."""
+    settings = services.settings
+    if settings.api_keys and key_name(request.scope) not in settings.admin_key_names():
+        error = ForbiddenError("DELETE /worklist is for the keys named in BONEXR_ADMIN_KEYS")
+        await refused(services, request, "delete", study_id, error)
+        raise error
     try:
         orphans = await run_in_threadpool(services.records.delete, study_id)
     except TriageError as exc:

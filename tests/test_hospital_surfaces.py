@@ -1,0 +1,198 @@
+"""The hospital-facing surfaces under attack and failure (issue 37's probe, as tests):
+results counted delivered only when the PACS stored them, roles for destructive actions,
+secrets never shown, intake judged per instance, exports that a spreadsheet cannot run,
+cursors that cannot crash a page."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+
+from harness.dicom_node_support import Study, stow_body
+from harness.service_support import assert_error, make_settings, running
+from service.doors.dicom.destinations import check_stow_answer, without_credentials
+from service.doors.dicom.outbox import DeliveryError
+from service.settings import Settings
+
+KEYS = "alice:key-a,bob:key-b,pacs:key-p"
+ALICE, BOB, PACS = ({"X-API-Key": k} for k in ("key-a", "key-b", "key-p"))
+
+
+def _answer(referenced: list[str], failed: list[str] = ()) -> Dataset:  # type: ignore[assignment]
+    """A STOW-RS answer as dicomweb-client returns it."""
+    answer = Dataset()
+    for keyword, uids in (("ReferencedSOPSequence", referenced), ("FailedSOPSequence", failed)):
+        items = []
+        for uid in uids:
+            item = Dataset()
+            item.ReferencedSOPInstanceUID = uid
+            items.append(item)
+        if items:
+            setattr(answer, keyword, items)
+    return answer
+
+
+def test_a_stow_answer_that_stored_nothing_is_not_delivered() -> None:
+    """The probe's Orthanc answered 200 with both sequences empty and stored nothing."""
+    check_stow_answer(_answer(["1.2.3", "1.2.4"]), ["1.2.3", "1.2.4"])
+    with pytest.raises(DeliveryError) as silent:
+        check_stow_answer(_answer([]), ["1.2.3", "1.2.4"])
+    assert silent.value.permanent and "2 of 2" in silent.value.detail
+    with pytest.raises(DeliveryError) as partly:
+        check_stow_answer(_answer(["1.2.3"]), ["1.2.3", "1.2.4"])
+    assert partly.value.permanent and "1 of 2" in partly.value.detail
+    with pytest.raises(DeliveryError) as listed:
+        check_stow_answer(_answer(["1.2.3"], failed=["1.2.4"]), ["1.2.3", "1.2.4"])
+    assert not listed.value.permanent  # a listed failure may be "out of resources": retried
+
+
+def test_the_pacs_credential_is_never_shown(untrained_bundle: Path, tmp_path: Path) -> None:
+    url = "http://pacs-user:s3cret-pass@127.0.0.1:9/dicom-web"
+    assert without_credentials(url) == "http://***@127.0.0.1:9/dicom-web"
+    assert without_credentials("http://pacs:8042/dicom-web") == "http://pacs:8042/dicom-web"
+    settings = make_settings(
+        untrained_bundle, tmp_path, dicom_dir=tmp_path / "dicom", results_dicomweb_url=url
+    )
+    with running(settings) as (client, _):
+        shown = client.get("/ready").text + client.get("/metrics").text
+    assert "s3cret-pass" not in shown and "pacs-user" not in shown
+    assert "***@127.0.0.1:9" in shown
+
+
+def _keyed(untrained_bundle: Path, tmp_path: Path) -> Settings:
+    return make_settings(
+        untrained_bundle,
+        tmp_path,
+        api_keys=KEYS,
+        admin_keys="alice",
+        integration_keys="pacs",
+        dicom_dir=tmp_path / "dicom",
+    )
+
+
+def _recorded(client: object, headers: dict[str, str]) -> str:
+    from harness.service_support import png_bytes
+
+    upload = client.post("/upload", files={"file": ("x.png", png_bytes(seed=3))}, headers=headers)  # type: ignore[attr-defined]
+    name = upload.json()["filename"]
+    answer = client.post("/predict/study", json={"filenames": [name]}, headers=headers)  # type: ignore[attr-defined]
+    return str(answer.json()["record_id"])
+
+
+def test_only_an_admin_deletes_and_an_integration_key_only_sends(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        study = _recorded(client, BOB)
+        body = assert_error(client.delete(f"/worklist/{study}", headers=BOB), 403)
+        assert body["code"] == "forbidden"
+        assert client.get(f"/worklist/{study}", headers=BOB).status_code == 200  # still there
+        for path in ("/worklist", f"/worklist/{study}", "/worklist/export.csv", "/audit"):
+            assert assert_error(client.get(path, headers=PACS), 403)["code"] == "forbidden"
+        # the integration key reaches the STOW-RS door (a body that is not DICOM: 415, not 403)
+        sent = client.post(
+            "/dicom-web/studies", content=b"x", headers={**PACS, "content-type": "text/plain"}
+        )
+        assert sent.status_code == 415
+        assert client.delete(f"/worklist/{study}", headers=ALICE).status_code == 204
+        actions = [
+            (e["key_name"], e["action"], e["outcome"])
+            for e in client.get("/audit", headers=ALICE).json()["items"]
+        ]
+        assert ("bob", "delete", "403") in actions and ("alice", "delete", "ok") in actions
+
+
+@pytest.mark.parametrize(
+    ("keys", "roles", "message"),
+    [
+        ("alice:k1,alice:k2", {}, "names a key twice"),
+        ("alice:k1,bob:k1", {}, "the same key"),
+        ("alice:k1", {"admin_keys": "mallory"}, "names no key"),
+        ("alice:k1", {"integration_keys": "nobody"}, "names no key"),
+        ("alice:k1", {"admin_keys": "alice", "integration_keys": "alice"}, "both admin"),
+    ],
+)
+def test_keys_are_checked_at_start(keys: str, roles: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(api_keys=keys, **roles)
+
+
+def test_the_export_neutralises_formulas_in_review_notes(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    note = '=HYPERLINK("http://evil.example","click")'
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        study = _recorded(client, ALICE)
+        review = {"reader_result": "normal", "note": note}
+        assert client.post(f"/worklist/{study}/review", json=review, headers=ALICE).is_success
+        exported = client.get("/worklist/export.csv", headers=ALICE).text
+    (row,) = list(csv.DictReader(io.StringIO(exported)))
+    assert row["note"] == "'" + note  # shown as text, never run
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "²",  # a digit to str.isdigit, not to int()
+        "9" * 18 + "0",  # past SQLite's integers
+    ],
+)
+def test_crafted_audit_cursors_are_400(untrained_bundle: Path, tmp_path: Path, cursor: str) -> None:
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        body = assert_error(client.get("/audit", params={"cursor": cursor}, headers=ALICE), 400)
+    assert body["code"] == "invalid_cursor"
+
+
+def test_crafted_worklist_cursors_are_400(untrained_bundle: Path, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    def cursor(key: list[object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+    crafted = [
+        cursor([10**40, 0.5, "2026-01-01T00:00:00", "x"]),  # overflows the database
+        cursor([0, 1e308 * 10, "2026-01-01T00:00:00", "x"]),  # infinity
+        cursor([0, 0.5, "not a time", "x"]),
+    ]
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        for value in crafted:
+            body = assert_error(
+                client.get("/worklist", params={"cursor": value}, headers=ALICE), 400
+            )
+            assert body["code"] == "invalid_cursor"
+
+
+def test_stow_refuses_a_huge_header_per_instance_and_takes_the_rest(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's 60000 x 60000 header answered 413 for the whole request."""
+    study = Study()
+    good = [study.add(np.full((64, 64), v, np.uint16)) for v in (500, 900)]
+    huge = pydicom.dcmread(io.BytesIO(study.instances[good[1]]))
+    huge.Rows = huge.Columns = 60000
+    huge.SOPInstanceUID = good[1] + ".9"
+    buffer = io.BytesIO()
+    huge.save_as(buffer, enforce_file_format=True)
+    parts = [study.instances[good[0]], buffer.getvalue(), study.instances[good[1]]]
+    body, content_type = stow_body(parts)
+    with running(make_settings(untrained_bundle, tmp_path, dicom_dir=tmp_path / "d")) as (
+        client,
+        _,
+    ):
+        answer = client.post(
+            "/dicom-web/studies", content=body, headers={"content-type": content_type}
+        )
+    assert answer.status_code == 202, answer.text
+    payload = answer.json()
+    assert [t["00081155"]["Value"][0] for t in payload["00081199"]["Value"]] == good
+    (failed,) = payload["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [huge.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xC000]

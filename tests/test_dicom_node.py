@@ -102,12 +102,14 @@ def test_a_stow_study_is_answered_once_settled_like_predict_study(
     assert by_sop[ct]["scored"] is False and "Modality is CT" in by_sop[ct]["reason"]
     for sop, view in zip((first, second), api["views"], strict=True):
         assert by_sop[sop]["probability"] == pytest.approx(view["abnormality_probability"], 1e-4)
-    # one secondary capture per scored view, in the report's series, in the source study
+    # one secondary capture per scored view, in a series of its own (Modality is a series
+    # attribute: SR for the report, OT for the captures), in the source study
     captures = [o for o in objects[1:]]
     assert len(captures) == 2
+    assert len({c.SeriesInstanceUID for c in captures}) == 1
     for capture in captures:
         assert capture.StudyInstanceUID == study.study_uid
-        assert capture.SeriesInstanceUID == objects[0].SeriesInstanceUID
+        assert capture.SeriesInstanceUID != objects[0].SeriesInstanceUID
         assert capture.PatientID == "PID-0042" and capture.BurnedInAnnotation == "YES"
     assert {c.SourceImageSequence[0].ReferencedSOPInstanceUID for c in captures} == {
         first,

@@ -196,3 +196,37 @@ def test_stow_refuses_a_huge_header_per_instance_and_takes_the_rest(
     (failed,) = payload["00081198"]["Value"]
     assert failed["00081155"]["Value"] == [huge.SOPInstanceUID]
     assert failed["00081197"]["Value"] == [0xC000]
+
+
+def test_the_report_and_the_captures_are_separate_series(
+    untrained_bundle: Path, tmp_path: Path, synthetic_small: Path
+) -> None:
+    """Modality is a series attribute: the SR (SR) and the captures (OT) may not share one."""
+    from harness.dicom_node_support import radiograph
+    from harness.service_support import free_port, wait_for
+
+    paths = sorted((synthetic_small / "train" / "XR_HAND").rglob("*.png"))[:2]
+    study = Study()
+    for path in paths:
+        study.add(radiograph(path))
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_port=free_port(),
+        dicom_host="127.0.0.1",
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=60,
+    )
+    body, content_type = stow_body(list(study.instances.values()))
+    with running(settings) as (client, app):
+        client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
+        outbox = app.state.dicom_node.outbox
+        assert wait_for(lambda: outbox.folder.is_dir() and len(list(outbox.jobs())) == 1, 60)
+        (job,) = outbox.jobs()
+        objects = [pydicom.dcmread(p) for p in sorted(job.folder.glob("*.dcm"))]
+    by_series: dict[str, set[str]] = {}
+    for item in objects:
+        by_series.setdefault(str(item.SeriesInstanceUID), set()).add(str(item.Modality))
+    assert sorted(map(sorted, by_series.values())) == [["OT"], ["SR"]]
+    assert len(objects) == 3  # the report and one capture per scored view

@@ -36,6 +36,8 @@ from service.doors.dicom.results import (
 from service.triage.heatmaps import draw
 from service.triage.predictor import Predictor
 
+#: The captures' series number (the report's series is 9901).
+CAPTURES_SERIES_NUMBER = 9902
 #: Heat-map opacity on the secondary captures (the page's default).
 OVERLAY_OPACITY = 0.5
 NOT_FOR_DIAGNOSIS = "bonexr is not a medical device: NOT FOR DIAGNOSIS."
@@ -208,6 +210,9 @@ def result_objects(
         if (path := instance_path(root, instance.dicom_sha256)).is_file()
     }
     series_uid = generate_uid(entropy_srcs=[key, "series"])
+    # Modality is a series attribute: the SR and the secondary captures (OT) each get
+    # their own series, so a viewer grouping by series shows the captures as images.
+    captures_uid = generate_uid(entropy_srcs=[key, "captures"])
     report = build_report(
         outcome,
         list(headers.values()),
@@ -226,7 +231,8 @@ def result_objects(
             overlay,
             outcome,
             view,
-            series_instance_uid=series_uid,
+            series_instance_uid=captures_uid,
+            series_number=CAPTURES_SERIES_NUMBER,
             sop_instance_uid=generate_uid(entropy_srcs=[key, "heatmap", view.sop_instance_uid]),
             instance_number=number,
         )

@@ -11,7 +11,9 @@ as ordinary DICOM in the *same study* as the images it is about:
 * per scored view, a Secondary Capture (:func:`build_heatmap_capture`) of the heat-map
   overlay with a burned-in "NOT FOR DIAGNOSIS" label, for viewers that render no SR.
 
-Both go into one new series (:data:`RESULTS_SERIES_DESCRIPTION`); the patient and study
+Each goes into a new series of its own (Modality is a series attribute: SR for the
+report, OT for the captures), both described :data:`RESULTS_SERIES_DESCRIPTION`; the
+patient and study
 modules are copied from the source headers, never re-typed. :func:`read_report` parses
 a report back (tests, and the closing of the loop: what did we send for this study).
 Sources are headers only: nothing here reads the pixels of a source instance.

@@ -230,3 +230,18 @@ def test_the_report_and_the_captures_are_separate_series(
         by_series.setdefault(str(item.SeriesInstanceUID), set()).add(str(item.Modality))
     assert sorted(map(sorted, by_series.values())) == [["OT"], ["SR"]]
     assert len(objects) == 3  # the report and one capture per scored view
+
+
+def test_deleting_an_upload_is_audited(untrained_bundle: Path, tmp_path: Path) -> None:
+    from harness.service_support import png_bytes
+
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        upload = client.post("/upload", files={"file": ("x.png", png_bytes(seed=5))}, headers=BOB)
+        name = upload.json()["filename"]
+        assert client.delete(f"/uploads/{name}", headers=BOB).status_code == 204
+        assert_error(client.delete(f"/uploads/{name}", headers=BOB), 404)
+        trail = [
+            (e["key_name"], e["action"], e["outcome"])
+            for e in client.get("/audit", headers=ALICE).json()["items"]
+        ]
+    assert ("bob", "delete_upload", "ok") in trail and ("bob", "delete_upload", "404") in trail

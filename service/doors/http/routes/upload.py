@@ -15,6 +15,7 @@ from service.domain.errors import DuplicateFieldError, PayloadTooLargeError, Upl
 from service.domain.rules import AnswerRules
 from service.doors.http.deps import ServicesDep
 from service.doors.http.errors import error_responses
+from service.doors.http.routes.worklist import audited
 from service.doors.http.schemas import FILENAME_PATTERN, UploadResponse
 from service.triage.ingest import ingest
 from service.triage.services import Services
@@ -92,11 +93,15 @@ async def upload(
 )
 async def delete_upload(
     services: ServicesDep,
+    request: Request,
     filename: Annotated[str, Path(pattern=FILENAME_PATTERN, description="From /upload.")],
 ) -> Response:
-    """Remove a stored upload (patient data) before its retention period ends."""
+    """Remove a stored upload (patient data) before its retention period ends. Audited
+    (``delete_upload``, by the key's name): a recorded study may show this image."""
     services.pixels.discard(filename)
     if not await run_in_threadpool(services.store.delete, filename):
+        await audited(services, request, "delete_upload", None, "404")
         raise UploadNotFoundError("no upload with that filename")
     services.metrics.uploads_deleted.labels("client").inc()
+    await audited(services, request, "delete_upload", None, "ok")
     return Response(status_code=204)

@@ -245,3 +245,39 @@ def test_deleting_an_upload_is_audited(untrained_bundle: Path, tmp_path: Path) -
             for e in client.get("/audit", headers=ALICE).json()["items"]
         ]
     assert ("bob", "delete_upload", "ok") in trail and ("bob", "delete_upload", "404") in trail
+
+
+def test_c_store_is_held_to_the_upload_size_limit(untrained_bundle: Path, tmp_path: Path) -> None:
+    """The probe sent four 400 MiB objects by C-STORE (STOW-RS caps each instance)."""
+    from pynetdicom import AE
+
+    from harness.service_support import free_port
+
+    port = free_port()
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_port=port,
+        dicom_host="127.0.0.1",
+        dicom_allowed_aets="MODALITY",
+        max_upload_bytes=40_000,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+    )
+    study = Study()
+    small = study.add(np.full((64, 64), 700, np.uint16))  # ~8 kB of pixels
+    large = study.add(np.full((256, 256), 700, np.uint16))  # ~131 kB of pixels
+    with running(settings) as (_, app):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1")
+        association = ae.associate("127.0.0.1", port, ae_title="BONEXR")
+        assert association.is_established
+        try:
+            statuses = [
+                association.send_c_store(pydicom.dcmread(io.BytesIO(study.instances[uid]))).Status
+                for uid in (small, large)
+            ]
+        finally:
+            association.release()
+        record = app.state.dicom_node.inbox.get(study.study_uid)
+    assert statuses == [0x0000, 0xA700]
+    assert record is not None and list(record.instances) == [small]

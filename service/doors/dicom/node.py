@@ -76,6 +76,7 @@ class DicomNode:
                 port=settings.dicom_port,
                 allowed_aets=settings.allowed_aet_list(),
                 receive=self._c_store,
+                max_bytes=settings.max_upload_bytes,
             )
         self._tasks: list[asyncio.Task[None]] = []
         metrics = self.services.metrics

@@ -6,6 +6,13 @@ rejected at A-ASSOCIATE (pynetdicom's ``require_calling_aet``), before any data 
 It accepts every storage SOP class pynetdicom offers (so a CT slice in a study is taken,
 and then recorded as not eligible) and C-ECHO. Each C-STORE runs in pynetdicom's thread for
 that association, and is answered with the status :func:`receive` returns.
+
+Bounded like STOW-RS: an instance larger than ``max_bytes`` (``BONEXR_MAX_UPLOAD_BYTES``)
+is refused with 0xA700 before it is decoded or stored (pynetdicom has it in memory by
+then: the maximum PDU keeps each read small, but a whole instance is buffered), and a peer
+that opens a connection and sends nothing loses its association slot after
+:data:`ACSE_TIMEOUT_S` (pynetdicom's default, 30 s, let ten idle sockets block every
+association).
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("bonexr.dicom")
+
+#: Seconds a peer may hold a connection before its A-ASSOCIATE request, and between PDUs.
+ACSE_TIMEOUT_S = 5.0
+NETWORK_TIMEOUT_S = 30.0
+#: C-STORE status for an instance over the size limit (out of resources).
+TOO_LARGE = 0xA700
 
 #: Called with (the instance as a Part 10 file, calling AE title); returns the C-STORE status.
 Receive = Callable[[bytes, str], int]
@@ -31,6 +44,7 @@ class StorageScp:
         port: int,
         allowed_aets: list[str],
         receive: Receive,
+        max_bytes: int = 20 * 1024 * 1024,
         max_pdu: int = 65536,
     ) -> None:
         self.ae_title = ae_title
@@ -38,6 +52,7 @@ class StorageScp:
         self.port = port
         self.allowed_aets = allowed_aets
         self.receive = receive
+        self.max_bytes = max_bytes
         self.max_pdu = max_pdu
         self._server: Any = None
         self.problem: str | None = "not started"
@@ -55,6 +70,8 @@ class StorageScp:
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = ACSE_TIMEOUT_S
+        ae.network_timeout = NETWORK_TIMEOUT_S
         ae.supported_contexts = StoragePresentationContexts
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = self.max_pdu
@@ -81,9 +98,19 @@ class StorageScp:
 
     def _on_store(self, event: Any) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
+        size = _received_size(event)
+        if size > self.max_bytes:
+            log.warning("C-STORE from %s refused: %d bytes over the limit", calling, size)
+            return TOO_LARGE
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # a dataset pynetdicom cannot encode: refuse, never crash
             log.warning("C-STORE from %s unreadable (%s)", calling, type(exc).__name__)
             return 0xC000
         return self.receive(data, calling)
+
+
+def _received_size(event: Any) -> int:
+    """Bytes of the received dataset (pynetdicom's buffer, not yet decoded)."""
+    buffer = getattr(event.request, "DataSet", None)
+    return buffer.getbuffer().nbytes if buffer is not None else 0

@@ -281,3 +281,39 @@ def test_c_store_is_held_to_the_upload_size_limit(untrained_bundle: Path, tmp_pa
         record = app.state.dicom_node.inbox.get(study.study_uid)
     assert statuses == [0x0000, 0xA700]
     assert record is not None and list(record.instances) == [small]
+
+
+def test_a_multi_frame_instance_is_reported_with_its_warning(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's multi-frame warning reached /upload but was lost on the DICOM path."""
+    from harness.service_support import free_port, wait_for
+    from service.doors.dicom.results import read_report
+
+    study = Study()
+    uid = study.add(np.full((64, 64), 700, np.uint16))
+    frames = pydicom.dcmread(io.BytesIO(study.instances[uid]))
+    frames.NumberOfFrames = 2
+    frames.PixelData = frames.PixelData * 2
+    buffer = io.BytesIO()
+    frames.save_as(buffer, enforce_file_format=True)
+    body, content_type = stow_body([buffer.getvalue()])
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_port=free_port(),
+        dicom_host="127.0.0.1",
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=60,
+    )
+    with running(settings) as (client, app):
+        sent = client.post(
+            "/dicom-web/studies", content=body, headers={"content-type": content_type}
+        )
+        assert sent.status_code == 200, sent.text
+        outbox = app.state.dicom_node.outbox
+        assert wait_for(lambda: outbox.folder.is_dir() and len(list(outbox.jobs())) == 1, 60)
+        (job,) = outbox.jobs()
+        report = read_report(pydicom.dcmread(sorted(job.folder.glob("*.dcm"))[0]))
+    assert any("multi-frame DICOM (2 frames)" in w for w in report["warnings"])

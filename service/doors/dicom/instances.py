@@ -60,7 +60,8 @@ class ReceivedInstance:
     filename: str | None = None
     #: why the instance is never scored (the eligibility gate's sentence)
     refusal: str | None = None
-    #: the gate's warnings under BONEXR_ELIGIBILITY=warn (the instance is scored anyway)
+    #: what the report must say of it: the decoder's warnings (a multi-frame instance) and
+    #: the gate's under BONEXR_ELIGIBILITY=warn (the instance is scored anyway)
     warnings: tuple[str, ...] = ()
     #: one of bonexr's own result objects, routed back by the PACS: taken, never a view
     own_result: bool = False
@@ -140,9 +141,9 @@ def ingest(
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"
     else:
         refusal_text = screen.refusal.detail if screen.refusal is not None else None
-    filename = None
-    if refusal_text is None:
-        filename = _store_pixels(services, data, sop_uid)
+    filename, warnings = None, screen.warnings
+    if refusal_text is None:  # stored: the decoder's warnings (a multi-frame) and the gate's
+        filename, warnings = _store_pixels(services, data, sop_uid)
     sha = hashlib.sha256(data).hexdigest()
     path = instance_path(root, sha)
     if not path.is_file():
@@ -162,7 +163,7 @@ def ingest(
         dicom_sha256=sha,
         filename=filename,
         refusal=refusal_text,
-        warnings=screen.warnings,
+        warnings=warnings,
     )
 
 
@@ -174,7 +175,7 @@ def is_own_result(header: Any) -> bool:
     )
 
 
-def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
+def _store_pixels(services: Services, data: bytes, sop_uid: str) -> tuple[str, tuple[str, ...]]:
     """Decode under the service's limits and store the pixel-only PNG: the one ingest path
     ``/upload`` takes (:func:`service.triage.ingest.ingest`). The header gate already
     passed; any image or store problem is the sender's status, never a half-taken study."""
@@ -184,7 +185,7 @@ def _store_pixels(services: Services, data: bytes, sop_uid: str) -> str:
         raise InstanceRejected(instance_status(exc), _detail(exc), sop_uid) from None
     if ingested.filename is None:  # refused on the decoded header: cannot happen after
         raise InstanceRejected(CANNOT_UNDERSTAND, "not eligible", sop_uid)  # the gate above
-    return ingested.filename
+    return ingested.filename, ingested.intake.warnings
 
 
 def _detail(exc: Exception) -> str:

@@ -317,3 +317,23 @@ def test_a_multi_frame_instance_is_reported_with_its_warning(
         (job,) = outbox.jobs()
         report = read_report(pydicom.dcmread(sorted(job.folder.glob("*.dcm"))[0]))
     assert any("multi-frame DICOM (2 frames)" in w for w in report["warnings"])
+
+
+def test_jobs_of_a_removed_destination_stop_retrying_and_stay_visible(tmp_path: Path) -> None:
+    """The probe saw them retried every 0.2 s and missing from /ready."""
+    from service.doors.dicom.outbox import Destination, Outbox
+
+    def never(paths: object) -> None:
+        raise AssertionError("a removed destination is never sent to")
+
+    before = Outbox(
+        tmp_path, [Destination("old", "C-STORE OLD@h:1", never)], retry_s=1, retry_max_s=2
+    )
+    before.ensure()
+    assert before.enqueue("study-1", [("0-report.dcm", b"DICM")])
+    after = Outbox(tmp_path, [], retry_s=1, retry_max_s=2)  # the destination removed
+    (job,) = after.due()
+    assert after.attempt(job) == "failed"
+    assert after.due() == [] and after.counts() == {"old": (0, 1)}
+    (kept,) = list(after.failed_folder.iterdir())
+    assert "no longer configured" in (kept / "job.json").read_text()

@@ -243,15 +243,19 @@ class DicomNode:
         return self.scp.address if self.scp is not None else None
 
     def destinations(self) -> list[DestinationStatus]:
+        """Every configured destination, then any removed one that still has jobs (kept
+        in the failed folder, never retried: shown so nobody forgets them)."""
         counts = self.outbox.counts() if self.outbox.folder.is_dir() else {}
+        configured = self.outbox.destinations
+        removed = [name for name in counts if name not in configured]
         return [
             DestinationStatus(
                 name,
-                destination.describe,
+                configured[name].describe if name in configured else "no longer configured",
                 *counts.get(name, (0, 0)),
                 self.outbox.last_error.get(name),
             )
-            for name, destination in self.outbox.destinations.items()
+            for name in [*configured, *removed]
         ]
 
     def sweep(self, max_age_seconds: float, *, now: float | None = None) -> int:

@@ -161,13 +161,16 @@ class Outbox:
             for folder in self.failed_folder.iterdir():
                 name = folder.name.rpartition("-")[2]
                 failed[name] = failed.get(name, 0) + 1
-        return {name: (pending[name], failed.get(name, 0)) for name in pending}
+        names = sorted(set(pending) | set(failed))  # a removed destination's jobs too
+        return {name: (pending.get(name, 0), failed.get(name, 0)) for name in names}
 
     def attempt(self, job: Job, now: float | None = None) -> str:
         """Try ``job`` once (blocking): ``delivered``, ``retry`` or ``failed``."""
         destination = self.destinations.get(job.destination)
-        if destination is None:  # configured before, not now: keep it for when it is back
-            return "retry"
+        if destination is None:  # configured before, not now: kept, visible, not retried
+            reason = f"destination '{job.destination}' is no longer configured"
+            self._move_failed(job, reason)
+            return "failed"
         try:
             destination.send(job.objects())
         except DeliveryError as exc:

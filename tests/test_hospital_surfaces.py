@@ -337,3 +337,47 @@ def test_jobs_of_a_removed_destination_stop_retrying_and_stay_visible(tmp_path: 
     assert after.due() == [] and after.counts() == {"old": (0, 1)}
     (kept,) = list(after.failed_folder.iterdir())
     assert "no longer configured" in (kept / "job.json").read_text()
+
+
+def test_a_hung_destination_delays_nobody_else(
+    untrained_bundle: Path, tmp_path: Path, synthetic_small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's healthy PACS got its results after 4.6, 34.8 and 65.2 s behind a hung one:
+    here the healthy one is served while the other is still stuck."""
+    import threading
+
+    import service.doors.dicom.node as node_module
+    from harness.dicom_node_support import radiograph
+    from harness.service_support import wait_for
+    from service.doors.dicom.outbox import Destination
+
+    release = threading.Event()
+    delivered: list[str] = []
+
+    def hung(paths: object) -> None:
+        release.wait(120)
+
+    def healthy(paths: list[Path]) -> None:
+        delivered.extend(p.name for p in paths)
+
+    monkeypatch.setattr(
+        node_module,
+        "configured_destinations",
+        lambda settings: [Destination("hung", "hung", hung), Destination("ok", "ok", healthy)],
+    )
+    study = Study()
+    for path in sorted((synthetic_small / "train" / "XR_HAND").rglob("*.png"))[:1]:
+        study.add(radiograph(path))
+    body, content_type = stow_body(list(study.instances.values()))
+    settings = make_settings(
+        untrained_bundle, tmp_path, dicom_dir=tmp_path / "dicom", study_settle_s=0.3
+    )
+    try:
+        with running(settings) as (client, _):
+            client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
+            assert wait_for(lambda: bool(delivered), 60)  # while "hung" is still stuck
+            assert not release.is_set()
+            release.set()
+    finally:
+        release.set()
+    assert any(name.endswith("report.dcm") for name in delivered)

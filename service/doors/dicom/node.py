@@ -30,7 +30,7 @@ from service.doors.dicom.destinations import configured_destinations
 from service.doors.dicom.entries import dicom_entry
 from service.doors.dicom.inbox import StudyInbox, StudyRecord
 from service.doors.dicom.instances import InstanceRejected, ReceivedInstance, ingest
-from service.doors.dicom.outbox import Outbox
+from service.doors.dicom.outbox import Job, Outbox
 from service.doors.dicom.scp import StorageScp
 from service.triage.predictor import Predictor
 from service.triage.recording import record_answer
@@ -100,9 +100,15 @@ class DicomNode:
             await asyncio.to_thread(self.scp.start)
         if not self.outbox.destinations:
             log.info("DICOM node: no results destination set; studies are answered, not sent")
+        # One delivery loop per destination (and one for jobs of removed ones), so a PACS
+        # that hangs for its whole timeout delays nobody else's results.
+        lanes: list[str | None] = [*self.outbox.destinations, None]
         self._tasks = [
             asyncio.create_task(self._settle_loop(), name="bonexr-dicom-settle"),
-            asyncio.create_task(self._delivery_loop(), name="bonexr-dicom-delivery"),
+            *(
+                asyncio.create_task(self._delivery_loop(lane), name=f"bonexr-dicom-to-{lane}")
+                for lane in lanes
+            ),
         ]
 
     async def stop(self) -> None:
@@ -211,11 +217,20 @@ class DicomNode:
 
     # ------------------------------------------------------------------ delivering
 
-    async def _delivery_loop(self) -> None:
+    def _due_for(self, lane: str | None) -> list[Job]:
+        """Due jobs of destination ``lane`` (None: of destinations no longer configured)."""
+        configured = self.outbox.destinations
+        return [
+            job
+            for job in self.outbox.due()
+            if job.destination == lane or (lane is None and job.destination not in configured)
+        ]
+
+    async def _delivery_loop(self, lane: str | None) -> None:
         while True:
             try:
                 if self.outbox.folder.is_dir():
-                    for job in await asyncio.to_thread(self.outbox.due):
+                    for job in await asyncio.to_thread(self._due_for, lane):
                         result = await asyncio.to_thread(self.outbox.attempt, job)
                         metrics = self.services.metrics
                         metrics.dicom_deliveries.labels(job.destination, result).inc()

@@ -381,3 +381,18 @@ def test_a_hung_destination_delays_nobody_else(
     finally:
         release.set()
     assert any(name.endswith("report.dcm") for name in delivered)
+
+
+def test_a_refused_study_s_report_names_instances_not_internal_files() -> None:
+    from service.domain.rules import MIXED_PARTS_ADVICE
+    from service.doors.dicom.analysis import _report_wording
+    from service.doors.dicom.instances import ReceivedInstance
+
+    name = "ab" * 32 + ".png"
+    instance = ReceivedInstance("1.2", "1.2.3", "1.2.3.4", "1.2.840", "CR", None, "f", name)
+    mixed = f"{name} -> Leg (0.91)"
+    detail = f"the views route to different body parts (study: Hand): {mixed}.{MIXED_PARTS_ADVICE}"
+    worded = _report_wording(detail, [instance])
+    assert worded == (
+        "the views route to different body parts (study: Hand): instance 1.2.3.4 -> Leg (0.91)."
+    )

@@ -35,6 +35,9 @@ from service.domain.errors import (
 from service.domain.policy import under_policy
 from service.settings import Settings
 
+#: What an API client can do about a study of mixed parts (a DICOM report leaves it out).
+MIXED_PARTS_ADVICE = ' Send "bone_type" to score them all with one part\'s model.'
+
 
 @dataclass(frozen=True)
 class StudyPlan:
@@ -299,8 +302,7 @@ class AnswerRules:
             if mixed:
                 raise InvalidStudyError(
                     f"the views route to different body parts (study: {part}): "
-                    f'{"; ".join(mixed)}. Send "bone_type" to score them all with one '
-                    "part's model."
+                    f"{'; '.join(mixed)}.{MIXED_PARTS_ADVICE}"
                 )
         return part
 

@@ -25,6 +25,7 @@ import bonexr
 from bonexr.labels import RESULT_ABNORMAL
 from service.domain.answers import Refusal, StudyAnswer
 from service.domain.errors import InvalidStudyError, NoPartModelError, NotEligibleError
+from service.domain.rules import MIXED_PARTS_ADVICE
 from service.doors.dicom.inbox import StudyRecord
 from service.doors.dicom.instances import ReceivedInstance, instance_path
 from service.doors.dicom.results import (
@@ -66,6 +67,15 @@ def _refusal_text(refusal: Refusal) -> str:
     )
 
 
+def _report_wording(detail: str, candidates: list[ReceivedInstance]) -> str:
+    """A refusal as a report says it: each view by its SOP Instance UID (never the node's
+    internal file name), without the advice meant for an API client."""
+    for instance in candidates:
+        if instance.filename:
+            detail = detail.replace(instance.filename, f"instance {instance.sop_uid}")
+    return detail.replace(MIXED_PARTS_ADVICE, "")
+
+
 async def analyse(predictor: Predictor, record: StudyRecord) -> Analysis:
     """Answer ``record``'s study (see the module docstring): one pass over its eligible
     instances; views the content gate refuses come back as values and are set aside."""
@@ -90,7 +100,7 @@ async def analyse(predictor: Predictor, record: StudyRecord) -> Analysis:
                     refused[instance.sop_uid] = _refusal_text(gone)
         refusal = "no view of this study is eligible: every instance was refused (see each view)"
     except (NoPartModelError, InvalidStudyError) as exc:
-        refusal = exc.detail
+        refusal = _report_wording(exc.detail, candidates)
     if answer is not None:
         out = {r.view: _refusal_text(r) for r in answer.refused}
         for instance in candidates:

@@ -396,3 +396,29 @@ def test_a_refused_study_s_report_names_instances_not_internal_files() -> None:
     assert worded == (
         "the views route to different body parts (study: Hand): instance 1.2.3.4 -> Leg (0.91)."
     )
+
+
+def test_a_second_patient_under_one_study_uid_is_refused(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's two patients under one StudyInstanceUID became one report, filed under
+    the first, referencing the other's image."""
+    study = Study()
+    first = study.add(np.full((64, 64), 600, np.uint16))
+    second = study.add(np.full((64, 64), 900, np.uint16))
+    other = pydicom.dcmread(io.BytesIO(study.instances[second]))
+    other.PatientID = "SOMEONE-ELSE"
+    buffer = io.BytesIO()
+    other.save_as(buffer, enforce_file_format=True)
+    settings = make_settings(untrained_bundle, tmp_path, dicom_dir=tmp_path / "dicom")
+    with running(settings) as (client, app):
+        for part in (study.instances[first], buffer.getvalue()):
+            body, content_type = stow_body([part])
+            answer = client.post(
+                "/dicom-web/studies", content=body, headers={"content-type": content_type}
+            )
+        record = app.state.dicom_node.inbox.get(study.study_uid)
+    assert answer.status_code == 409, answer.text  # nothing of that request taken
+    (failed,) = answer.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA900]
+    assert record is not None and list(record.instances) == [first]

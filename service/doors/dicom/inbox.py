@@ -170,6 +170,14 @@ class StudyInbox:
             current.retry_after = now + seconds
             self._save(current)
 
+    def patient_of(self, study_uid: str) -> str | None:
+        """The patient digest of the study's instances so far (None: none known yet)."""
+        with self._lock:
+            record = self._records.get(study_key(study_uid))
+            if record is None:
+                return None
+            return next((i.patient for i in record.instances.values() if i.patient), None)
+
     def get(self, study_uid: str) -> StudyRecord | None:
         with self._lock:
             return self._records.get(study_key(study_uid))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class ReceivedInstance:
     filename: str | None = None
     #: why the instance is never scored (the eligibility gate's sentence)
     refusal: str | None = None
+    #: a digest of PatientID and its issuer (:func:`patient_key`; None for older records)
+    patient: str | None = None
     #: what the report must say of it: the decoder's warnings (a multi-frame instance) and
     #: the gate's under BONEXR_ELIGIBILITY=warn (the instance is scored anyway)
     warnings: tuple[str, ...] = ()
@@ -103,14 +106,27 @@ def _text(header: Any, keyword: str) -> str | None:
     return text or None
 
 
+def patient_key(header: Any) -> str:
+    """Who the instance is of, as a digest (the node keeps no patient data): PatientID and
+    its issuer, hashed."""
+    who = f"{_text(header, 'PatientID') or ''}\x00{_text(header, 'IssuerOfPatientID') or ''}"
+    return hashlib.sha256(who.encode("utf-8", "replace")).hexdigest()[:16]
+
+
 def ingest(
-    services: Services, root: Path, data: bytes, *, study_uid: str | None = None
+    services: Services,
+    root: Path,
+    data: bytes,
+    *,
+    study_uid: str | None = None,
+    patient_of: Callable[[str], str | None] | None = None,
 ) -> ReceivedInstance:
     """Check and store one instance as sent (blocking: call from a worker thread).
 
     Raises :class:`InstanceRejected` when it cannot be taken (also when ``study_uid`` is
-    given and the instance belongs to another study); a not-eligible instance is *taken*
-    (kept, recorded with its refusal) but never decoded.
+    given and the instance belongs to another study, or when ``patient_of`` says the study
+    already holds another patient's instances: one report must never mix two patients); a
+    not-eligible instance is *taken* (kept, recorded with its refusal) but never decoded.
     """
     header = read_header(data)
     uids = {k: _text(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
@@ -126,6 +142,15 @@ def ingest(
     if study_uid is not None and uids["StudyInstanceUID"] != study_uid:
         raise InstanceRejected(
             DATASET_DOES_NOT_MATCH, "the instance belongs to another study", sop_uid
+        )
+    patient = patient_key(header)
+    holder = patient_of(str(uids["StudyInstanceUID"])) if patient_of is not None else None
+    if holder is not None and holder != patient:
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH,
+            "the study already holds instances of another patient (PatientID differs): "
+            "not taken, so that one report never mixes two patients",
+            sop_uid,
         )
     modality, body_part = _text(header, "Modality"), _text(header, "BodyPartExamined")
     if is_own_result(header):  # a routing rule sent our report back: never a new view
@@ -164,6 +189,7 @@ def ingest(
         filename=filename,
         refusal=refusal_text,
         warnings=warnings,
+        patient=patient,
     )
 
 

@@ -134,7 +134,13 @@ class DicomNode:
         metrics = self.services.metrics
         try:
             self._ensure()  # here, not at start-up: a service that never receives has no folder
-            instance = ingest(self.services, self.root, data, study_uid=study_uid)
+            instance = ingest(
+                self.services,
+                self.root,
+                data,
+                study_uid=study_uid,
+                patient_of=self.inbox.patient_of,
+            )
         except InstanceRejected as exc:
             metrics.dicom_instances.labels(via, "rejected").inc()
             log.warning("DICOM instance via %s rejected: %s", via, exc.detail)

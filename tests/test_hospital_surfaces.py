@@ -422,3 +422,20 @@ def test_a_second_patient_under_one_study_uid_is_refused(
     (failed,) = answer.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [0xA900]
     assert record is not None and list(record.instances) == [first]
+
+
+def test_a_stow_request_of_too_many_parts_is_refused_whole(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's million tiny parts took the server from 365 to 1,411 MiB."""
+    from service.doors.dicom.stow import MAX_PARTS
+
+    body, content_type = stow_body([b"DICM"] * (MAX_PARTS + 1))
+    settings = make_settings(untrained_bundle, tmp_path, dicom_dir=tmp_path / "dicom")
+    with running(settings) as (client, app):
+        answer = client.post(
+            "/dicom-web/studies", content=body, headers={"content-type": content_type}
+        )
+        assert app.state.dicom_node.inbox.get("anything") is None
+    body_json = assert_error(answer, 413)
+    assert f"more than {MAX_PARTS} parts" in body_json["detail"]

@@ -4,7 +4,8 @@ The body streams through ``python-multipart``'s parser into one spooled temporar
 part (memory stays at about one part's first megabyte whatever the study's size), and every
 part is checked before any is stored: a body that is not well-formed multipart is a 400, a
 part that is not ``application/dicom`` (or whose bytes are not a DICOM file) a 415, a part
-over ``BONEXR_MAX_UPLOAD_BYTES`` a 413 -- and then nothing of the request was kept.
+over ``BONEXR_MAX_UPLOAD_BYTES`` a 413, more than :data:`MAX_PARTS` parts a 413 -- and
+then nothing of the request was kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from service.domain.errors import (
 DICOM = "application/dicom"
 #: Parts held in memory up to this size, then on disk.
 SPOOL_BYTES = 1024 * 1024
+#: Most parts (instances) in one request: a study of more is sent in several requests. A
+#: million tiny parts once took the server from 365 to 1,411 MiB.
+MAX_PARTS = 1000
+#: Most bytes of one part's headers.
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 
 @dataclass
@@ -73,6 +79,11 @@ class StowBody:
             part.body.close()
 
 
+def _check_header(header: list[bytes]) -> None:
+    if len(header[0]) + len(header[1]) > MAX_PART_HEADER_BYTES:
+        raise MalformedBodyError(f"a part header is longer than {MAX_PART_HEADER_BYTES} bytes")
+
+
 async def read_parts(
     chunks: AsyncIterator[bytes], content_type: str | None, *, max_part_bytes: int
 ) -> StowBody:
@@ -84,13 +95,19 @@ async def read_parts(
     state = {"ended": False}
 
     def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise PayloadTooLargeError(
+                f"more than {MAX_PARTS} parts in one STOW-RS request: send the study in several"
+            )
         parts.append(_Part())
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
+        _check_header(header)
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
         header[1] += data[start:end]
+        _check_header(header)
 
     def on_header_end() -> None:
         name = header[0].decode("latin-1").strip().lower()

@@ -439,3 +439,34 @@ def test_a_stow_request_of_too_many_parts_is_refused_whole(
         assert app.state.dicom_node.inbox.get("anything") is None
     body_json = assert_error(answer, 413)
     assert f"more than {MAX_PARTS} parts" in body_json["detail"]
+
+
+def test_deleting_a_received_study_s_record_removes_its_instances(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    from harness.service_support import free_port, wait_for
+
+    study = Study()
+    for value in (600, 900):
+        study.add(np.full((64, 64), value, np.uint16))
+    body, content_type = stow_body(list(study.instances.values()))
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_dir=tmp_path / "dicom",
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=60,
+    )
+    kept = tmp_path / "dicom" / "instances"
+    with running(settings) as (client, app):
+        client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
+
+        def recorded() -> list[dict]:
+            return list(client.get("/worklist").json()["items"])
+
+        assert wait_for(lambda: len(recorded()) == 1, 60)
+        assert len(list(kept.glob("*.dcm"))) == 2
+        assert client.delete(f"/worklist/{recorded()[0]['id']}").status_code == 204
+        assert app.state.dicom_node.inbox.get(study.study_uid) is None
+    assert list(kept.glob("*.dcm")) == []

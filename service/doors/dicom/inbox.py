@@ -170,6 +170,29 @@ class StudyInbox:
             current.retry_after = now + seconds
             self._save(current)
 
+    def forget_instances(self, sop_uids: set[str]) -> list[ReceivedInstance]:
+        """Remove these instances from their studies (a study left empty is removed);
+        returns what was removed, so the caller deletes the files (a record deleted from
+        the worklist takes its source instances with it)."""
+        removed: list[ReceivedInstance] = []
+        with self._lock:
+            for key, record in list(self._records.items()):
+                gone = [uid for uid in record.instances if uid in sop_uids]
+                if not gone:
+                    continue
+                removed += [record.instances.pop(uid) for uid in gone]
+                if record.instances:
+                    self._save(record)
+                else:
+                    del self._records[key]
+                    (self.folder / f"{key}.json").unlink(missing_ok=True)
+        return removed
+
+    def kept_digests(self) -> set[str]:
+        """The sha256 of every instance any study still holds."""
+        with self._lock:
+            return {i.dicom_sha256 for r in self._records.values() for i in r.instances.values()}
+
     def patient_of(self, study_uid: str) -> str | None:
         """The patient digest of the study's instances so far (None: none known yet)."""
         with self._lock:

@@ -29,7 +29,12 @@ from service.doors.dicom.analysis import analyse, result_objects
 from service.doors.dicom.destinations import configured_destinations
 from service.doors.dicom.entries import dicom_entry
 from service.doors.dicom.inbox import StudyInbox, StudyRecord
-from service.doors.dicom.instances import InstanceRejected, ReceivedInstance, ingest
+from service.doors.dicom.instances import (
+    InstanceRejected,
+    ReceivedInstance,
+    ingest,
+    instance_path,
+)
 from service.doors.dicom.outbox import Job, Outbox
 from service.doors.dicom.scp import StorageScp
 from service.triage.predictor import Predictor
@@ -262,6 +267,22 @@ class DicomNode:
 
     def listener(self) -> str | None:
         return self.scp.address if self.scp is not None else None
+
+    def forget(self, sop_uids: set[str]) -> int:
+        """Delete received instances (their kept files and their place in the inbox): a
+        record deleted from the worklist takes its source instances with it. Blocking;
+        returns how many files were removed."""
+        removed = self.inbox.forget_instances(sop_uids)
+        still = self.inbox.kept_digests()
+        count = 0
+        for instance in removed:
+            if instance.dicom_sha256 in still:
+                continue
+            path = instance_path(self.root, instance.dicom_sha256)
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
 
     def destinations(self) -> list[DestinationStatus]:
         """Every configured destination, then any removed one that still has jobs (kept

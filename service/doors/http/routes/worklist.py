@@ -19,7 +19,7 @@ from service.adapters.records.schema import Study
 from service.adapters.records.worklist import Status
 from service.domain.errors import ForbiddenError, TriageError
 from service.doors.csv_cells import escape_cell
-from service.doors.http.deps import ServicesDep
+from service.doors.http.deps import DicomNodeDep, ServicesDep
 from service.doors.http.errors import error_responses, status_for
 from service.doors.http.schemas import (
     Identity,
@@ -256,9 +256,12 @@ async def review(
     summary="Delete a recorded study and its uploads (admin keys)",
     responses=error_responses(403, 404, 422, 503),
 )
-async def delete_study(services: ServicesDep, request: Request, study_id: StudyId) -> Response:
+async def delete_study(
+    services: ServicesDep, node: DicomNodeDep, request: Request, study_id: StudyId
+) -> Response:
     """Removes the record, then its uploads (and their heat maps) that no other record
-    names -- the guarantee of ``DELETE /uploads``. With API keys, only an admin key
+    names -- the guarantee of ``DELETE /uploads`` -- and, for a study the DICOM node
+    received, the source instances it kept. With API keys, only an admin key
     (``BONEXR_ADMIN_KEYS``) may: 403 for a reader."""
     settings = services.settings
     if settings.api_keys and key_name(request.scope) not in settings.admin_key_names():
@@ -266,10 +269,14 @@ async def delete_study(services: ServicesDep, request: Request, study_id: StudyI
         await refused(services, request, "delete", study_id, error)
         raise error
     try:
+        study = await run_in_threadpool(services.records.get, study_id)
+        sources = {v.sop_instance_uid for v in study.views if v.sop_instance_uid}
         orphans = await run_in_threadpool(services.records.delete, study_id)
     except TriageError as exc:
         await refused(services, request, "delete", study_id, exc)
         raise
     await run_in_threadpool(services.delete_uploads, orphans, "client")
+    if sources:  # a study the DICOM node received: its kept source instances go too
+        await run_in_threadpool(node.forget, sources)
     await audited(services, request, "delete", study_id, "ok")
     return Response(status_code=204)

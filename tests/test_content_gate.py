@@ -138,7 +138,7 @@ def test_views_beyond_the_limit_are_refused(gated: dict[str, Any], tmp_path: Pat
         body = assert_error(client.post("/predict", json={"filename": names[0]}), 422)
         assert body["code"] == "not_eligible" and body["reason"] == "content"
         assert body["limit"] == 1e-6 and body["score"] > 1e-6
-        assert "does not look like the upper-limb radiographs" in body["detail"]
+        assert "does not look like the radiographs this model was trained on" in body["detail"]
         study = assert_error(client.post("/predict/study", json={"filenames": names}), 422)
         assert study["reason"] == "content" and "2 of 2 views" in study["detail"]
         assert {v["filename"] for v in study["views"]} == set(names)

@@ -138,9 +138,10 @@ class AnswerRules:
         gate = manifest.router.ood if manifest is not None else None
         if gate is None or manifest is None:
             return [], []
+        parts = ", ".join(part.lower() for part in manifest.router.classes)
         why = (
-            "it does not look like the upper-limb radiographs this model was trained on "
-            f"(content score above the limit {gate.limit:.1f}, which accepts "
+            f"it does not look like the radiographs this model was trained on ({parts}; "
+            f"content score above the limit {gate.limit:.1f}, which accepts "
             f"{gate.acceptance:.0%} of the validation views)"
         )
         if manifest.synthetic:

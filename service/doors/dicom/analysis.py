@@ -62,8 +62,7 @@ def _refusal_text(refusal: Refusal) -> str:
     limit = refusal.limit if refusal.limit is not None else float("nan")
     return (
         f"not eligible: content score {score:.1f} is above the content gate's limit "
-        f"{limit:.1f}: it does not look like the upper-limb radiographs this model was "
-        "trained on"
+        f"{limit:.1f}: it does not look like the radiographs this model was trained on"
     )
 
 

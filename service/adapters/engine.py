@@ -111,6 +111,12 @@ class InferenceEngine:
         return self.manifest.version if self.manifest else ""
 
     @property
+    def known_parts(self) -> list[str] | None:
+        """The loaded bundle's router classes, what the eligibility gate checks a header's
+        body part against (None while no bundle is loaded)."""
+        return list(self.manifest.router.classes) if self.manifest is not None else None
+
+    @property
     def input_size(self) -> int:
         if self.manifest is None:
             raise NotReadyError(self.not_ready_reason())

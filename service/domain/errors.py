@@ -11,7 +11,8 @@ patient data); :meth:`TriageError.fields` are the extra values a client can act 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from bonexr.errors import (
     BundleError,
@@ -20,6 +21,9 @@ from bonexr.errors import (
     UndecodableImageError,
     UnsupportedFormatError,
 )
+
+#: A door's form of an error (an HTTP status, a DICOM status, a sentence).
+V = TypeVar("V")
 
 
 class TriageError(Exception):
@@ -204,22 +208,33 @@ def all_triage_errors() -> list[type[TriageError]]:
     return sorted(TriageError.__subclasses__(), key=lambda cls: cls.__name__)
 
 
-#: Codes for the shared core's image and bundle errors (:mod:`bonexr.errors`), most
-#: specific class first: they reach clients through the same doors.
-CORE_ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
-    (UnsupportedFormatError, "unsupported_format"),
-    (ImageTooLargeError, "too_large"),
-    (UndecodableImageError, "undecodable"),
-    (ImageError, "bad_image"),
-    (BundleError, "bundle_refused"),
-)
+#: Codes for the shared core's image and bundle errors (:mod:`bonexr.errors`): they reach
+#: clients through the same doors.
+CORE_ERROR_CODES: dict[type[Exception], str] = {
+    UnsupportedFormatError: "unsupported_format",
+    ImageTooLargeError: "too_large",
+    UndecodableImageError: "undecodable",
+    ImageError: "bad_image",
+    BundleError: "bundle_refused",
+}
+
+
+def by_class(table: Mapping[type[Exception], V], cls: type[Exception], default: V) -> V:
+    """The entry of ``cls``, or of its nearest base class, in a door's table (``default``
+    when none is there): how every door maps an error it has no row of its own for."""
+    for base in cls.__mro__:
+        if base in table:
+            return table[base]
+    return default
+
+
+def code_of(cls: type[Exception]) -> str:
+    """The stable code of a triage or core error class ("error" for anything else)."""
+    if issubclass(cls, TriageError):
+        return cls.code
+    return by_class(CORE_ERROR_CODES, cls, "error")
 
 
 def error_code(exc: Exception) -> str:
     """The stable code of a triage or core error ("error" for anything else)."""
-    if isinstance(exc, TriageError):
-        return exc.code
-    for cls, code in CORE_ERROR_CODES:
-        if isinstance(exc, cls):
-            return code
-    return "error"
+    return code_of(type(exc))

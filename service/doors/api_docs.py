@@ -21,7 +21,7 @@ from bonexr.errors import (
     UnsupportedFormatError,
 )
 from bonexr.markdown import page_command, replace_between
-from service.domain.errors import all_triage_errors, error_code
+from service.domain.errors import all_triage_errors, by_class, code_of
 from service.doors.batch import BATCH_OUTCOME
 from service.doors.dicom.outcomes import DICOM_OUTCOME
 from service.doors.http.errors import HTTP_STATUS
@@ -38,23 +38,9 @@ CORE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def _lookup(table: dict[type[Exception], str], cls: type[Exception]) -> str:
-    for base in cls.__mro__:
-        if base in table:
-            return table[base]
-    return "—"
-
-
 def errors() -> list[type[Exception]]:
     """Every error a door maps: the triage errors, then the core's image and bundle ones."""
     return [*all_triage_errors(), *CORE_ERRORS]
-
-
-def _example(cls: type[Exception]) -> Exception:
-    """An instance, for its code (the constructors differ only in extra fields)."""
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, "")
-    return exc
 
 
 def table() -> str:
@@ -63,10 +49,9 @@ def table() -> str:
         "|---|---|---|---|---|",
     ]
     for cls in errors():
-        http = HTTP_STATUS.get(cls) or next(HTTP_STATUS[b] for b in cls.__mro__ if b in HTTP_STATUS)
         rows.append(
-            f"| `{cls.__name__}` | `{error_code(_example(cls))}` | {http} "
-            f"| {_lookup(BATCH_OUTCOME, cls)} | {_lookup(DICOM_OUTCOME, cls)} |"
+            f"| `{cls.__name__}` | `{code_of(cls)}` | {by_class(HTTP_STATUS, cls, 500)} "
+            f"| {by_class(BATCH_OUTCOME, cls, '—')} | {by_class(DICOM_OUTCOME, cls, '—')} |"
         )
     return "\n".join(rows) + "\n"
 

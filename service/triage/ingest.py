@@ -14,10 +14,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from bonexr.imaging import encode_png, prepare_pixels
 from service.domain.answers import Refusal
 from service.domain.intake import Intake, Provenance, read_image
 from service.triage.services import Services
+
+
+@dataclass(frozen=True)
+class Read:
+    """An image read through the one intake: the model input prepared (None when the gate
+    refused it or no bundle is loaded) and, when asked for, its pixel-only PNG."""
+
+    intake: Intake
+    pixels: np.ndarray | None = None
+    png: bytes | None = None
+
+
+def read_prepared(
+    services: Services, data: bytes, *, provenance: Provenance, view: str = "", png: bool = False
+) -> Read:
+    """Decode and gate ``data`` and prepare the model input, all inside a decode slot
+    (bounded memory); with ``png``, also the pixel-only PNG a store keeps. Blocking."""
+    engine = services.engine
+    with services.decode_slot():
+        intake = read_image(
+            data, services.settings, engine.known_parts, provenance=provenance, view=view
+        )
+        if intake.screen.refusal is not None:
+            return Read(intake)
+        image = intake.decoded.image
+        pixels = prepare_pixels(image, engine.input_size) if engine.ready else None
+        return Read(intake, pixels, encode_png(image) if png else None)
 
 
 @dataclass(frozen=True)
@@ -36,17 +65,11 @@ class Ingested:
 
 def ingest(services: Services, data: bytes, *, provenance: Provenance, view: str = "") -> Ingested:
     """Read, gate and store ``data`` (see the module docstring). Blocking."""
-    engine = services.engine
-    known = list(engine.manifest.router.classes) if engine.manifest is not None else None
-    with services.decode_slot():
-        intake = read_image(data, services.settings, known, provenance=provenance, view=view)
-        if intake.screen.refusal is not None:
-            return Ingested(intake)
-        png = encode_png(intake.decoded.image)
-        size = engine.input_size if engine.ready else None
-        pixels = prepare_pixels(intake.decoded.image, size) if size else None
-    stored = services.store.save(png, body_part=intake.decoded.body_part)
-    if pixels is not None and size is not None:
-        services.pixels.put(stored.filename, size, pixels)
+    read = read_prepared(services, data, provenance=provenance, view=view, png=True)
+    if read.png is None:  # refused by the gate
+        return Ingested(read.intake)
+    stored = services.store.save(read.png, body_part=read.intake.decoded.body_part)
+    if read.pixels is not None:
+        services.pixels.put(stored.filename, services.engine.input_size, read.pixels)
     services.metrics.uploads.labels("new" if stored.created else "duplicate").inc()
-    return Ingested(intake, stored.filename, stored.created, stored.size)
+    return Ingested(read.intake, stored.filename, stored.created, stored.size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -29,9 +30,10 @@ from service.domain.errors import (
     NotReadyError,
     UploadNotFoundError,
 )
-from service.domain.intake import Intake, read_image
+from service.domain.intake import Intake
 from service.domain.rules import AnswerRules
 from service.triage.heatmaps import CachedCam, load_cam, render, save_cam
+from service.triage.ingest import read_prepared
 from service.triage.services import Services
 
 
@@ -124,24 +126,18 @@ class Predictor:
         """An image sent in the request, answered and dropped: read through the one intake
         (limits, header gate) inside the request's queue place and deadline, scored, and
         never stored (nothing kept: no upload, no heat map to fetch later)."""
-        engine, settings = self.engine, self.services.settings
+        engine = self.engine
         self.rules.operating_point(operating_point)
-        known = list(engine.manifest.router.classes) if engine.manifest is not None else None
-
-        def read() -> tuple[Intake, np.ndarray | None]:
-            with self.services.decode_slot():
-                intake = read_image(data, settings, known, provenance="upload")
-                if intake.screen.refusal is not None:
-                    return intake, None
-                return intake, prepare_pixels(intake.decoded.image, engine.input_size)
-
         async with self.deadline():
             with engine.admit(1) as admission:
-                intake, pixels = await to_thread.run_sync(read)
-                if pixels is None:
-                    assert intake.screen.refusal is not None
+                read = await to_thread.run_sync(
+                    functools.partial(read_prepared, self.services, data, provenance="upload")
+                )
+                intake = read.intake
+                if intake.screen.refusal is not None:
                     raise self.rules.refusal_error([intake.screen.refusal], 1)
-                prediction = await engine.predict(pixels, None, admission)
+                assert read.pixels is not None  # a ready engine (the route's dependency)
+                prediction = await engine.predict(read.pixels, None, admission)
             name = "the image sent"
             answer = self.rules.image(name, prediction, intake.decoded.body_part, operating_point)
         return answer, intake

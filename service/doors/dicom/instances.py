@@ -158,9 +158,8 @@ def ingest(
             str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), sop_uid,
             sop_class, modality, body_part, "", own_result=True,
         )  # fmt: skip
-    manifest = services.engine.manifest
-    known = list(manifest.router.classes) if manifest is not None else None
     mode = services.settings.eligibility
+    known = services.engine.known_parts
     screen = screen_header(sop_uid, modality, body_part, mode, known)  # before decoding
     if screen.refusal is None and "PixelData" not in header:  # a report, a presentation state
         refusal_text: str | None = "not eligible: the instance has no image (no PixelData)"

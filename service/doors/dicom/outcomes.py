@@ -18,6 +18,7 @@ from service.domain.errors import (
     OverloadedError,
     StoreFullError,
     StoreUnavailableError,
+    by_class,
 )
 
 #: DICOM failure codes (PS3.4 C-STORE statuses, reused as STOW-RS FailureReason values).
@@ -49,7 +50,4 @@ DICOM_OUTCOME: dict[type[Exception], str] = {
 
 def instance_status(exc: Exception) -> int:
     """The DICOM status an instance is refused with for ``exc``."""
-    for cls in type(exc).__mro__:
-        if cls in INSTANCE_STATUS:
-            return INSTANCE_STATUS[cls]
-    return CANNOT_UNDERSTAND
+    return by_class(INSTANCE_STATUS, type(exc), CANNOT_UNDERSTAND)

@@ -62,6 +62,7 @@ from service.domain.errors import (
     UnknownOperatingPointError,
     UnsupportedMediaTypeError,
     UploadNotFoundError,
+    by_class,
     error_code,
 )
 from service.doors.http.schemas import ErrorResponse
@@ -132,10 +133,7 @@ _MALFORMED_LOCS = {("body",), ("body", "file")}
 def status_for(exc: Exception) -> int:
     """HTTP status for a triage or shared-core exception (500 for anything unknown): the
     entry of its class, or of the nearest base class in :data:`HTTP_STATUS`."""
-    for cls in type(exc).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
+    return by_class(HTTP_STATUS, type(exc), 500)
 
 
 def error_body(detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -7,11 +7,13 @@ fields (``python -m service.doors.config_docs``; a test fails when the two diffe
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -127,8 +129,10 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the DICOM Storage SCP (C-STORE receiver); off when unset.",
     )
-    dicom_host: str = Field(
-        "0.0.0.0", description="Address the DICOM Storage SCP listens on (with dicom_port)."
+    dicom_host: str | None = Field(
+        None,
+        description="Address the DICOM Storage SCP listens on (with dicom_port). Default: "
+        "the same as host (loopback unless the service is published).",
     )
     dicom_ae_title: str = Field(
         "BONEXR", min_length=1, max_length=16, description="The node's AE title."
@@ -155,6 +159,21 @@ class Settings(BaseSettings):
         description="STOW-RS base URL the results go to (e.g. the PACS's "
         "http://pacs:8042/dicom-web); off when unset.",
     )
+    results_dicomweb_username: str | None = Field(
+        None,
+        description="User for HTTP basic authentication at results_dicomweb_url (with "
+        "results_dicomweb_password or results_dicomweb_password_file).",
+    )
+    results_dicomweb_password: SecretStr | None = Field(
+        None,
+        description="Its password (never shown: /ready, the logs and the metrics name the "
+        "URL alone). Prefer results_dicomweb_password_file where secrets are files.",
+    )
+    results_dicomweb_password_file: Path | None = Field(
+        None,
+        description="A file holding the password (a mounted Kubernetes Secret or Docker "
+        "secret), read at start; its trailing newline is ignored.",
+    )
     results_dicom: str | None = Field(
         None,
         description="C-STORE destination of the results as AE@host:port (e.g. "
@@ -169,7 +188,17 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Network timeout of one delivery attempt."
     )
-    host: str = Field("127.0.0.1", description="Bind address (`bonexr serve --host`).")
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address (`bonexr serve --host`). A non-loopback address needs "
+        "api_keys (else the service refuses to start, unless insecure).",
+    )
+    insecure: bool = Field(
+        False,
+        description="Start even where anyone on the network could use the service: on a "
+        "non-loopback host with no api_keys, or a DICOM listener there with no "
+        "dicom_allowed_aets (a warning is logged instead). For a network you trust alone.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port (`bonexr serve --port`).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
@@ -177,6 +206,21 @@ class Settings(BaseSettings):
     def max_decoded_bytes(self) -> int:
         """The decoded-memory budget in bytes (``max_decoded_mb`` MiB)."""
         return self.max_decoded_mb * 2**20
+
+    @property
+    def dicom_listen_host(self) -> str:
+        """Where the DICOM Storage SCP listens (``dicom_host``, else ``host``)."""
+        return self.dicom_host or self.host
+
+    def dicomweb_credentials(self) -> tuple[str, str] | None:
+        """(user, password) for results_dicomweb_url, from the password or its file."""
+        if self.results_dicomweb_username is None:
+            return None
+        if self.results_dicomweb_password_file is not None:
+            password = self.results_dicomweb_password_file.read_text().rstrip("\r\n")
+        else:
+            password = self.results_dicomweb_password.get_secret_value()  # type: ignore[union-attr]
+        return self.results_dicomweb_username, password
 
     @property
     def dicom_folder(self) -> Path:
@@ -265,6 +309,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _dicomweb_credentials(self) -> Settings:
+        """A user with exactly one password source, a readable file, and no second copy of
+        the secret inside the URL: found at start, not at the first delivery."""
+        user = self.results_dicomweb_username
+        password, file = self.results_dicomweb_password, self.results_dicomweb_password_file
+        if (password is not None or file is not None) and user is None:
+            raise ValueError("a results_dicomweb password needs results_dicomweb_username")
+        if user is not None:
+            if (password is None) == (file is None):
+                raise ValueError(
+                    "results_dicomweb_username needs one of results_dicomweb_password and "
+                    "results_dicomweb_password_file"
+                )
+            if file is not None and not file.is_file():
+                raise ValueError(f"results_dicomweb_password_file {file} is not a readable file")
+            if "@" in urlsplit(self.results_dicomweb_url or "").netloc:
+                raise ValueError(
+                    "results_dicomweb_url carries credentials too: give them in one place"
+                )
+        return self
+
 
 def check_ae_title(value: str) -> str:
     """An AE title as DICOM allows it: 1-16 printable ASCII characters, no backslash."""
@@ -288,3 +354,37 @@ def parse_dicom_address(value: str) -> tuple[str, str, int]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine alone (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def exposure_problems(settings: Settings) -> list[str]:
+    """Why starting with ``settings`` would open the service to anyone on the network: the
+    HTTP API on a non-loopback address with no API keys (the worklist, its export and
+    DELETE would be open), the DICOM listener there with no calling-AE allow-list."""
+    problems = []
+    if not is_loopback(settings.host) and not settings.api_keys.strip():
+        problems.append(
+            f"the API would listen on {settings.host} with no API keys: anyone who reaches "
+            "it could read, export and delete the worklist. Set BONEXR_API_KEYS (name:key,...; "
+            "docs/security.md) or bind to 127.0.0.1"
+        )
+    if (
+        settings.dicom_port is not None
+        and not is_loopback(settings.dicom_listen_host)
+        and not settings.dicom_allowed_aets.strip()
+    ):
+        problems.append(
+            f"the DICOM listener would accept any AE on {settings.dicom_listen_host}:"
+            f"{settings.dicom_port}. Set BONEXR_DICOM_ALLOWED_AETS (the PACS's AE titles) "
+            "or BONEXR_DICOM_HOST=127.0.0.1"
+        )
+    return problems

@@ -412,7 +412,15 @@ def test_build_context_holds_the_copied_sources_and_no_data() -> None:
 # ----------------------------------------------------------------------- compose
 
 
-def compose(files: tuple[str, ...], *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+#: The keys compose requires (the container listens on 0.0.0.0 and refuses to start there
+#: without them).
+COMPOSE_ENV = {"BONEXR_API_KEYS": "ward:compose-test-key"}
+
+
+def compose(
+    files: tuple[str, ...], *args: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = COMPOSE_ENV if env is None else env
     command = compose_command()
     flags = [arg for name in files for arg in ("-f", name)]
     docker_config = tmp_path / "docker-config"  # no plugins or credentials from this user
@@ -420,7 +428,7 @@ def compose(files: tuple[str, ...], *args: str, tmp_path: Path) -> subprocess.Co
     return subprocess.run(
         [*command, *flags, *args],
         cwd=REPO,
-        env=_clean_env(DOCKER_CONFIG=str(docker_config)),
+        env=_clean_env(DOCKER_CONFIG=str(docker_config), **env),
         capture_output=True,
         text=True,
         check=False,
@@ -438,6 +446,16 @@ def compose_model(files: tuple[str, ...], tmp_path: Path) -> dict:
 def test_compose_config_is_valid(files: tuple[str, ...], tmp_path: Path) -> None:
     run = compose(files, "config", "-q", tmp_path=tmp_path)
     assert run.returncode == 0, f"docker compose config failed:\n{run.stderr}"
+
+
+def test_compose_requires_api_keys(tmp_path: Path) -> None:
+    """No keys, no deployment: the service would listen on 0.0.0.0 with the worklist open."""
+    run = compose((COMPOSE_BASE, COMPOSE_CPU), "config", "-q", tmp_path=tmp_path, env={})
+    assert run.returncode != 0
+    assert "set BONEXR_API_KEYS" in run.stderr
+    keyed = compose_model((COMPOSE_BASE, COMPOSE_CPU), tmp_path)["services"][SERVICE]
+    assert keyed["environment"]["BONEXR_API_KEYS"] == COMPOSE_ENV["BONEXR_API_KEYS"]
+    assert keyed["environment"]["BONEXR_HOST"] == "0.0.0.0"
 
 
 def _gpu_devices(service: dict) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -470,3 +471,76 @@ def test_deleting_a_received_study_s_record_removes_its_instances(
         assert client.delete(f"/worklist/{recorded()[0]['id']}").status_code == 204
         assert app.state.dicom_node.inbox.get(study.study_uid) is None
     assert list(kept.glob("*.dcm")) == []
+
+
+def _stow_server(seen: list[str], uid: str) -> Any:
+    """A STOW-RS endpoint that records the Authorization header and references ``uid``."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization", ""))
+            item = {"00081155": {"vr": "UI", "Value": [uid]}}
+            body = json.dumps({"00081199": {"vr": "SQ", "Value": [item]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+def test_pacs_credentials_come_from_a_file_and_are_never_shown(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """A password file (a mounted Secret) authenticates each STOW-RS; /ready, /metrics and
+    the settings' own repr never show it; a URL carrying credentials too is refused."""
+    import base64
+    import threading
+
+    from service.doors.dicom.destinations import configured_destinations
+
+    study = Study()
+    uid = study.add(np.full((64, 64), 90, np.uint8))
+    sent = tmp_path / "result.dcm"
+    sent.write_bytes(study.instances[uid])
+    secret = tmp_path / "pacs-password"
+    secret.write_text("s3cret-from-file\n")
+    seen: list[str] = []
+    server = _stow_server(seen, uid)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        settings = make_settings(
+            untrained_bundle,
+            tmp_path,
+            dicom_dir=tmp_path / "dicom",
+            results_dicomweb_url=url,
+            results_dicomweb_username="bonexr",
+            results_dicomweb_password_file=secret,
+        )
+        configured_destinations(settings)[0].send([sent])
+        with running(settings) as (client, _):
+            shown = client.get("/ready").text + client.get("/metrics").text
+    finally:
+        server.shutdown()
+    assert seen == ["Basic " + base64.b64encode(b"bonexr:s3cret-from-file").decode()]
+    assert "s3cret" not in shown + repr(settings) and url in shown
+    with pytest.raises(ValidationError, match="credentials too"):
+        Settings(
+            results_dicomweb_url="http://u:p@pacs/dicom-web",
+            results_dicomweb_username="u",
+            results_dicomweb_password="p",
+        )
+    with pytest.raises(ValidationError, match="needs one of"):
+        Settings(results_dicomweb_url=url, results_dicomweb_username="u")
+    with pytest.raises(ValidationError, match="not a readable file"):
+        Settings(
+            results_dicomweb_username="u", results_dicomweb_password_file=tmp_path / "missing"
+        )

@@ -46,9 +46,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from service.doors.server import has_bundle, load_settings, serve
+    from service.doors.server import check_exposure, check_port, has_bundle, load_settings, serve
 
     settings = load_settings(**settings_overrides(args))
+    check_exposure(settings)  # before the demo's training, not minutes later
+    check_port(settings)
     if not has_bundle(settings):
         demo = Path(settings.models_dir) / "demo"
         print(

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from pydantic import ValidationError
 
 from bonexr.bundle import find_bundle
 from bonexr.errors import BundleError, ConfigError
-from service.settings import Settings
+from service.settings import Settings, exposure_problems
 
 log = logging.getLogger("bonexr.service")
 
@@ -38,8 +39,41 @@ def has_bundle(settings: Settings) -> bool:
     return True
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuse to start where anyone on the network could use the service unchecked (see
+    :func:`~service.settings.exposure_problems`), unless ``BONEXR_INSECURE=1`` says the
+    network is trusted: then each problem is logged as a warning."""
+    problems = exposure_problems(settings)
+    if problems and not settings.insecure:
+        raise ConfigError(
+            "refusing to start: "
+            + "; ".join(problems)
+            + ". On a network you trust alone, BONEXR_INSECURE=1 starts it anyway."
+        )
+    for problem in problems:
+        log.warning("insecure (BONEXR_INSECURE=1): %s", problem)
+
+
+def check_port(settings: Settings) -> None:
+    """Fail now, before anything slow, when the port is taken (a second server, say)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}): another "
+                "server (a bonexr already running?) has it. Choose another with --port or "
+                "BONEXR_PORT, or stop the other one."
+            ) from None
+
+
 def serve(settings: Settings) -> int:
-    """Serve until interrupted (uvicorn, with request-line and header size limits)."""
+    """Serve until interrupted (uvicorn, with request-line and header size limits), after
+    :func:`check_exposure` and :func:`check_port`."""
+    check_exposure(settings)
+    check_port(settings)
     import uvicorn
 
     from service.doors.http.app import create_app

@@ -21,15 +21,21 @@ PERMANENT_HTTP = frozenset({400, 409, 413, 415})
 STORED = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
 
 
-def dicomweb_destination(url: str, timeout: float) -> Destination:
-    """STOW-RS to ``url`` (a DICOMweb base such as ``http://pacs:8042/dicom-web``)."""
+def dicomweb_destination(
+    url: str, timeout: float, credentials: tuple[str, str] | None = None
+) -> Destination:
+    """STOW-RS to ``url`` (a DICOMweb base such as ``http://pacs:8042/dicom-web``), with
+    HTTP basic authentication when ``credentials`` (user, password) are given."""
 
     def send(paths: Sequence[Path]) -> None:
         import pydicom
         import requests
         from dicomweb_client.api import DICOMwebClient
 
-        client = DICOMwebClient(url=url, timeout=(min(10.0, timeout), timeout))
+        session = requests.Session()
+        if credentials is not None:
+            session.auth = credentials
+        client = DICOMwebClient(url=url, session=session, timeout=(min(10.0, timeout), timeout))
         client.set_http_retry_params(retry=False)
         datasets = [pydicom.dcmread(path) for path in paths]
         try:
@@ -117,7 +123,11 @@ def configured_destinations(settings: Settings) -> list[Destination]:
     found = []
     if settings.results_dicomweb_url:
         found.append(
-            dicomweb_destination(settings.results_dicomweb_url, settings.delivery_timeout_s)
+            dicomweb_destination(
+                settings.results_dicomweb_url,
+                settings.delivery_timeout_s,
+                settings.dicomweb_credentials(),
+            )
         )
     if settings.results_dicom:
         found.append(

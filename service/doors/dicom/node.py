@@ -77,7 +77,7 @@ class DicomNode:
         if settings.dicom_port is not None:
             self.scp = StorageScp(
                 ae_title=settings.dicom_ae_title,
-                host=settings.dicom_host,
+                host=settings.dicom_listen_host,
                 port=settings.dicom_port,
                 allowed_aets=settings.allowed_aet_list(),
                 receive=self._c_store,

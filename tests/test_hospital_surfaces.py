@@ -479,7 +479,7 @@ def _stow_server(seen: list[str], uid: str) -> Any:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             seen.append(self.headers.get("Authorization", ""))
             item = {"00081155": {"vr": "UI", "Value": [uid]}}
@@ -541,6 +541,133 @@ def test_pacs_credentials_come_from_a_file_and_are_never_shown(
     with pytest.raises(ValidationError, match="needs one of"):
         Settings(results_dicomweb_url=url, results_dicomweb_username="u")
     with pytest.raises(ValidationError, match="not a readable file"):
-        Settings(
-            results_dicomweb_username="u", results_dicomweb_password_file=tmp_path / "missing"
+        Settings(results_dicomweb_username="u", results_dicomweb_password_file=tmp_path / "missing")
+
+
+def test_c_store_takes_the_compressed_transfer_syntaxes_stow_rs_decodes(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's modality sent JPEG by C-STORE and was refused (no presentation context)
+    while STOW-RS decoded the same files: RLE and JPEG 2000 here, each scored in the report."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+    from pynetdicom import AE
+
+    from harness.service_support import free_port, wait_for
+    from service.doors.dicom.results import read_report
+
+    port = free_port()
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_port=port,
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=60,
+    )
+    study = Study()
+    rng = np.random.default_rng(5)
+    compressed = []
+    for syntax in (RLELossless, JPEG2000Lossless):
+        uid = study.add(rng.integers(0, 4000, (96, 80), dtype=np.uint16))
+        dataset = pydicom.dcmread(io.BytesIO(study.instances[uid]))
+        dataset.compress(syntax, generate_instance_uid=False)
+        compressed.append(dataset)
+    with running(settings) as (_, app):
+        ae = AE(ae_title="MODALITY")
+        for dataset in compressed:  # each proposed in its compressed syntax alone
+            ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        association = ae.associate("127.0.0.1", port, ae_title="BONEXR")
+        assert association.is_established
+        try:
+            statuses = [association.send_c_store(d).Status for d in compressed]
+        finally:
+            association.release()
+        outbox = app.state.dicom_node.outbox
+        assert wait_for(lambda: outbox.folder.is_dir() and len(list(outbox.jobs())) == 1, 60)
+        (job,) = outbox.jobs()
+        report = read_report(pydicom.dcmread(sorted(job.folder.glob("*.dcm"))[0]))
+    assert statuses == [0x0000, 0x0000]
+    assert sorted(v["sop_instance_uid"] for v in report["views"]) == sorted(study.instances)
+    assert all(v["scored"] for v in report["views"]), report["views"]
+
+
+def _replaced_pixels(data: bytes, value: int) -> bytes:
+    """The same instance (same SOP Instance UID) with other pixels."""
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.PixelData = np.full((dataset.Rows, dataset.Columns), value, np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_late_instance_and_new_pixels_supersede_the_earlier_answer(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's late instance made a second report and a second unread record; an
+    instance re-sent with new pixels under its SOP Instance UID was never analysed again.
+    Now each makes a report that names the earlier one as its predecessor, and the worklist
+    keeps one record, which names the record it replaced."""
+    from harness.service_support import free_port, wait_for
+    from service.doors.dicom.results import read_report
+
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_dir=tmp_path / "dicom",
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=600,  # the reports stay in the outbox to be read
+    )
+    study = Study()
+    first = study.add(np.full((64, 64), 700, np.uint16))
+    reports: list[Dataset] = []
+
+    def send_and_wait(instance: bytes) -> Dataset:
+        body, content_type = stow_body([instance])
+        sent = client.post(
+            "/dicom-web/studies", content=body, headers={"content-type": content_type}
         )
+        assert sent.status_code == 200, sent.text
+        assert wait_for(lambda: len(list(outbox.jobs())) == len(reports) + 1, 60)
+        known = {str(r.SOPInstanceUID) for r in reports}
+        for job in outbox.jobs():
+            report = pydicom.dcmread(sorted(job.folder.glob("*.dcm"))[0])
+            if str(report.SOPInstanceUID) not in known:
+                reports.append(report)
+                return report
+        raise AssertionError("no new report")
+
+    def predecessor(report: Dataset) -> str:
+        (series,) = report.PredecessorDocumentsSequence[0].ReferencedSeriesSequence
+        return str(series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+    with running(settings) as (client, app):
+        outbox = app.state.dicom_node.outbox
+        one = send_and_wait(study.instances[first])
+        assert "PredecessorDocumentsSequence" not in one
+        (only,) = client.get("/worklist").json()["items"]
+
+        late = study.add(np.full((64, 64), 900, np.uint16))
+        two = send_and_wait(study.instances[late])
+        assert predecessor(two) == str(one.SOPInstanceUID)
+        assert two.StudyInstanceUID == one.StudyInstanceUID == study.study_uid
+        assert len(read_report(two)["views"]) == 2
+        page = client.get("/worklist").json()
+        (current,) = page["items"]
+        assert page["counts"]["all"] == 1 and current["replaces"] == only["id"]
+        assert client.get(f"/worklist/{only['id']}").json()["superseded_by"] == current["id"]
+
+        three = send_and_wait(_replaced_pixels(study.instances[first], 3000))
+        assert predecessor(three) == str(two.SOPInstanceUID)
+        (newest,) = client.get("/worklist").json()["items"]
+        assert newest["replaces"] == current["id"]
+        # the same bytes again are no new answer
+        body, content_type = stow_body([_replaced_pixels(study.instances[first], 3000)])
+        client.post("/dicom-web/studies", content=body, headers={"content-type": content_type})
+        inbox = app.state.dicom_node.inbox
+        record = inbox.get(study.study_uid)
+        assert record.revision == 1 and len(record.analysed) == 3
+        version = app.state.services.engine.model_version
+        assert record.report_key(version) in record.analysed  # nothing left to answer
+        assert client.delete(f"/worklist/{newest['id']}").status_code == 204
+        assert client.get(f"/worklist/{only['id']}").status_code == 404  # the chain went too

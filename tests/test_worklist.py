@@ -72,22 +72,35 @@ def test_the_worklist_is_in_triage_order_and_pages_cover_it_once(store: RecordSt
 
 
 def test_migrations_from_empty_and_from_the_previous_schema(tmp_path: Path) -> None:
-    from sqlalchemy import inspect
+    from sqlalchemy import inspect, text
 
     database = Database(f"sqlite:///{tmp_path / 'old.db'}")
     assert database.revision() is None
-    database.upgrade("0001")  # the previous schema, with a study in it
+    database.upgrade("0001")  # the first schema, with a study written as 0.1.0 wrote it
     assert database.revision() == "0001"
-    kept = RecordStore(database).record(entry(0.7, "abnormal"))
+    kept = "a" * 32
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO studies (id, arrived_at, source, bundle_name, bundle_version, "
+                "result, probability, warnings, status, priority_group, sort_probability) "
+                "VALUES (:id, '2026-12-01 10:00:00', 'api', 'b', 'v', 'abnormal', 0.7, '[]', "
+                "'unread', 0, 0.7)"
+            ),
+            {"id": kept},
+        )
     assert "ix_studies_priority" not in {
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
     database.upgrade()
-    assert database.revision() == "0002"
+    assert database.revision() == "0003"
     assert "ix_studies_priority" in {
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
+    columns = {c["name"] for c in inspect(database.engine).get_columns("studies")}
+    assert {"replaces", "superseded_by"} <= columns
     assert [s.id for s in RecordStore(database).page().studies] == [kept]
+    database.upgrade()
     database.upgrade()  # again: nothing to do
     database.dispose()
 
@@ -114,7 +127,7 @@ def test_bonexr_db_upgrade_migrates_by_hand(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "schema 0002" in done.stdout
+    assert "schema 0003" in done.stdout
     env["BONEXR_DATABASE_URL"] = "mysql://x"
     bad = subprocess.run(
         [sys.executable, "-m", "bonexr.cli", "db", "current"],

@@ -43,6 +43,11 @@ class Study(Base):
     #: the order of the worklist: group, then -probability, then arrival (see GROUP_*)
     priority_group: Mapped[int] = mapped_column(Integer)
     sort_probability: Mapped[float] = mapped_column(Float)
+    #: the record this one replaces (the same DICOM study answered again: a late instance,
+    #: an instance re-sent with new pixels), and the one that replaced this one; the
+    #: worklist lists only records nobody replaced
+    replaces: Mapped[str | None] = mapped_column(String(32), default=None)
+    superseded_by: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
 
     views: Mapped[list[View]] = relationship(
         back_populates="study", cascade="all, delete-orphan", order_by="View.position"

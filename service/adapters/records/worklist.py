@@ -6,6 +6,11 @@ calibrated probability; ties by arrival, then id. Pages are keyset pages (the cu
 the last row's sort key), so a page costs the same on the 10,000th study as on the first
 and a study recorded meanwhile never shifts a page.
 
+A DICOM study answered again (a late instance, an instance re-sent with new pixels) is
+recorded with ``replaces`` naming its earlier record, which gets ``superseded_by``: the
+worklist and its counts list only records nobody replaced (the earlier one stays readable
+by id, with its reviews), and deleting a record deletes those it replaced.
+
 Reviews are added, never replaced: two readers reviewing the same study at once are both
 recorded (two rows); the study is "reviewed" once it has any.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import selectinload
 
 from service.adapters.records.database import Database
@@ -74,6 +79,8 @@ class StudyEntry:
     views: Sequence[ViewEntry]
     refusal: str | None = None
     warnings: Sequence[str] = field(default_factory=tuple)
+    #: the record of the earlier answer to the same study, which this one supersedes
+    replaces: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,12 @@ def decode_cursor(cursor: str) -> tuple[int, float, datetime, str]:
         ) from None
 
 
+def _current_counts() -> Select[str, int]:
+    """Records per status, counting only those nobody replaced."""
+    current = select(Study.status, func.count()).where(Study.superseded_by.is_(None))
+    return current.group_by(Study.status)
+
+
 def _study_row(entry: StudyEntry, now: datetime) -> Study:
     probability = entry.probability
     return Study(
@@ -124,6 +137,7 @@ def _study_row(entry: StudyEntry, now: datetime) -> Study:
         refusal=entry.refusal,
         warnings=list(entry.warnings),
         status="unread",
+        replaces=entry.replaces,
         priority_group=_group(entry.result),
         sort_probability=-1.0 if probability is None else float(probability),
         views=[
@@ -160,11 +174,22 @@ class RecordStore:
         rows = [_study_row(entry, now or utcnow()) for entry in entries]
         with self.database.session() as session:
             session.add_all(rows)
+            for row in rows:
+                if row.replaces is not None:
+                    session.execute(
+                        update(Study)
+                        .where(Study.id == row.replaces, Study.superseded_by.is_(None))
+                        .values(superseded_by=row.id)
+                    )
         return [row.id for row in rows]
 
     def page(self, status: Status = "all", limit: int = 50, cursor: str | None = None) -> Page:
         """One page of the worklist in triage order (see the module docstring)."""
-        query = select(Study).options(selectinload(Study.reviews), selectinload(Study.views))
+        query = (
+            select(Study)
+            .options(selectinload(Study.reviews), selectinload(Study.views))
+            .where(Study.superseded_by.is_(None))
+        )
         if status != "all":
             query = query.where(Study.status == status)
         if cursor:
@@ -188,7 +213,7 @@ class RecordStore:
         ).limit(limit + 1)
         with self.database.session() as session:
             rows = list(session.scalars(query))
-            counted = session.execute(select(Study.status, func.count()).group_by(Study.status))
+            counted = session.execute(_current_counts())
             by_status = {str(s): int(n) for s, n in counted}
         more = len(rows) > limit
         rows = rows[:limit]
@@ -203,8 +228,7 @@ class RecordStore:
         """A token that changes whenever the worklist does (a study recorded, reviewed or
         removed), with the counts: what a page polls instead of the list itself."""
         with self.database.session() as session:
-            grouped = select(Study.status, func.count()).group_by(Study.status)
-            by_status = {str(k): int(n) for k, n in session.execute(grouped)}
+            by_status = {str(k): int(n) for k, n in session.execute(_current_counts())}
             reviews = session.scalar(select(func.count()).select_from(Review)) or 0
             newest = session.scalar(select(func.max(Study.arrived_at)))
         counts = {"unread": by_status.get("unread", 0), "reviewed": by_status.get("reviewed", 0)}
@@ -249,8 +273,17 @@ class RecordStore:
             study = session.get(Study, study_id, options=[selectinload(Study.views)])
             if study is None:
                 raise RecordNotFoundError("no recorded study with that id")
-            names = {v.filename for v in study.views if v.filename}
-            session.delete(study)
+            chain = [study]
+            while chain[-1].replaces is not None:  # what it replaced goes with it
+                earlier = session.get(
+                    Study, chain[-1].replaces, options=[selectinload(Study.views)]
+                )
+                if earlier is None:
+                    break
+                chain.append(earlier)
+            names = {v.filename for s in chain for v in s.views if v.filename}
+            for record in chain:
+                session.delete(record)
             session.flush()
             shared = set(session.scalars(select(View.filename).where(View.filename.in_(names))))
         return sorted(names - shared)

@@ -201,6 +201,14 @@ def _overlays(
     return overlays
 
 
+def report_uids(key: str) -> tuple[str, str]:
+    """The series and SOP Instance UID of the report of answer ``key``: derived, never
+    stored, so a later answer can name its predecessor from the key alone."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[key, "series"]), generate_uid(entropy_srcs=[key, "report"])
+
+
 def result_objects(
     root: Path, record: StudyRecord, analysis: Analysis, key: str
 ) -> list[tuple[str, bytes]]:
@@ -208,6 +216,8 @@ def result_objects(
 
     Their UIDs derive from the report key, so building the same answer again (after a crash
     between analysis and bookkeeping) gives the very same objects, which a PACS stores once.
+    A study answered before (``record.last_report_key``) gets a report that references the
+    earlier one as its predecessor.
     """
     import pydicom
     from pydicom.uid import generate_uid
@@ -218,7 +228,8 @@ def result_objects(
         for sop, instance in record.instances.items()
         if (path := instance_path(root, instance.dicom_sha256)).is_file()
     }
-    series_uid = generate_uid(entropy_srcs=[key, "series"])
+    series_uid, report_uid = report_uids(key)
+    earlier = record.last_report_key
     # Modality is a series attribute: the SR and the secondary captures (OT) each get
     # their own series, so a viewer grouping by series shows the captures as images.
     captures_uid = generate_uid(entropy_srcs=[key, "captures"])
@@ -226,7 +237,8 @@ def result_objects(
         outcome,
         list(headers.values()),
         series_instance_uid=series_uid,
-        sop_instance_uid=generate_uid(entropy_srcs=[key, "report"]),
+        sop_instance_uid=report_uid,
+        predecessor=report_uids(earlier) if earlier and earlier != key else None,
     )
     objects = [("0-report.dcm", _encode(pydicom, report))]
     number = 2

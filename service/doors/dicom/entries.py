@@ -8,9 +8,12 @@ from service.doors.dicom.results import StudyOutcome
 from service.triage.recording import verdict
 
 
-def dicom_entry(outcome: StudyOutcome, filenames: dict[str, str | None]) -> StudyEntry:
+def dicom_entry(
+    outcome: StudyOutcome, filenames: dict[str, str | None], replaces: str | None = None
+) -> StudyEntry:
     """A study the DICOM node answered as a record (``filenames``: SOP Instance UID ->
-    upload name of each received instance; None for one never stored)."""
+    upload name of each received instance; None for one never stored; ``replaces``: the
+    record of the study's earlier answer, which this one supersedes)."""
     return StudyEntry(
         source="dicom",
         bundle_name=outcome.model_name,
@@ -34,4 +37,5 @@ def dicom_entry(outcome: StudyOutcome, filenames: dict[str, str | None]) -> Stud
             for view in outcome.views
         ],
         warnings=list(outcome.warnings),
+        replaces=replaces,
     )

@@ -7,9 +7,13 @@ instance has arrived for ``BONEXR_STUDY_SETTLE_S``. Each study's record
 rewritten atomically on every change, so a restart loses nothing: unanalysed studies settle
 again and are answered.
 
-An answer is identified by its **report key**: the study, the exact set of its instances and
-the bundle version. Re-sending the same instances gives the same key, so no second report;
-a study that gains an instance (or a new model version) gets a new one.
+An answer is identified by its **report key**: the study, the exact set of its instances,
+the bundle version and the study's revision. Re-sending the same instances gives the same
+key, so no second report; a study that gains an instance (or a new model version) gets a
+new one, and so does one whose instance comes again with other content under the same SOP
+Instance UID (the revision counts such replacements). A new answer supersedes the last:
+its report references the earlier one and its worklist record replaces the earlier record
+(``record_id``).
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ def study_key(study_uid: str) -> str:
     return hashlib.sha256(study_uid.encode()).hexdigest()[:24]
 
 
-def report_key(study_uid: str, sop_uids: list[str], model_version: str) -> str:
-    """The identity of one answer: this study, exactly these instances, this bundle."""
-    text = "\n".join([study_uid, model_version, *sorted(sop_uids)])
+def report_key(study_uid: str, sop_uids: list[str], model_version: str, revision: int = 0) -> str:
+    """The identity of one answer: this study, exactly these instances, this bundle, this
+    revision of their content (0, the first, leaves the key as it always was)."""
+    revised = [f"revision {revision}"] if revision else []
+    text = "\n".join([study_uid, model_version, *sorted(sop_uids), *revised])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -54,13 +60,22 @@ class StudyRecord:
     #: do not try before this wall-clock time (the service was not ready, say)
     retry_after: float = 0.0
     attempts: int = 0
+    #: how often an instance came again with other content under its SOP Instance UID
+    revision: int = 0
+    #: the worklist record of the last answer (the next one replaces it)
+    record_id: str | None = None
 
     @property
     def key(self) -> str:
         return study_key(self.study_uid)
 
     def report_key(self, model_version: str) -> str:
-        return report_key(self.study_uid, list(self.instances), model_version)
+        return report_key(self.study_uid, list(self.instances), model_version, self.revision)
+
+    @property
+    def last_report_key(self) -> str | None:
+        """The report key of the last answer made (its report is the predecessor)."""
+        return self.analysed[-1] if self.analysed else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +85,8 @@ class StudyRecord:
             "analysed": self.analysed,
             "retry_after": self.retry_after,
             "attempts": self.attempts,
+            "revision": self.revision,
+            "record_id": self.record_id,
         }
 
     @classmethod
@@ -82,6 +99,8 @@ class StudyRecord:
             analysed=[str(k) for k in payload.get("analysed", [])],
             retry_after=float(payload.get("retry_after", 0.0)),
             attempts=int(payload.get("attempts", 0)),
+            revision=int(payload.get("revision", 0)),
+            record_id=payload.get("record_id"),
         )
 
 
@@ -111,13 +130,18 @@ class StudyInbox:
         return loaded
 
     def add(self, instance: ReceivedInstance, *, now: float | None = None) -> bool:
-        """Record ``instance`` in its study; True when it is new (a re-sent instance only
-        keeps the study from settling)."""
+        """Record ``instance`` in its study; True when it is new or its content changed (a
+        re-sent identical instance only keeps the study from settling)."""
         now = time.time() if now is None else now
         key = study_key(instance.study_uid)
         with self._lock:
             record = self._records.get(key) or StudyRecord(instance.study_uid)
-            new = instance.sop_uid not in record.instances
+            earlier = record.instances.get(instance.sop_uid)
+            new = earlier is None
+            if earlier is not None and earlier.dicom_sha256 != instance.dicom_sha256:
+                record.revision += 1  # other content, same UID: analysed again
+                new = True
+                log.info("study %s: an instance came again with new content", key[:12])
             record.instances[instance.sop_uid] = instance
             record.last_arrival = now
             record.attempts = 0
@@ -148,13 +172,15 @@ class StudyInbox:
                 r.report_key(model_version) not in r.analysed for r in self._records.values()
             )
 
-    def mark_answered(self, record: StudyRecord, key: str) -> None:
+    def mark_answered(self, record: StudyRecord, key: str, record_id: str | None) -> None:
+        """``key`` answered and recorded as ``record_id`` (what the next answer replaces)."""
         with self._lock:
             current = self._records.get(record.key)
             if current is None:
                 return
             if key not in current.analysed:
                 current.analysed.append(key)
+            current.record_id = record_id or current.record_id
             current.attempts = 0
             current.retry_after = 0.0
             self._save(current)

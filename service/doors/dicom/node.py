@@ -197,8 +197,8 @@ class DicomNode:
             objects = await run_in_threadpool(result_objects, self.root, record, analysis, key)
             await run_in_threadpool(self.outbox.enqueue, key, objects)
             filenames = {sop: i.filename for sop, i in record.instances.items()}
-            entry = dicom_entry(analysis.outcome, filenames)
-            await run_in_threadpool(record_answer, self.services, entry)
+            entry = dicom_entry(analysis.outcome, filenames, replaces=record.record_id)
+            record_id = await run_in_threadpool(record_answer, self.services, entry)
         except (NotReadyError, OverloadedError) as exc:
             self.inbox.defer(record, self.settle_s)
             log.info("study %s waits: %s", record.key[:12], exc.detail)
@@ -214,7 +214,7 @@ class DicomNode:
                 wait,
             )
             return
-        self.inbox.mark_answered(record, key)
+        self.inbox.mark_answered(record, key, record_id)
         outcome = "answered" if analysis.outcome.refusal is None else "refused"
         metrics.dicom_studies.labels(outcome).inc()
         log.info(

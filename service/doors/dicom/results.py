@@ -33,7 +33,7 @@ from highdicom.sr.utils import find_content_items
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
 
 RESULTS_SERIES_DESCRIPTION = "bonexr AI results"
 MANUFACTURER = "bonexr"
@@ -360,12 +360,15 @@ def build_report(
     sop_instance_uid: str,
     series_number: int = 9901,
     instance_number: int = 1,
+    predecessor: tuple[str, str] | None = None,
 ) -> Dataset:
     """The TID 1500 SR of ``outcome``, in the study of ``sources``.
 
     ``sources`` are the received instances' headers (pixels are not needed): every one is
     recorded as evidence, and every view of ``outcome`` must be among them. The report is
-    complete but unverified: a device, not a person, made it.
+    complete but unverified: a device, not a person, made it. ``predecessor`` (series and
+    SOP Instance UID of the earlier report of this study, which this one supersedes) goes
+    into the PredecessorDocumentsSequence.
     """
     if not sources:
         raise ValueError("a report needs at least one source instance")
@@ -376,6 +379,7 @@ def build_report(
         content=_content(outcome),
         is_complete=True,
         is_verified=False,
+        previous_versions=_previous_report(outcome, predecessor),
         **_results_series(
             outcome, series_instance_uid, series_number, sop_instance_uid, instance_number
         ),
@@ -387,6 +391,19 @@ def build_report(
             )
         ],
     )
+
+
+def _previous_report(
+    outcome: StudyOutcome, predecessor: tuple[str, str] | None
+) -> list[Dataset] | None:
+    """The earlier report as highdicom's ``previous_versions`` wants it (its identifiers)."""
+    if predecessor is None:
+        return None
+    earlier = Dataset()
+    earlier.StudyInstanceUID = outcome.study_instance_uid
+    earlier.SeriesInstanceUID, earlier.SOPInstanceUID = predecessor
+    earlier.SOPClassUID = Comprehensive3DSRStorage
+    return [earlier]
 
 
 # --- the heat-map capture --------------------------------------------------------------

@@ -4,7 +4,10 @@ Enabled by ``BONEXR_DICOM_PORT``; the node's AE title is ``BONEXR_DICOM_AE_TITLE
 ``BONEXR_DICOM_ALLOWED_AETS`` set, an association from any other calling AE title is
 rejected at A-ASSOCIATE (pynetdicom's ``require_calling_aet``), before any data is sent.
 It accepts every storage SOP class pynetdicom offers (so a CT slice in a study is taken,
-and then recorded as not eligible) and C-ECHO. Each C-STORE runs in pynetdicom's thread for
+and then recorded as not eligible) and C-ECHO, in the uncompressed transfer syntaxes and
+every compressed one the installed pydicom decoders read (:func:`accepted_transfer_syntaxes`:
+JPEG, JPEG-LS, JPEG 2000, RLE), so a modality that sends JPEG is not refused over C-STORE
+while STOW-RS takes the same file. Each C-STORE runs in pynetdicom's thread for
 that association, and is answered with the status :func:`receive` returns.
 
 Bounded like STOW-RS: an instance larger than ``max_bytes`` (``BONEXR_MAX_UPLOAD_BYTES``)
@@ -66,13 +69,17 @@ class StorageScp:
         return self._server is not None
 
     def start(self) -> None:
-        from pynetdicom import AE, StoragePresentationContexts, evt
+        from pynetdicom import AE, StoragePresentationContexts, build_context, evt
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ACSE_TIMEOUT_S
         ae.network_timeout = NETWORK_TIMEOUT_S
-        ae.supported_contexts = StoragePresentationContexts
+        syntaxes = accepted_transfer_syntaxes()
+        ae.supported_contexts = [
+            build_context(str(context.abstract_syntax), syntaxes)
+            for context in StoragePresentationContexts
+        ]
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = self.max_pdu
         if self.allowed_aets:
@@ -108,6 +115,38 @@ class StorageScp:
             log.warning("C-STORE from %s unreadable (%s)", calling, type(exc).__name__)
             return 0xC000
         return self.receive(data, calling)
+
+
+#: The compressed transfer syntaxes offered when a decoder for them is installed.
+COMPRESSED = (
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8 bit)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, first-order prediction (the common one)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """pynetdicom's uncompressed syntaxes, then each compressed one whose pydicom decoder is
+    installed (the pylibjpeg plugins of the ``dicom`` extra): offering one that could not
+    be decoded would turn an association's success into an unreadable instance."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+    from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
+
+    decodable = []
+    for syntax in COMPRESSED:
+        try:
+            if get_decoder(UID(syntax)).is_available:
+                decodable.append(syntax)
+        except NotImplementedError:
+            continue
+    return [*DEFAULT_TRANSFER_SYNTAXES, *decodable]
 
 
 def _received_size(event: Any) -> int:

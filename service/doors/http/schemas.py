@@ -434,6 +434,16 @@ class RecordedStudy(BaseModel):
     status: Literal["unread", "reviewed"]
     refusal: str | None
     model: ModelRef
+    replaces: str | None = Field(
+        None,
+        description="The earlier record of the same DICOM study this answer supersedes (a "
+        "late instance arrived, or an instance was re-sent with new pixels).",
+    )
+    superseded_by: str | None = Field(
+        None,
+        description="The record that supersedes this one (then it is no longer listed in "
+        "GET /worklist; read the newer one).",
+    )
 
 
 class WorklistItem(RecordedStudy):

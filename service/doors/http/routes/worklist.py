@@ -68,6 +68,8 @@ def _common(study: Study) -> dict[str, object]:
         "status": study.status,
         "refusal": study.refusal,
         "model": ModelRef(name=study.bundle_name, version=study.bundle_version),
+        "replaces": study.replaces,
+        "superseded_by": study.superseded_by,
     }
 
 

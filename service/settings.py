@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="Comma-separated calling AE titles the SCP accepts (others: association "
         "rejected); empty accepts any.",
     )
+    dicom_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated addresses or networks (10.1.2.3, 10.1.0.0/16) that may "
+        "connect to the DICOM port; any other connection is closed before it holds an "
+        "association slot. Empty: any address (then dicom_allowed_aets is checked alone).",
+    )
     study_settle_s: float = Field(
         10.0,
         gt=0,
@@ -235,6 +241,19 @@ class Settings(BaseSettings):
             raise ValueError("device must be auto, cpu or gpu")
         return value
 
+    @field_validator("dicom_allowed_hosts")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (i.strip() for i in value.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not an address or network (e.g. 10.1.2.3, 10.1.0.0/16)"
+                    ) from None
+        return value
+
     @field_validator("dicom_ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
@@ -257,6 +276,14 @@ class Settings(BaseSettings):
         if value:
             parse_dicom_address(value)
         return value or None
+
+    def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The networks ``dicom_allowed_hosts`` names ([] allows any address)."""
+        return [
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in self.dicom_allowed_hosts.split(",")
+            if item.strip()
+        ]
 
     def allowed_aet_list(self) -> list[str]:
         """The calling AE titles the SCP accepts ([] accepts any)."""
@@ -381,10 +408,11 @@ def exposure_problems(settings: Settings) -> list[str]:
         settings.dicom_port is not None
         and not is_loopback(settings.dicom_listen_host)
         and not settings.dicom_allowed_aets.strip()
+        and not settings.dicom_allowed_hosts.strip()
     ):
         problems.append(
             f"the DICOM listener would accept any AE on {settings.dicom_listen_host}:"
-            f"{settings.dicom_port}. Set BONEXR_DICOM_ALLOWED_AETS (the PACS's AE titles) "
-            "or BONEXR_DICOM_HOST=127.0.0.1"
+            f"{settings.dicom_port}. Set BONEXR_DICOM_ALLOWED_AETS (the PACS's AE titles), "
+            "BONEXR_DICOM_ALLOWED_HOSTS (its addresses) or BONEXR_DICOM_HOST=127.0.0.1"
         )
     return problems

@@ -671,3 +671,178 @@ def test_a_late_instance_and_new_pixels_supersede_the_earlier_answer(
         assert record.report_key(version) in record.analysed  # nothing left to answer
         assert client.delete(f"/worklist/{newest['id']}").status_code == 204
         assert client.get(f"/worklist/{only['id']}").status_code == 404  # the chain went too
+
+
+def _received(study_uid: str, sop_uid: str, patient: str, sha: str = "0" * 64) -> Any:
+    from service.doors.dicom.instances import ReceivedInstance
+
+    return ReceivedInstance(
+        study_uid, "1.2.3.9", sop_uid, "1.2.840.10008.5.1.4.1.1.1", "CR", "ELBOW", sha,
+        patient=patient,
+    )  # fmt: skip
+
+
+def test_two_patients_arriving_at_once_cannot_both_join_a_study(tmp_path: Path) -> None:
+    """The early check (``patient_of``) and the add were two steps: two instances of
+    different patients arriving at the same instant could both pass. The inbox's add now
+    checks under its lock, whatever the caller checked before."""
+    import threading
+
+    from service.doors.dicom.inbox import PatientConflict, StudyInbox
+
+    inbox = StudyInbox(tmp_path, settle_s=10)
+    inbox.load()
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def arrive(n: int) -> None:
+        start.wait()
+        try:
+            inbox.add(_received("1.2.3", f"1.2.3.{n}", f"patient-{n % 2}"))
+            outcomes.append(f"patient-{n % 2}")
+        except PatientConflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=arrive, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record = inbox.get("1.2.3")
+    assert record is not None
+    patients = {i.patient for i in record.instances.values()}
+    assert len(patients) == 1 and outcomes.count("refused") == 4, outcomes
+    reloaded = StudyInbox(tmp_path, settle_s=10)  # and the record on disk agrees
+    reloaded.load()
+    assert {i.patient for i in reloaded.get("1.2.3").instances.values()} == patients
+
+
+def test_a_full_disk_at_the_record_save_leaves_nothing_to_analyse_later(
+    untrained_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's full disk at the study-record save answered 0xC000, yet the instance was
+    analysed later (the record changed in memory first). Now the sender hears 0xA700 (out of
+    resources: try again) and the study is as it was."""
+    import errno
+
+    import service.doors.dicom.inbox as inbox_module
+    from harness.service_support import free_port
+
+    port = free_port()
+    settings = make_settings(untrained_bundle, tmp_path, dicom_port=port, study_settle_s=0.3)
+    study = Study()
+    uid = study.add(np.full((64, 64), 700, np.uint16))
+
+    def disk_full(path: Path, payload: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with running(settings) as (_, app):
+        node = app.state.dicom_node
+        monkeypatch.setattr(inbox_module, "write_json_atomic", disk_full)
+        status = node._c_store(study.instances[uid], "MODALITY")
+        monkeypatch.undo()
+        assert status == 0xA700
+        assert node.inbox.get(study.study_uid) is None
+        assert node.inbox.waiting(app.state.services.engine.model_version) == 0
+        assert list(app.state.services.store.names()) == []  # its pixels went too
+        assert node._c_store(study.instances[uid], "MODALITY") == 0x0000  # space again
+        assert list(node.inbox.get(study.study_uid).instances) == [uid]
+
+
+def _with(data: bytes, **values: object) -> bytes:
+    """``data`` with these values, conformant or not (pydicom's warnings silenced: the
+    non-conformant value is the point)."""
+    import warnings
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword, value in values.items():
+            setattr(dataset, keyword, value)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_values_copied_into_the_results_are_conformant(
+    untrained_bundle: Path, tmp_path: Path
+) -> None:
+    """The probe's over-long PatientName, copied into the results, made Orthanc store
+    nothing; a Latin-1 name must survive; a UID with ``../`` in it is refused at intake."""
+    from pydicom.valuerep import MAX_VALUE_LEN, validate_value
+
+    from harness.service_support import free_port, wait_for
+
+    settings = make_settings(
+        untrained_bundle,
+        tmp_path,
+        dicom_dir=tmp_path / "dicom",
+        study_settle_s=0.3,
+        results_dicom=f"NOWHERE@127.0.0.1:{free_port()}",
+        delivery_retry_s=600,
+    )
+    study = Study()
+    uid = study.add(np.full((64, 64), 700, np.uint16))
+    long_name = "Müller" + "x" * 90 + "^Jörg"
+    source = _with(
+        study.instances[uid],
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName=long_name,
+        AccessionNumber="A" * 30,
+        StudyDescription="D" * 100,
+        StudyID="S" * 20,
+    )
+    bad = study.add(np.full((64, 64), 700, np.uint16))
+    traversal = _with(study.instances[bad], SOPInstanceUID="1.2.3/../../etc")
+    with running(settings) as (client, app):
+        body, content_type = stow_body([source, traversal])
+        answer = client.post(
+            "/dicom-web/studies", content=body, headers={"content-type": content_type}
+        )
+        assert answer.status_code == 202, answer.text  # one taken, one refused
+        (failed,) = answer.json()["00081198"]["Value"]
+        assert failed["00081197"]["Value"] == [0xA900]
+        outbox = app.state.dicom_node.outbox
+        assert wait_for(lambda: outbox.folder.is_dir() and len(list(outbox.jobs())) == 1, 60)
+        (job,) = outbox.jobs()
+        results = [pydicom.dcmread(path) for path in sorted(job.folder.glob("*.dcm"))]
+    assert len(results) >= 1
+    for result in results:
+        assert result.SpecificCharacterSet == "ISO_IR 192"
+        assert str(result.PatientName).startswith("Müller") and "Jörg" not in str(
+            result.PatientName
+        )
+        for element in result.iterall():
+            if element.VR in MAX_VALUE_LEN and isinstance(element.value, str):
+                validate_value(element.VR, element.value, 2)  # 2: raise on a violation
+            if element.VR == "PN" and element.value:
+                assert all(len(g) <= 64 for g in str(element.value).split("="))
+        assert result.AccessionNumber == "A" * 16 and len(result.StudyID) <= 16
+
+
+@pytest.mark.parametrize(
+    ("allowed", "established"), [("10.9.9.0/24", False), ("127.0.0.0/8", True)]
+)
+def test_connections_from_other_hosts_are_closed_before_holding_a_slot(
+    untrained_bundle: Path, tmp_path: Path, allowed: str, established: bool
+) -> None:
+    """The calling-AE allow-list is read from the association request, after a connection
+    holds a slot; BONEXR_DICOM_ALLOWED_HOSTS closes a connection from elsewhere at accept."""
+    from pynetdicom import AE
+
+    from harness.service_support import free_port
+
+    port = free_port()
+    settings = make_settings(
+        untrained_bundle, tmp_path, dicom_port=port, dicom_allowed_hosts=allowed
+    )
+    with running(settings):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        association = ae.associate("127.0.0.1", port, ae_title="BONEXR")
+        assert association.is_established is established
+        if established:  # no calling-AE list here: only the host rule can refuse
+            association.release()
+    with pytest.raises(ValidationError, match="not an address or network"):
+        Settings(dicom_allowed_hosts="pacs.example.org")
+    assert Settings(dicom_allowed_hosts="10.0.0.0/8, ::1").allowed_networks()[1].version == 6

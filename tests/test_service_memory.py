@@ -154,3 +154,25 @@ def test_burst_of_large_uploads_is_bounded_and_returned(server: str) -> None:
     assert single_peak <= 300 * MB
     assert burst_peak <= 2500 * MB
     assert settled <= start + 300 * MB
+
+
+def test_four_concurrent_heat_maps_of_the_largest_upload_are_bounded(server: str) -> None:
+    """The probe measured +1,292 MB for four concurrent GET /heatmap of a 7000x7000 upload
+    (the largest the default limits allow); the bound is +600 MB."""
+    data = striped_png(7000, 7000, color_type=0, bit_depth=8)
+    uploaded = httpx.post(
+        f"{server}/upload", files={"file": ("x.png", data, "image/png")}, timeout=120
+    )
+    assert uploaded.status_code in (200, 201), uploaded.text
+    name = uploaded.json()["filename"]
+    first = httpx.get(f"{server}/heatmap/{name}", timeout=120)
+    assert first.status_code == 200, first.text  # the map is cached: what follows is drawing
+    with RssSampler(_pid(server)) as sampler:
+        start = sampler.rss()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.get(f"{server}/heatmap/{name}", timeout=120), range(4))
+            )
+    assert [a.status_code for a in answers] == [200] * 4
+    print(f"four heat maps: +{(sampler.peak - start) / MB:.0f} MB peak")
+    assert sampler.peak - start <= 600 * MB

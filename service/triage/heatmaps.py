@@ -55,14 +55,32 @@ def load_cam(services: Services, filename: str) -> CachedCam | None:
         return None
 
 
+#: Longest side of a drawn heat map. A map is a coarse grid (the model's last feature map)
+#: and a screen shows a few thousand pixels: drawing a 7000x7000 upload at its own size
+#: cost ~300 MB a request (four at once: +1,221 MB); reduced by a whole factor to at most
+#: this, the same request costs a fraction (tests/test_service_memory.py).
+MAX_SIDE = 2048
+
+
+def reduction(width: int, height: int) -> int:
+    """The whole factor that brings ``width`` x ``height`` to at most :data:`MAX_SIDE`."""
+    return max(1, -(-max(width, height) // MAX_SIDE))
+
+
 def draw(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> Image.Image:
     """The one heat-map renderer (``GET /heatmap`` and the DICOM node's captures): the
-    stored image at its own size with the map blended in, or the 16-bit map alone
-    (bounded memory: :func:`bonexr.heatmap.render_overlay`)."""
+    stored image with the map blended in, or the 16-bit map alone, at the image's own size
+    up to :data:`MAX_SIDE` (larger images are reduced by a whole factor first; bounded
+    memory: :func:`bonexr.heatmap.render_overlay`)."""
     with Image.open(io.BytesIO(png), formats=["PNG"]) as stored:
+        factor = reduction(stored.width, stored.height)
         if raw:
-            return render_raw(stored.width, stored.height, cam, size)
-        return render_overlay(stored.convert("L"), cam, size, opacity)
+            width, height = -(-stored.width // factor), -(-stored.height // factor)
+            return render_raw(width, height, cam, size)
+        gray = stored.convert("L")
+        if factor > 1:
+            gray = gray.reduce(factor)
+        return render_overlay(gray, cam, size, opacity)
 
 
 def render(png: bytes, cam: np.ndarray, size: int, *, opacity: float, raw: bool) -> bytes:

@@ -34,6 +34,10 @@ from service.doors.dicom.instances import ReceivedInstance
 log = logging.getLogger("bonexr.dicom")
 
 
+class PatientConflict(ValueError):
+    """An instance of another patient than the study's (one report never mixes two)."""
+
+
 def study_key(study_uid: str) -> str:
     """A file-system-safe name for a study that reveals nothing of its UID (logs, files)."""
     return hashlib.sha256(study_uid.encode()).hexdigest()[:24]
@@ -131,11 +135,30 @@ class StudyInbox:
 
     def add(self, instance: ReceivedInstance, *, now: float | None = None) -> bool:
         """Record ``instance`` in its study; True when it is new or its content changed (a
-        re-sent identical instance only keeps the study from settling)."""
+        re-sent identical instance only keeps the study from settling).
+
+        Checked and saved under the lock, the record on disk first: :class:`PatientConflict`
+        when the study holds another patient's instances (two arriving at once cannot both
+        pass), and an OSError (a full disk) when the record cannot be saved; either way the
+        study is left as it was, so an instance the sender was told failed is never
+        analysed later."""
         now = time.time() if now is None else now
         key = study_key(instance.study_uid)
         with self._lock:
-            record = self._records.get(key) or StudyRecord(instance.study_uid)
+            current = self._records.get(key)
+            record = (
+                dataclasses.replace(
+                    current, instances=dict(current.instances), analysed=list(current.analysed)
+                )
+                if current is not None
+                else StudyRecord(instance.study_uid)
+            )
+            holder = next((i.patient for i in record.instances.values() if i.patient), None)
+            if holder is not None and instance.patient is not None and holder != instance.patient:
+                raise PatientConflict(
+                    "the study already holds instances of another patient (PatientID "
+                    "differs): not taken, so that one report never mixes two patients"
+                )
             earlier = record.instances.get(instance.sop_uid)
             new = earlier is None
             if earlier is not None and earlier.dicom_sha256 != instance.dicom_sha256:
@@ -146,8 +169,8 @@ class StudyInbox:
             record.last_arrival = now
             record.attempts = 0
             record.retry_after = 0.0
+            self._save(record)  # an OSError (disk full) leaves the study as it was
             self._records[key] = record
-            self._save(record)
         return new
 
     def due(self, model_version: str, *, now: float | None = None) -> list[StudyRecord]:

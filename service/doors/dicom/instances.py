@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,6 +140,14 @@ def ingest(
             DATASET_DOES_NOT_MATCH, f"the instance has no {', '.join(missing)}", sop_uid
         )
     assert sop_uid is not None and sop_class is not None
+    invalid = [k for k, v in {**uids, "SOPInstanceUID": sop_uid, "SOPClassUID": sop_class}.items()
+               if not is_uid(str(v))]  # fmt: skip
+    if invalid:  # they go into the results as they are: one a PACS refuses is refused here
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH,
+            f"{', '.join(invalid)} is not a DICOM UID (digits and dots, at most 64 characters)",
+            sop_uid if "SOPInstanceUID" not in invalid else None,
+        )
     if study_uid is not None and uids["StudyInstanceUID"] != study_uid:
         raise InstanceRejected(
             DATASET_DOES_NOT_MATCH, "the instance belongs to another study", sop_uid
@@ -190,6 +199,16 @@ def ingest(
         warnings=warnings,
         patient=patient,
     )
+
+
+#: A UID as PS3.5 9.1 allows it, leading zeros tolerated (older devices write them).
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` can be written back as a UID: digits and dots, at most 64
+    characters (``../``, letters or spaces in one would make every result non-conformant)."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def is_own_result(header: Any) -> bool:

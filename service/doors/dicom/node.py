@@ -28,7 +28,7 @@ from service.domain.errors import NotReadyError, OverloadedError
 from service.doors.dicom.analysis import analyse, result_objects
 from service.doors.dicom.destinations import configured_destinations
 from service.doors.dicom.entries import dicom_entry
-from service.doors.dicom.inbox import StudyInbox, StudyRecord
+from service.doors.dicom.inbox import PatientConflict, StudyInbox, StudyRecord
 from service.doors.dicom.instances import (
     InstanceRejected,
     ReceivedInstance,
@@ -36,6 +36,7 @@ from service.doors.dicom.instances import (
     instance_path,
 )
 from service.doors.dicom.outbox import Job, Outbox
+from service.doors.dicom.outcomes import DATASET_DOES_NOT_MATCH
 from service.doors.dicom.scp import StorageScp
 from service.triage.predictor import Predictor
 from service.triage.recording import record_answer
@@ -80,6 +81,7 @@ class DicomNode:
                 host=settings.dicom_listen_host,
                 port=settings.dicom_port,
                 allowed_aets=settings.allowed_aet_list(),
+                allowed_networks=settings.allowed_networks(),
                 receive=self._c_store,
                 max_bytes=settings.max_upload_bytes,
             )
@@ -146,6 +148,8 @@ class DicomNode:
                 study_uid=study_uid,
                 patient_of=self.inbox.patient_of,
             )
+            if not instance.own_result:
+                self._take(instance)
         except InstanceRejected as exc:
             metrics.dicom_instances.labels(via, "rejected").inc()
             log.warning("DICOM instance via %s rejected: %s", via, exc.detail)
@@ -158,10 +162,21 @@ class DicomNode:
         if instance.own_result:
             metrics.dicom_instances.labels(via, "own_result").inc()
             return instance
-        self.inbox.add(instance)
         outcome = "not_eligible" if instance.refusal else "eligible"
         metrics.dicom_instances.labels(via, outcome).inc()
         return instance
+
+    def _take(self, instance: ReceivedInstance) -> None:
+        """Add ``instance`` to its study; when it cannot be (another patient's study, a full
+        disk) its stored pixels go, and the error is the sender's answer."""
+        try:
+            self.inbox.add(instance)
+        except (PatientConflict, OSError) as exc:
+            if instance.filename:
+                self.services.delete_uploads([instance.filename], "dicom_rejected")
+            if isinstance(exc, PatientConflict):
+                raise InstanceRejected(DATASET_DOES_NOT_MATCH, str(exc), instance.sop_uid) from None
+            raise
 
     def _c_store(self, data: bytes, calling_aet: str) -> int:
         try:

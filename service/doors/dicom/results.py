@@ -22,6 +22,7 @@ Sources are headers only: nothing here reads the pixels of a source instance.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,14 @@ import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr.utils import find_content_items
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import MAX_VALUE_LEN
+
+log = logging.getLogger("bonexr.dicom")
 
 RESULTS_SERIES_DESCRIPTION = "bonexr AI results"
 MANUFACTURER = "bonexr"
@@ -157,7 +163,37 @@ def _header(source: Dataset) -> Dataset:
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in header:
             setattr(header, keyword, None)
+    header.SpecificCharacterSet = _CHARSET  # values are text now, written back as UTF-8
+    for element in header:
+        _shorten(element)
     return header
+
+
+#: Results are written in UTF-8 whatever the source's character set: a name decoded from
+#: Latin-1 or Japanese is written back whole, never as "?".
+_CHARSET = "ISO_IR 192"
+#: Person names: at most 64 characters per component group (PS3.5 6.2).
+_PN_GROUP_MAX = 64
+
+
+def _shorten(element: DataElement) -> None:
+    """Cut a copied text value to its VR's length limit (PS3.5 6.2): a PACS refuses an
+    object with an over-long value (Orthanc answered 200 and stored nothing for an
+    over-long PatientName copied from the source). UIDs are never cut (intake refuses an
+    invalid one); a shortened value is logged by name, never by content."""
+    limit = MAX_VALUE_LEN.get(element.VR) if element.VR != "UI" else None
+    values = element.value if isinstance(element.value, MultiValue) else [element.value]
+    if element.VR == "PN":
+        texts = [str(v) for v in values]
+        fixed = ["=".join(g[:_PN_GROUP_MAX] for g in t.split("=")) for t in texts]
+    elif limit is not None and all(isinstance(v, str) for v in values):
+        texts = list(values)
+        fixed = [t[:limit] for t in texts]
+    else:
+        return
+    if fixed != texts:
+        element.value = fixed if len(fixed) > 1 else fixed[0]
+        log.info("results: %s shortened to the DICOM length limit", element.keyword)
 
 
 def _check_same_study(outcome: StudyOutcome, sources: Sequence[Dataset]) -> None:
@@ -374,6 +410,7 @@ def build_report(
         raise ValueError("a report needs at least one source instance")
     _check_same_study(outcome, sources)
     _check_views_have_sources(outcome, sources)
+    sources = [_header(source) for source in sources]  # what is copied, made conformant
     return hd.sr.Comprehensive3DSR(
         evidence=_evidence(outcome, sources),
         content=_content(outcome),

@@ -52,7 +52,8 @@ demo: $(STAMP)
 
 ## bench: runtimes + service + overload + TensorFlow baseline in one run, bonexr against
 ## LitServe and the raw engine in one run, then the input pipeline, heat-map and upload
-## benchmarks (tables printed, JSON in bench/results/)
+## benchmarks, and the server's memory through the DICOM intake cases (tables printed,
+## JSON in bench/results/)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.service_bench
@@ -60,6 +61,7 @@ bench: $(STAMP)
 	$(PY) -m bench.pipeline_bench
 	$(PY) -m bench.heatmap_bench
 	$(PY) -m bench.upload_bench
+	$(PY) -m bench.intake_memory
 
 ## figures: every quality figure in the README and docs/figures.md, regenerated from this
 ## commit: the demo bundle (trained if missing), fresh data, five seeds, then the tables

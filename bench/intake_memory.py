@@ -11,7 +11,7 @@ bundle; its RSS is sampled every 10 ms (psutil) while
 The target (issue 37) is a server under 1 GiB through each. Memory, not time: the numbers
 hold on a busy machine.
 
-    python -m bench.intake_memory                  # prints and writes bench/results/intake_memory.json
+    python -m bench.intake_memory       # prints; writes bench/results/intake_memory.json
 """
 
 from __future__ import annotations

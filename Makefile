@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+SERVE_STAMP := $(VENV)/.installed-serve
+# pip's own progress on a terminal, one line per stage in a log
+PIP_QUIET := $(shell test -t 1 || echo --quiet)
 
 .PHONY: run test test-fast lint fmt bench figures demo image-test clean-venv real-bundle real-figures
 
@@ -13,11 +16,21 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(SERVE_STAMP)
 
-## run: serve on 127.0.0.1:8000, training the synthetic demo bundle first if models/ has none
-run: $(STAMP)
-	$(VENV)/bin/bonexr run
+# Serving alone: the service, ONNX Runtime and OpenVINO; no TensorFlow, no test tools.
+$(SERVE_STAMP): pyproject.toml
+	@echo "make run: [1/2] installing what serving needs into $(VENV) (.[service,cpu]: no TensorFlow, no test tools)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install $(PIP_QUIET) --disable-pip-version-check -e '.[service,cpu]'
+	@touch $(SERVE_STAMP)
+
+## run: serve on 127.0.0.1:8000 (BONEXR_PORT / --port to change it): the shipped bundle in
+## models/, at once; with none there, the synthetic demo (then the training packages too)
+run: $(SERVE_STAMP) $(if $(wildcard models/*/manifest.json),,$(STAMP))
+	@echo "make run: [2/2] bonexr run (the server: $(VENV)/bin/bonexr)"
+	@$(VENV)/bin/bonexr run $(if $(PORT),--port $(PORT),)
 
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
 ## (the web-page test drives Debian's chromium, the PACS tests Debian's Orthanc and

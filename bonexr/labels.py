@@ -47,8 +47,9 @@ DEFAULT_BODY_PARTS: tuple[str, ...] = ("ELBOW", "HAND", "SHOULDER")
 LABEL_ABNORMAL = 1
 LABEL_NORMAL = 0
 
-#: What the API calls the two outcomes (the peer project's contract).
-RESULT_ABNORMAL = "fractured"
+#: What every door calls the two outcomes: the API, the CLI's CSVs, the worklist, its
+#: export, the DICOM report and the page (until 0.7.0 the API said "fractured").
+RESULT_ABNORMAL = "abnormal"
 RESULT_NORMAL = "normal"
 
 STUDY_SUFFIX_TO_LABEL = {"positive": LABEL_ABNORMAL, "negative": LABEL_NORMAL}

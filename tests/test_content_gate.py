@@ -207,7 +207,7 @@ def test_the_named_operating_point_decides(untrained_bundle: Path, tmp_path: Pat
         default = client.post("/predict", json={"filename": name}).json()
         assert default["operating_point"]["name"] == "triage"
         assert default["operating_point"]["rule"] == "triage-rule"
-        assert default["result"] == "fractured"
+        assert default["result"] == "abnormal"
         balanced = client.post(
             "/predict", json={"filename": name, "operating_point": "balanced"}
         ).json()

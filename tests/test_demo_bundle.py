@@ -89,7 +89,7 @@ def test_service_matches_training_evaluation(trained_demo: dict, tmp_path: Path)
             expected, tolerance = served_of(bundle, row.routed_part, "image", row.prob_routed)
             assert served == pytest.approx(expected, abs=tolerance)
             threshold = answer["threshold"]
-            assert answer["result"] == ("fractured" if served >= threshold else "normal")
+            assert answer["result"] == ("abnormal" if served >= threshold else "normal")
             compared += 1
     assert compared >= 18
 
@@ -126,7 +126,7 @@ def test_service_operating_points_and_studies_match_the_report(
                 assert answer.json()["bone_type"].upper() not in parts
                 unanswered += 1
                 continue
-            verdict = answer.json()["result"] == "fractured"
+            verdict = answer.json()["result"] == "abnormal"
             decided.append((row.body_part, row.label, verdict))
         assert unanswered == report["two_stage"]["unanswered"]["images"]
         frame = pd.DataFrame(decided, columns=["part", "label", "positive"])

@@ -737,7 +737,7 @@ def test_entrypoint_serves_predictions_from_a_shared_upload_store(
             body = predicted.json()
             assert body["filename"] == filename
             assert body["bone_type"] in {"Elbow", "Hand", "Shoulder"}
-            assert body["result"] in {"fractured", "normal"}
+            assert body["result"] in {"abnormal", "normal"}
 
         _, probe = healthcheck(stage)
         assert _run_healthcheck(probe, first.port) == 0, "HEALTHCHECK fails on a live service"

@@ -190,7 +190,7 @@ def test_report_round_trips_the_study_answer(sources: list[FileDataset], tmp_pat
             assert got["probability"] == pytest.approx(view.abnormality_probability, abs=1e-6)
             assert got["threshold"] == pytest.approx(view.threshold, abs=1e-6)
             assert got["finding"] == ("abnormal" if view.abnormal else "normal")
-            assert got["bone_type"] == "Elbow"
+            assert got["body_part"] == "Elbow"
     ct = by_uid[sources[2].SOPInstanceUID]
     assert ct["scored"] is False
     assert ct["reason"] == CT_REASON

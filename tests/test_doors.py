@@ -12,6 +12,7 @@ door under ``enforce`` and answered with the same warning by every door under ``
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def test_http_the_cli_and_the_dicom_node_give_the_same_answer(
     )
     for threshold in (report["threshold"], float(cli_study["threshold"])):
         assert threshold == pytest.approx(answer["threshold"], abs=1e-6)
-    finding = "abnormal" if answer["result"] == "fractured" else "normal"
+    finding = answer["result"]  # one word for it at every door
     assert report["finding"] == finding and cli_study["result"] == answer["result"]
     assert report["body_part"] == answer["bone_type"] == cli_study["bone_type"]
     point = answer["operating_point"]["name"]
@@ -270,3 +271,45 @@ def test_stow_takes_the_good_instances_around_one_whose_pixels_are_cut_short(
     assert taken == [uids[0], uids[2]]
     assert [f["00081155"]["Value"][0] for f in failed] == [uids[1]]
     assert failed[0]["00081197"]["Value"] == [0xC000]
+
+
+#: The words every door uses for the same facts (docs/api.md, "One vocabulary").
+VOCABULARY = {"body_part", "result", "abnormality_probability", "threshold", "operating_point"}
+
+
+def test_one_vocabulary_at_every_door(
+    untrained_bundle: Path, views: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The probe found "fractured" from /predict but "abnormal" in the worklist and the
+    export, and bone_type / body_part / body_part_examined for one fact. Now: the same
+    names and the same values from /predict, /predict/study, /worklist, its export, the
+    CLI's CSVs and the DICOM report."""
+    study = Study()
+    for view in views:
+        study.add(view, photometric="MONOCHROME2", body_part="HAND")
+    settings = _node_settings(untrained_bundle, tmp_path)
+    with running(settings) as (client, app):
+        report = _through_the_node(client, app, study)
+        _, images, answer = _through_http(client, study)
+        record = client.get(f"/worklist/{answer['record_id']}").json()
+        review = {"reader_result": "normal"}
+        assert client.post(f"/worklist/{answer['record_id']}/review", json=review).is_success
+        export = list(csv.DictReader(io.StringIO(client.get("/worklist/export.csv").text)))
+    cli_images, cli_study = _through_the_cli(settings, study, tmp_path / "cli")
+    (exported,) = [row for row in export if row["study_id"] == answer["record_id"]]
+    named = {
+        "/predict": images[0],
+        "/predict/study": answer,
+        "/worklist/{id}": record,
+        "export.csv": exported,
+        "images.csv": cli_images[0],
+        "studies.csv": cli_study,
+        "DICOM report": report,
+    }
+    for door, fields in named.items():
+        assert set(fields) >= VOCABULARY, (door, VOCABULARY - set(fields))
+    for door in ("/predict/study", "/worklist/{id}", "export.csv", "studies.csv", "DICOM report"):
+        assert named[door]["result"] == answer["result"] in ("abnormal", "normal"), door
+        assert named[door]["body_part"] == answer["body_part"], door
+    for door in ("/predict", "images.csv"):
+        assert named[door]["result"] in ("abnormal", "normal"), door

@@ -73,7 +73,7 @@ def test_page_shows_the_apis_answers(
             filename = card.get_attribute("data-filename")
             filenames.append(filename)
             answer = api.post("/predict", json={"filename": filename}).json()
-            assert card.get_attribute("data-bone-type") == answer["bone_type"]
+            assert card.get_attribute("data-body-part") == answer["body_part"]
             shown = float(card.get_attribute("data-probability"))
             assert shown == pytest.approx(answer["abnormality_probability"], abs=1e-9)
             verdict = card.locator(".verdict").get_attribute("data-result")
@@ -195,3 +195,34 @@ def test_page_explains_every_failure_beside_its_view(
     unexpected = [e for e in errors if not any(x in e for x in expected)]
     assert unexpected == [], unexpected
     page.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [("/docs", ".swagger-ui .info .title:has-text('bonexr')"), ("/redoc", "h1:has-text('bonexr')")],
+)
+def test_the_api_reference_renders_with_the_network_off(
+    browser: object, served: str, path: str, rendered: str
+) -> None:
+    """The probe's /docs was blank on an isolated network (Swagger UI came from a CDN).
+    Every request off this server is refused here, as an isolated network would."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    elsewhere: list[str] = []
+
+    def only_this_server(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(served) or url.startswith("data:"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            elsewhere.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    page.route("**/*", only_this_server)
+    assert page.goto(served + path).status == 200
+    page.wait_for_selector(rendered, timeout=60_000)
+    assert page.get_by_text("/predict/study").count() >= 1  # the operations are listed
+    # ReDoc's bundle asks for its "powered by" logo from its maker's CDN; refused here, it
+    # is a missing 16 px image and nothing else
+    assert [u for u in elsewhere if u != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []
+    context.close()

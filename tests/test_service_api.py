@@ -84,8 +84,10 @@ def test_predict_contract(api) -> None:
     p = r.json()
     assert set(p) == {
         "filename",
-        "bone_type",
+        "body_part",
         "result",
+        "body_part_probabilities",
+        "bone_type",  # deprecated names, answered until 0.8.0
         "bone_type_probabilities",
         "abnormality_probability",
         "threshold",
@@ -102,7 +104,7 @@ def test_predict_contract(api) -> None:
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
     assert p["bone_type"] == max(probs, key=probs.get)
     assert 0.0 <= p["abnormality_probability"] <= 1.0
-    expected = "fractured" if p["abnormality_probability"] >= p["threshold"] else "normal"
+    expected = "abnormal" if p["abnormality_probability"] >= p["threshold"] else "normal"
     assert p["result"] == expected
     assert p["threshold"] == 0.5
     engine = app.state.services.engine
@@ -150,7 +152,7 @@ def test_rules_png_and_json(client: TestClient) -> None:
     assert data["max_upload_bytes"] == 20 * 1024 * 1024
     assert data["max_pixels"] == 50_000_000
     assert data["body_parts"] == ["Elbow", "Hand", "Shoulder"]
-    assert "hardware" in data["fractured_means"]
+    assert "hardware" in data["abnormal_means"]
     assert "medical device" in data["not_a_medical_device"]
     assert data["model"]["name"] == "tiny" and data["model_status"] == "ready"
     # q-values: PNG preferred over JSON -> PNG.
@@ -396,7 +398,7 @@ def test_engine_predict_batch_api(api) -> None:
     assert len(as_array) == 5
     for a, b in zip(as_array, as_list, strict=True):
         assert a.abnormality_probability == pytest.approx(b.abnormality_probability, abs=1e-6)
-        assert a.result in ("fractured", "normal")
+        assert a.result in ("abnormal", "normal")
     assert engine.predict_batch(np.zeros((0, size, size), np.uint8)) == []
     with pytest.raises(ValueError):
         engine.predict_batch(np.zeros((2, size + 1, size), np.uint8))

@@ -88,7 +88,7 @@ class NoPartModelError(TriageError):
         self.bone_type = bone_type
 
     def fields(self) -> dict[str, Any]:
-        return {"bone_type": self.bone_type}
+        return {"body_part": self.bone_type, "bone_type": self.bone_type}  # old name until 0.8
 
 
 class NotEligibleError(TriageError):

@@ -36,7 +36,7 @@ from service.domain.policy import under_policy
 from service.settings import Settings
 
 #: What an API client can do about a study of mixed parts (a DICOM report leaves it out).
-MIXED_PARTS_ADVICE = ' Send "bone_type" to score them all with one part\'s model.'
+MIXED_PARTS_ADVICE = ' Send "body_part" to score them all with one part\'s model.'
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ StudyBy = Literal["auto", "parent", "none"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".dcm", ".dicom", ""}
 IMAGE_COLUMNS = (
     "path",
-    "bone_type",
+    "body_part",
     "router_confidence",
     "abnormality_probability",
     "threshold",
@@ -68,34 +68,52 @@ IMAGE_COLUMNS = (
     "refusal",
     "content_score",
     "warnings",
+    "bone_type",  # deprecated: body_part's old name, written until 0.8.0
 )
 STUDY_COLUMNS = (
     "study",
     "views",
-    "bone_type",
+    "body_part",
     "abnormality_probability",
     "threshold",
     "operating_point",
     "result",
     "refusal",
     "warnings",
+    "bone_type",  # deprecated: body_part's old name, written until 0.8.0
 )
 ERROR_COLUMNS = ("path", "reason")
 
 
 @dataclass(frozen=True)
 class BatchSummary:
-    images: int
+    images: int  # rows in images.csv: answered or refused
     studies: int
     errors: int
     skipped: int  # already done in a resumed run
     out: Path
+    refused: int = 0  # images.csv rows with a refusal (no verdict)
+    refused_studies: int = 0
+
+    @property
+    def answered(self) -> int:
+        return self.images - self.refused
 
     def describe(self) -> str:
-        return (
-            f"{self.images} images scored ({self.skipped} from an earlier run), "
-            f"{self.studies} studies, {self.errors} unreadable; results in {self.out}"
+        """One line that does not hide refusals ("8 images scored" said nothing of the 7
+        refused)."""
+        line = (
+            f"{self.images} images: {self.answered} answered, {self.refused} refused "
+            f"(see the refusal column), {self.errors} unreadable"
         )
+        if self.skipped:
+            line += f" ({self.skipped} from an earlier run)"
+        if self.studies:
+            line += (
+                f"; {self.studies} studies: {self.studies - self.refused_studies} answered, "
+                f"{self.refused_studies} refused"
+            )
+        return f"{line}; results in {self.out}"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -277,6 +295,7 @@ class OfflineScorer:
         prediction, name = scored.prediction, _shown(scored.path)
         row: dict[str, object] = {
             "path": name,
+            "body_part": prediction.bone_type,
             "bone_type": prediction.bone_type,
             "router_confidence": _fmt(prediction.router_confidence),
             **{f"p_{c}": _fmt(prediction.bone_type_probabilities[c]) for c in self.classes},
@@ -309,6 +328,7 @@ class OfflineScorer:
         except TriageError as refusal:
             routed = route_study([p.bone_type_probabilities for p in predictions])
             return row | {
+                "body_part": routed,
                 "bone_type": routed,
                 "refusal": refusal_code(refusal),
                 "warnings": refusal.detail,
@@ -317,7 +337,11 @@ class OfflineScorer:
             again = [paths[i] for i in plan.rescore]
             rescored, errors = self.score(again, [plan.part] * len(again))
             if errors:
-                return row | {"bone_type": plan.part, "warnings": "a view could not be read again"}
+                return row | {
+                    "body_part": plan.part,
+                    "bone_type": plan.part,
+                    "warnings": "a view could not be read again",
+                }
             for index, scored in zip(plan.rescore, rescored, strict=True):
                 predictions[index] = scored.prediction
         answer = self.rules.study_answer(
@@ -330,6 +354,7 @@ class OfflineScorer:
             content_warnings=plan.content_warnings,
         )
         return row | {
+            "body_part": answer.bone_type,
             "bone_type": answer.bone_type,
             "abnormality_probability": _fmt(answer.abnormality_probability),
             "threshold": _fmt(answer.threshold),
@@ -399,17 +424,18 @@ def predict_files(
             _write_rows(images_csv, columns, image_rows)
             _write_rows(errors_csv, ERROR_COLUMNS, error_rows)
             bar.update(len(chunk))
-    studies = 0
+    study_rows: list[dict[str, object]] = []
     if study_by == "parent":
         study_rows = _score_studies(scorer, image_rows, progress=progress)
         _write_rows(out / "studies.csv", STUDY_COLUMNS, study_rows)
-        studies = len(study_rows)
     return BatchSummary(
         images=len(image_rows),
-        studies=studies,
+        studies=len(study_rows),
         errors=len(error_rows),
         skipped=len(files) - len(todo),
         out=out,
+        refused=sum(1 for r in image_rows if not r.get("result")),
+        refused_studies=sum(1 for r in study_rows if not r.get("result")),
     )
 
 

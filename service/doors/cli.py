@@ -9,6 +9,7 @@ TensorFlow), and the training's memory is given back before the server starts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -53,15 +54,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_port(settings)
     if not has_bundle(settings):
         demo = Path(settings.models_dir) / "demo"
+        if importlib.util.find_spec("keras") is None:
+            print(
+                f"bonexr: no model bundle in {settings.models_dir}, and the training packages "
+                "are not installed to train the synthetic demo: put a bundle there, or run "
+                "`make demo` (installs them and trains it, a few minutes)",
+                file=sys.stderr,
+            )
+            return 3
         print(
             f"bonexr: no model bundle in {settings.models_dir}; "
-            "training the synthetic demo bundle first (bonexr demo)",
+            "training the synthetic demo bundle first (bonexr demo, a few minutes)",
             flush=True,
         )
         command = [sys.executable, "-m", "bonexr.cli", "demo", "--out", str(demo)]
         if subprocess.run(command, check=False).returncode != 0:
             print("bonexr: the demo bundle could not be trained (see above)", file=sys.stderr)
             return 3
+        print(f"bonexr: demo trained; its evaluation report is {demo / 'report.md'}", flush=True)
     return serve(settings)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bonexr.bundle import find_bundle
+from bonexr.bundle import find_bundle, read_manifest
 from bonexr.errors import BundleError, ConfigError
 from service.settings import Settings, exposure_problems
 
@@ -54,6 +54,21 @@ def check_exposure(settings: Settings) -> None:
         log.warning("insecure (BONEXR_INSECURE=1): %s", problem)
 
 
+def what_to_upload(settings: Settings, base: str) -> str:
+    """The line that tells a new user what to try: the parts the bundle judges."""
+    try:
+        manifest = read_manifest(find_bundle(settings.models_dir, settings.bundle))
+    except BundleError:
+        return f"open {base}/ once the model is loaded"
+    parts = [p.lower() for p in manifest.parts]
+    judged = " or ".join(parts) if parts else "a"
+    return (
+        f"open {base}/ and drop a {judged} radiograph (PNG, JPEG, WebP or DICOM); "
+        f"bundle {manifest.name} {manifest.version}"
+        + (" (synthetic demo: not for real images)" if manifest.synthetic else "")
+    )
+
+
 def check_port(settings: Settings) -> None:
     """Fail now, before anything slow, when the port is taken (a second server, say)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -83,6 +98,7 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)  # configures the bonexr loggers
     base = f"http://{settings.host}:{settings.port}"
     log.info("serving on %s  (API docs: %s/docs)", base, base)
+    log.info("%s", what_to_upload(settings, base))
     uvicorn.run(
         app,
         host=settings.host,

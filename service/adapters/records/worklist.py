@@ -321,6 +321,8 @@ class RecordStore:
         )
         with self.database.session() as session:
             for study, review in session.execute(query):
+                probability = "" if study.probability is None else study.probability
+                threshold = "" if study.threshold is None else study.threshold
                 yield {
                     "study_id": study.id,
                     "arrived_at": study.arrived_at.isoformat() + "Z",
@@ -329,8 +331,12 @@ class RecordStore:
                     "bundle": study.bundle_name,
                     "bundle_version": study.bundle_version,
                     "operating_point": study.operating_point or "",
-                    "model_probability": "" if study.probability is None else study.probability,
-                    "model_threshold": "" if study.threshold is None else study.threshold,
+                    "abnormality_probability": probability,
+                    "threshold": threshold,
+                    "result": study.result or "",
+                    # deprecated names of the three above, written until 0.8.0
+                    "model_probability": probability,
+                    "model_threshold": threshold,
                     "model_result": study.result or "no finding",
                     "reader": review.reader,
                     "reader_result": review.reader_result,

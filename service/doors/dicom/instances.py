@@ -114,6 +114,29 @@ def patient_key(header: Any) -> str:
     return hashlib.sha256(who.encode("utf-8", "replace")).hexdigest()[:16]
 
 
+def _identifiers(header: Any) -> tuple[dict[str, str | None], str, str]:
+    """(study and series UIDs, SOP Instance UID, SOP Class UID), each present and a valid
+    UID (they go into the results as they are: one a PACS would refuse is refused here)."""
+    uids = {k: _text(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    sop_uid = _text(header, "SOPInstanceUID")
+    sop_class = _text(header, "SOPClassUID")
+    named = {**uids, "SOPInstanceUID": sop_uid, "SOPClassUID": sop_class}
+    missing = [k for k, v in named.items() if v is None]
+    if missing:
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH, f"the instance has no {', '.join(missing)}", sop_uid
+        )
+    assert sop_uid is not None and sop_class is not None
+    invalid = [k for k, v in named.items() if not is_uid(str(v))]
+    if invalid:
+        raise InstanceRejected(
+            DATASET_DOES_NOT_MATCH,
+            f"{', '.join(invalid)} is not a DICOM UID (digits and dots, at most 64 characters)",
+            sop_uid if "SOPInstanceUID" not in invalid else None,
+        )
+    return uids, sop_uid, sop_class
+
+
 def ingest(
     services: Services,
     root: Path,
@@ -130,24 +153,7 @@ def ingest(
     not-eligible instance is *taken* (kept, recorded with its refusal) but never decoded.
     """
     header = read_header(data)
-    uids = {k: _text(header, k) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
-    sop_uid = _text(header, "SOPInstanceUID")
-    sop_class = _text(header, "SOPClassUID")
-    missing = [k for k, v in {**uids, "SOPInstanceUID": sop_uid, "SOPClassUID": sop_class}.items()
-               if v is None]  # fmt: skip
-    if missing:
-        raise InstanceRejected(
-            DATASET_DOES_NOT_MATCH, f"the instance has no {', '.join(missing)}", sop_uid
-        )
-    assert sop_uid is not None and sop_class is not None
-    invalid = [k for k, v in {**uids, "SOPInstanceUID": sop_uid, "SOPClassUID": sop_class}.items()
-               if not is_uid(str(v))]  # fmt: skip
-    if invalid:  # they go into the results as they are: one a PACS refuses is refused here
-        raise InstanceRejected(
-            DATASET_DOES_NOT_MATCH,
-            f"{', '.join(invalid)} is not a DICOM UID (digits and dots, at most 64 characters)",
-            sop_uid if "SOPInstanceUID" not in invalid else None,
-        )
+    uids, sop_uid, sop_class = _identifiers(header)
     if study_uid is not None and uids["StudyInstanceUID"] != study_uid:
         raise InstanceRejected(
             DATASET_DOES_NOT_MATCH, "the instance belongs to another study", sop_uid

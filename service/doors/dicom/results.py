@@ -604,7 +604,7 @@ def _read_view(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[str, 
         "finding": _finding_name(group),
         "probability": _number(group, _PROBABILITY),
         "threshold": _number(group, _THRESHOLD),
-        "bone_type": _read_body_part(group),
+        "body_part": _read_body_part(group),
         "reason": _first_text(group[0], _REFUSAL),
     }
 
@@ -620,7 +620,7 @@ def read_report(dataset: Dataset) -> dict[str, Any]:
     ``threshold``, ``operating_point``, ``operating_rule``, ``body_part``, ``model_name``,
     ``model_version``, ``refusal``, ``not_for_diagnosis``, ``warnings`` and ``views``
     (per instance: ``sop_instance_uid``, ``scored``, ``finding``, ``probability``,
-    ``threshold``, ``bone_type``, ``reason``)."""
+    ``threshold``, ``body_part``, ``reason``)."""
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     content = report.content
     if not isinstance(content, hd.sr.MeasurementReport):
@@ -632,9 +632,13 @@ def read_report(dataset: Dataset) -> dict[str, Any]:
     group = study[0]
     parameters = _algorithm_parameters(group)
     views = [g for g in groups if (g.tracking_identifier or "").startswith(_VIEW_GROUP)]
+    finding, probability = _finding_name(group), _number(group, _PROBABILITY)
     return {
-        "finding": _finding_name(group),
-        "probability": _number(group, _PROBABILITY),
+        # the API's names (docs/api.md, "One vocabulary"), then the report's own
+        "result": finding,
+        "abnormality_probability": probability,
+        "finding": finding,
+        "probability": probability,
         "threshold": _number(group, _THRESHOLD),
         "operating_point": _first_text(group[0], _OPERATING_POINT),
         "operating_rule": _first_text(group[0], _OPERATING_RULE),

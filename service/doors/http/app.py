@@ -43,6 +43,7 @@ from service.doors.dicom.node import DicomNode
 from service.doors.http.access import AccessMiddleware
 from service.doors.http.body_limit import BodySizeLimitMiddleware
 from service.doors.http.errors import LastResortMiddleware, install_error_handlers
+from service.doors.http.reference_pages import add_reference_pages
 from service.doors.http.routes import api_router
 from service.doors.http.routes.page import static_files
 from service.doors.http.security import ApiKeyMiddleware
@@ -55,7 +56,8 @@ log = logging.getLogger("bonexr.service")
 
 DESCRIPTION = """
 Bone X-ray triage: a router picks the body part, that part's model scores abnormality
-(MURA's label: *fractured* means any abnormality, including hardware).
+(*abnormal* means what the bundle was trained to flag: a fracture for FracAtlas, any
+abnormality including hardware for MURA).
 **Not a medical device.** Upload with `POST /upload`, classify with `POST /predict`.
 Errors are always `{"detail": "..."}`.
 """
@@ -172,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=bonexr.__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
+        docs_url=None,  # served from local assets instead: reference_pages
+        redoc_url=None,
     )
     app.state.services = services
     app.state.predictor = Predictor(services)
@@ -179,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     keys = settings.named_api_keys()
     app.include_router(api_router(auth_enabled=bool(keys)))
+    add_reference_pages(app)  # before /static, which would shadow its assets
     app.mount("/static", static_files(), name="static")
     app.add_middleware(
         BodySizeLimitMiddleware,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bonexr.manifest import INSUFFICIENT_DATA, OperatingPoint
 
@@ -100,11 +100,28 @@ class StudyRequest(BaseModel):
         description="Filenames returned by POST /upload (at most BONEXR_MAX_STUDY_VIEWS; "
         "a name given twice counts once).",
     )
-    bone_type: str | None = Field(
+    body_part: str | None = Field(
         None,
-        description="Score every view with this body part's model (e.g. 'Elbow') instead "
+        description="Score every view with this body part's model (e.g. 'Hand') instead "
         "of routing the study; the answer says so.",
     )
+    bone_type: str | None = Field(
+        None,
+        description="Deprecated: the old name of body_part (accepted until 0.8.0).",
+        deprecated=True,
+    )
+
+    @model_validator(mode="after")
+    def _one_body_part(self) -> StudyRequest:
+        old = self.__dict__.get("bone_type")
+        if old is not None and self.body_part is not None and old != self.body_part:
+            raise ValueError(
+                "body_part and its old name bone_type name different parts: send body_part"
+            )
+        if self.body_part is None and old is not None:
+            self.body_part = old
+        return self
+
     operating_point: OperatingPointName | None = Field(
         None,
         description="Decide at this operating point of the bundle (see GET /model); default: "
@@ -190,15 +207,24 @@ class PredictionResponse(BaseModel):
     filename: str | None = Field(
         description="The upload that was classified (null: POST /predict/image kept nothing)."
     )
-    bone_type: str = Field(description="Body part with the highest router probability.")
-    result: Literal["fractured", "normal"] = Field(
+    body_part: str = Field(description="Body part with the highest router probability.")
+    bone_type: str = Field(
+        description="Deprecated: the same as body_part (answered until 0.8.0).", deprecated=True
+    )
+    result: Literal["abnormal", "normal"] = Field(
         description=(
-            "'fractured' when abnormality_probability >= threshold. It follows MURA's label: "
-            "any abnormality (fracture, hardware, degenerative change, ...), not only fractures."
+            "'abnormal' when abnormality_probability >= threshold (the word the worklist, "
+            "the export, the CSVs and the DICOM report use). For a MURA-trained bundle it "
+            "follows MURA's label: any abnormality (fracture, hardware, degenerative change, "
+            "...); for a fracture-trained bundle (FracAtlas) it means a fracture. Until "
+            "0.7.0 this was 'fractured'."
         )
     )
-    bone_type_probabilities: dict[str, float] = Field(
+    body_part_probabilities: dict[str, float] = Field(
         description="Router probability per body part (sums to 1)."
+    )
+    bone_type_probabilities: dict[str, float] = Field(
+        description="Deprecated: the same as body_part_probabilities.", deprecated=True
     )
     abnormality_probability: float = Field(
         ge=0.0,
@@ -230,13 +256,17 @@ class StudyView(BaseModel):
     """One view of a study: scored by the study's body-part model."""
 
     filename: str
-    bone_type: str = Field(description="This view's own top router part.")
-    bone_type_probabilities: dict[str, float]
+    body_part: str = Field(description="This view's own top router part.")
+    body_part_probabilities: dict[str, float]
+    bone_type: str = Field(description="Deprecated: the same as body_part.", deprecated=True)
+    bone_type_probabilities: dict[str, float] = Field(
+        description="Deprecated: the same as body_part_probabilities.", deprecated=True
+    )
     abnormality_probability: float = Field(
         ge=0.0, le=1.0, description="Calibrated P(abnormal) of this view alone (image level)."
     )
     threshold: float = Field(ge=0.0, le=1.0, description="Image threshold of that part.")
-    result: Literal["fractured", "normal"] = Field(
+    result: Literal["abnormal", "normal"] = Field(
         description="This view alone at the image threshold of the operating point."
     )
     content_score: float | None = None
@@ -245,13 +275,20 @@ class StudyView(BaseModel):
 class StudyResponse(BaseModel):
     """One answer for the study: MURA's rule (mean of the part model over the views)."""
 
-    bone_type: str = Field(description="The study's body part.")
-    bone_type_source: Literal["router", "client"] = Field(
+    body_part: str = Field(description="The study's body part.")
+    body_part_source: Literal["router", "client"] = Field(
         description="'router': summed router probabilities over the views; 'client': the "
-        "request's bone_type."
+        "request's body_part."
+    )
+    body_part_probabilities: dict[str, float] = Field(
+        description="Router probabilities averaged over the views."
+    )
+    bone_type: str = Field(description="Deprecated: the same as body_part.", deprecated=True)
+    bone_type_source: Literal["router", "client"] = Field(
+        description="Deprecated: the same as body_part_source.", deprecated=True
     )
     bone_type_probabilities: dict[str, float] = Field(
-        description="Router probabilities averaged over the views."
+        description="Deprecated: the same as body_part_probabilities.", deprecated=True
     )
     abnormality_probability: float = Field(
         ge=0.0,
@@ -262,8 +299,8 @@ class StudyResponse(BaseModel):
     threshold: float = Field(
         ge=0.0, le=1.0, description="Study threshold of that part at operating_point."
     )
-    result: Literal["fractured", "normal"] = Field(
-        description="'fractured' when abnormality_probability >= threshold (MURA 'abnormal')."
+    result: Literal["abnormal", "normal"] = Field(
+        description="'abnormal' when abnormality_probability >= threshold."
     )
     operating_point: AppliedOperatingPoint = Field(
         description="The operating point the verdict was decided at, and what it was chosen for."
@@ -384,7 +421,10 @@ class Rules(BaseModel):
     max_pixels: int
     min_side_pixels: int
     body_parts: list[str] = Field(description="Body parts the loaded model routes between.")
-    fractured_means: str
+    abnormal_means: str = Field(description="What an 'abnormal' result means.")
+    fractured_means: str = Field(
+        description="Deprecated: the same as abnormal_means (until 0.8.0).", deprecated=True
+    )
     not_a_medical_device: str
     intended_use: str
     model: ModelRef | None = Field(None, description="Loaded bundle; null while not ready.")

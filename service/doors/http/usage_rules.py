@@ -19,10 +19,11 @@ from service.doors.http.schemas import ModelRef, Rules
 from service.settings import Settings
 
 ACCEPTED_FORMATS = ["PNG", "JPEG", "WebP", "DICOM"]
-FRACTURED_MEANS = (
-    "'fractured' follows the MURA label 'abnormal': any abnormality, including fractures, "
-    "metal hardware (plates, screws, prostheses), degenerative change and other findings. "
-    "'normal' means no abnormality was flagged, not that the bone is healthy."
+ABNORMAL_MEANS = (
+    "'abnormal' means what the bundle was trained to flag: for a MURA-trained bundle, MURA's "
+    "label (any abnormality, including fractures, metal hardware, degenerative change and "
+    "other findings); for a FracAtlas-trained bundle, a fracture. 'normal' means nothing "
+    "was flagged, not that the bone is healthy."
 )
 NOT_A_MEDICAL_DEVICE = (
     "Not a medical device and not a diagnosis. Every result must be reviewed by a qualified "
@@ -38,7 +39,8 @@ def build_rules(settings: Settings, manifest: Manifest | None, model_status: str
         max_pixels=settings.max_pixels,
         min_side_pixels=MIN_SIDE,
         body_parts=list(manifest.body_parts) if manifest else [],
-        fractured_means=FRACTURED_MEANS,
+        abnormal_means=ABNORMAL_MEANS,
+        fractured_means=ABNORMAL_MEANS,
         not_a_medical_device=NOT_A_MEDICAL_DEVICE,
         intended_use=manifest.intended_use if manifest else INTENDED_USE,
         model=ModelRef(name=manifest.name, version=manifest.version) if manifest else None,
@@ -80,7 +82,7 @@ def rules_lines(rules: Rules) -> list[tuple[str, str]]:
         lines.append(("body", f"Uploads are deleted after {rules.retention_hours:g} hours"))
     if rules.api_key_required:
         lines.append(("body", "Every request needs the X-API-Key header"))
-    lines += [("head", "What 'fractured' means"), ("body", rules.fractured_means)]
+    lines += [("head", "What 'abnormal' means"), ("body", rules.abnormal_means)]
     lines += [("head", "Not a medical device"), ("body", rules.not_a_medical_device)]
     lines += [("head", "Model"), ("body", f"{model} ({rules.model_status})")]
     if rules.synthetic:

@@ -63,7 +63,7 @@ def served_precision(manifest: Manifest, precision: str) -> dict[str, Any]:
     },
 )
 async def rules(request: Request, services: ServicesDep) -> Response:
-    """What may be uploaded, limits, body parts, what 'fractured' means; from live config."""
+    """What may be uploaded, limits, body parts, what 'abnormal' means; from live config."""
     engine = services.engine
     status = "ready" if engine.ready else engine.not_ready_reason()
     data = build_rules(services.settings, engine.manifest if engine.ready else None, status)

@@ -109,8 +109,10 @@ def _response(
     prediction = answer.prediction
     return PredictionResponse(
         filename=filename,
-        bone_type=prediction.bone_type,
+        body_part=prediction.bone_type,
         result=prediction.result,
+        body_part_probabilities=prediction.bone_type_probabilities,
+        bone_type=prediction.bone_type,
         bone_type_probabilities=prediction.bone_type_probabilities,
         abnormality_probability=prediction.abnormality_probability,
         threshold=prediction.threshold,

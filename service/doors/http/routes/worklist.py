@@ -42,8 +42,9 @@ ID_PATTERN = r"^[0-9a-f]{32}$"
 StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="From GET /worklist.")]
 EXPORT_COLUMNS = (
     "study_id", "arrived_at", "source", "body_part", "bundle", "bundle_version",
-    "operating_point", "model_probability", "model_threshold", "model_result",
+    "operating_point", "abnormality_probability", "threshold", "result",
     "reader", "reader_result", "reviewed_at", "note",
+    "model_probability", "model_threshold", "model_result",  # deprecated, until 0.8.0
 )  # fmt: skip
 
 

@@ -71,7 +71,7 @@ function showRules(rules) {
     `Formats: ${rules.accepted_formats.join(", ")} (checked by content).`,
     `At most ${(rules.max_upload_bytes / 1048576).toFixed(1)} MiB and ${rules.max_pixels.toLocaleString()} pixels per image; at least ${rules.min_side_pixels} pixels a side.`,
     `Body parts: ${rules.body_parts.join(", ") || "none loaded"}.`,
-    `"fractured" means: ${rules.fractured_means}`,
+    `"abnormal" means: ${rules.abnormal_means}`,
     rules.not_a_medical_device,
     rules.intended_use,
   ];
@@ -122,7 +122,7 @@ async function imageUrl(path) {
 
 async function showView(card, file, stored, answer) {
   const base = element("img", { alt: `${file.name}: the radiograph as stored`, src: await imageUrl(`/heatmap/${stored.filename}?opacity=0`) });
-  const heat = element("img", { className: "heat", alt: `${file.name}: heat map of the ${answer.bone_type} model` });
+  const heat = element("img", { className: "heat", alt: `${file.name}: heat map of the ${answer.body_part} model` });
   if (answer.heatmap_url) {
     heat.src = await imageUrl(`${answer.heatmap_url}?opacity=1`);
   } else {
@@ -131,19 +131,19 @@ async function showView(card, file, stored, answer) {
   const frame = element("div", { className: "frame" }, base, heat);
   const verdict = element("p", {
     className: `verdict ${answer.result}`,
-    textContent: answer.result === "fractured" ? "Abnormal (MURA positive)" : "Normal",
+    textContent: answer.result === "abnormal" ? "Abnormal" : "Normal",
   });
   verdict.dataset.result = answer.result;
   const details = element("dl");
   const rows = [
-    ["Body part", `${answer.bone_type} (${percent(answer.bone_type_probabilities[answer.bone_type])})`],
+    ["Body part", `${answer.body_part} (${percent(answer.body_part_probabilities[answer.body_part])})`],
     ["P(abnormal)", `${percent(answer.abnormality_probability)} (threshold ${percent(answer.threshold)})`],
-    ["Router", Object.entries(answer.bone_type_probabilities).map(([p, v]) => `${p} ${percent(v)}`).join(", ")],
+    ["Router", Object.entries(answer.body_part_probabilities).map(([p, v]) => `${p} ${percent(v)}`).join(", ")],
     ["Operating point", pointSummary(answer.operating_point)],
   ];
   for (const [term, value] of rows) details.append(element("dt", { textContent: term }), element("dd", { textContent: value }));
   card.dataset.filename = stored.filename;
-  card.dataset.boneType = answer.bone_type;
+  card.dataset.bodyPart = answer.body_part;
   card.dataset.probability = String(answer.abnormality_probability);
   const status = card.querySelector(".status, .error");
   status.replaceWith(frame, verdict, details);
@@ -177,12 +177,12 @@ function showStudy(study) {
   body.replaceChildren();
   const verdict = element("p", {
     className: `verdict ${study.result}`,
-    textContent: study.result === "fractured" ? "Study abnormal (MURA positive)" : "Study normal",
+    textContent: study.result === "abnormal" ? "Study abnormal" : "Study normal",
   });
   verdict.dataset.result = study.result;
   const details = element("dl");
   const rows = [
-    ["Body part", `${study.bone_type} (${study.bone_type_source === "client" ? "chosen" : "from the router, all views"})`],
+    ["Body part", `${study.body_part} (${study.body_part_source === "client" ? "chosen" : "from the router, all views"})`],
     ["P(abnormal)", `${percent(study.abnormality_probability)} (study threshold ${percent(study.threshold)})`],
     ["Views", String(study.views.length)],
     ["Operating point", pointSummary(study.operating_point)],

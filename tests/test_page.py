@@ -226,3 +226,44 @@ def test_the_api_reference_renders_with_the_network_off(
     # is a missing 16 px image and nothing else
     assert [u for u in elsewhere if u != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []
     context.close()
+
+
+def test_every_page_study_is_recorded_and_a_partly_refused_one_says_why(
+    browser: object, served: str, synthetic_small: Path, tmp_path: Path
+) -> None:
+    """The probe's single view never reached the worklist, and a study with one of two
+    views refused lost its panel. Now both are recorded, the panel names the view left out
+    and why, and the worklist keeps the file names in upload order."""
+    import numpy as np
+    from PIL import Image
+
+    from harness.service_support import encode
+
+    def recorded() -> int:
+        return int(httpx.get(f"{served}/worklist/changes").json()["counts"]["all"])
+
+    good = two_views(synthetic_small)[0]
+    big = tmp_path / "too-big.png"
+    noise = np.random.default_rng(1).integers(0, 256, (1500, 1500), dtype=np.uint8)
+    big.write_bytes(encode(Image.fromarray(noise, mode="L")))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page.goto(served + "/")
+    page.wait_for_selector("#model:has-text('version')")
+    before = recorded()
+    page.set_input_files("#files", [str(good)])
+    page.wait_for_selector("#study-body .verdict")
+    assert recorded() == before + 1  # one view is a study, recorded like any other
+
+    page.set_input_files("#files", [str(big), str(good)])
+    page.wait_for_selector("#study-body .refused-views li")
+    (left_out,) = page.locator("#study-body .refused-views li").all_inner_texts()
+    assert left_out.startswith("too-big.png:") and "too large" in left_out
+    assert page.locator("#study-body .verdict").count() == 1
+    assert recorded() == before + 2
+    newest = httpx.get(f"{served}/worklist", params={"limit": 50}).json()["items"]
+    names = []
+    for item in newest:
+        study = httpx.get(f"{served}/worklist/{item['id']}").json()
+        names.append([v["name"] for v in study["views"]])
+    assert [good.name] in names
+    page.close()

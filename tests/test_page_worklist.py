@@ -188,6 +188,16 @@ def test_worklist_review_and_audit_in_the_page(
         expect(page.locator("#record-body")).to_have_attribute("data-status", "reviewed")
         expect(page.locator("#review-note")).to_have_value("")
 
+        # bob corrects himself: an amendment, the first look kept and marked replaced
+        page.get_by_role("button", name="Amend my review: normal").click()
+        expect(page.locator("#review-status")).to_have_text("Recorded: normal, reader bob.")
+        expect(review).to_have_count(2)
+        expect(review.first).to_have_attribute("data-replaced", "true")
+        expect(review.last).to_contain_text("bob: normal")
+        page.get_by_role("button", name="Amend my review: abnormal").click()  # and back
+        expect(review).to_have_count(3)
+        expect(page.locator("#record-reviews li.review.replaced")).to_have_count(2)
+
         # the list follows without a reload: the reviewed study leaves "unread"
         expect_counts(page, expect, 1, 1, 2)
         expect(rows).to_have_count(1)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -454,3 +455,25 @@ def test_engine_refuses_after_stop(untrained_bundle: Path, tmp_path: Path) -> No
     assert engine.state == "stopped"
     with pytest.raises(NotReadyError):
         asyncio.run(engine.predict(np.zeros((size, size), np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "says"),
+    [
+        ({"json": {"filename": "../../etc/passwd"}}, 422, "use the filename POST /upload answered"),
+        ({"content": b'{"filename": "x"}'}, 400, "Content-Type: application/json"),
+        ({"json": {}}, 422, "filename is required"),
+        ({"json": {"filename": "a" * 64 + ".png", "operating_point": 5}}, 422, "(got a number)"),
+    ],
+)
+def test_validation_errors_are_plain_words(
+    api: tuple[Any, Any], request_args: dict[str, Any], status: int, says: str
+) -> None:
+    """The probe met "String should match pattern '^[0-9a-f]{64}\\\\.png$'" and "Input should
+    be a valid dictionary": now the field, what it must be, what came (described, never
+    echoed) and what to do."""
+    client, _ = api
+    answer = client.post("/predict", **request_args)
+    assert answer.status_code == status
+    detail = answer.json()["detail"]
+    assert says in detail and "should match pattern" not in detail and "passwd" not in detail

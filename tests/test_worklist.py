@@ -6,7 +6,9 @@ The same API on a real PostgreSQL (two instances, one worklist) is in
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,7 +95,7 @@ def test_migrations_from_empty_and_from_the_previous_schema(tmp_path: Path) -> N
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
     database.upgrade()
-    assert database.revision() == "0003"
+    assert database.revision() == "0004"
     assert "ix_studies_priority" in {
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
@@ -127,7 +129,7 @@ def test_bonexr_db_upgrade_migrates_by_hand(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "schema 0003" in done.stdout
+    assert "schema 0004" in done.stdout
     env["BONEXR_DATABASE_URL"] = "mysql://x"
     bad = subprocess.run(
         [sys.executable, "-m", "bonexr.cli", "db", "current"],
@@ -390,3 +392,58 @@ def test_the_change_token_moves_with_the_worklist_and_is_not_audited(keyed: Test
     assert "list" not in actions  # polling the token never touched a study
     assert client.get("/whoami", headers=ALICE).json() == {"name": "alice", "admin": True}
     assert client.get("/whoami", headers=BOB).json() == {"name": "bob", "admin": False}
+
+
+def test_a_reader_amends_a_review_and_the_earlier_one_is_kept(keyed: TestClient) -> None:
+    """The probe's reader could not correct a review: both verdicts stood, neither marked.
+    Now an amendment replaces the reader's own review (kept, marked), counts in the practice
+    metrics in its place, is audited, and leaves another reader's review alone."""
+    client = keyed
+    answer = _study(client, 30, ALICE)
+    record = f"/worklist/{answer['record_id']}/review"
+    nothing = client.post(record, json={"reader_result": "normal", "amend": True}, headers=BOB)
+    assert nothing.status_code == 404 and "no review of this study to amend" in nothing.text
+    client.post(record, json={"reader_result": "normal", "note": "first look"}, headers=BOB)
+    client.post(record, json={"reader_result": "abnormal"}, headers=ALICE)
+    amended = client.post(
+        record, json={"reader_result": "abnormal", "note": "missed it", "amend": True}, headers=BOB
+    )
+    assert amended.status_code == 200, amended.text
+    reviews = amended.json()["reviews"]
+    bob = [r for r in reviews if r["reader"] == "bob"]
+    assert [r["reader_result"] for r in bob] == ["normal", "abnormal"]
+    assert bob[0]["replaced_by"] == bob[1]["id"] and bob[1]["amends"] == bob[0]["id"]
+    assert [r["replaced_by"] for r in reviews if r["reader"] == "alice"] == [None]
+    part = answer["body_part"]
+    text = client.get("/metrics").text  # the amendment counts, not the first look
+    model_abnormal = answer["result"] == "abnormal"
+    assert f'bonexr_practice_agreement{{part="{part}"}} {1.0 if model_abnormal else 0.0}' in text
+    export = list(csv.DictReader(io.StringIO(client.get("/worklist/export.csv", headers=BOB).text)))
+    rows = [r for r in export if r["study_id"] == answer["record_id"] and r["reader"] == "bob"]
+    assert [(r["reader_result"], r["replaced_by"] != "") for r in rows] == [
+        ("normal", True),
+        ("abnormal", False),
+    ]
+    audit = client.get("/audit", headers=ALICE).json()["items"]
+    assert any(e["action"] == "amend_review" and e["key_name"] == "bob" for e in audit)
+
+
+def test_views_keep_their_names_in_upload_order(keyed: TestClient) -> None:
+    client = keyed
+    names = []
+    for view in range(3):
+        upload = client.post(
+            "/upload", files={"file": ("x.png", png_bytes(seed=400 + view))}, headers=ALICE
+        )
+        names.append(upload.json()["filename"])
+    labels = ["lateral.png", "ap.png", "oblique.png"]
+    answer = client.post(
+        "/predict/study", json={"filenames": names, "view_names": labels}, headers=ALICE
+    ).json()
+    study = client.get(f"/worklist/{answer['record_id']}", headers=ALICE).json()
+    assert [v["name"] for v in study["views"]] == labels
+    assert [v["filename"] for v in study["views"]] == names
+    mismatch = client.post(
+        "/predict/study", json={"filenames": names, "view_names": labels[:2]}, headers=ALICE
+    )
+    assert mismatch.status_code == 422 and "one name per filename" in mismatch.json()["detail"]

@@ -19,8 +19,15 @@ def verdict(abnormal: bool | None) -> str | None:
     return None if abnormal is None else "abnormal" if abnormal else "normal"
 
 
-def study_entry(answer: StudyAnswer, model_name: str, model_version: str) -> StudyEntry:
-    """A ``POST /predict/study`` answer as a record."""
+def study_entry(
+    answer: StudyAnswer,
+    model_name: str,
+    model_version: str,
+    labels: dict[str, str] | None = None,
+) -> StudyEntry:
+    """A ``POST /predict/study`` answer as a record (``labels``: filename -> the name the
+    sender gave that view)."""
+    labels = labels or {}
     return StudyEntry(
         source="api",
         bundle_name=model_name,
@@ -36,6 +43,7 @@ def study_entry(answer: StudyAnswer, model_name: str, model_version: str) -> Stu
                 probability=view.abnormality_probability,
                 threshold=view.threshold,
                 result=verdict(view.abnormal),
+                label=labels.get(name),
             )
             for name, view in answer.views
         ],

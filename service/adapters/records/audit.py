@@ -19,7 +19,17 @@ from service.adapters.records.schema import AuditEvent
 from service.adapters.records.worklist import utcnow
 from service.domain.errors import InvalidCursorError
 
-ACTIONS = ("list", "view", "review", "delete", "delete_upload", "heatmap", "export", "audit")
+ACTIONS = (
+    "list",
+    "view",
+    "review",
+    "amend_review",
+    "delete",
+    "delete_upload",
+    "heatmap",
+    "export",
+    "audit",
+)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class View(Base):
     result: Mapped[str | None] = mapped_column(String(16))
     refused: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str | None] = mapped_column(Text)
+    #: what the sender called the view (the page: the file's name), in upload order
+    label: Mapped[str | None] = mapped_column(String(128), default=None)
 
     study: Mapped[Study] = relationship(back_populates="views")
 
@@ -83,6 +85,10 @@ class Review(Base):
     reader_result: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime())
+    #: the reader's own earlier review this one amends, and the review that amended this
+    #: one (kept, marked replaced: a correction never erases what was said)
+    amends: Mapped[int | None] = mapped_column(Integer, default=None)
+    replaced_by: Mapped[int | None] = mapped_column(Integer, default=None)
 
     study: Mapped[Study] = relationship(back_populates="reviews")
 

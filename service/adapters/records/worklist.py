@@ -62,6 +62,8 @@ class ViewEntry:
     refused: bool = False
     reason: str | None = None
     sop_instance_uid: str | None = None
+    #: what the sender called it (a file name); shown by the worklist in upload order
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def _study_row(entry: StudyEntry, now: datetime) -> Study:
                 result=v.result,
                 refused=v.refused,
                 reason=v.reason,
+                label=v.label,
             )
             for i, v in enumerate(entry.views)
         ],
@@ -249,21 +252,48 @@ class RecordStore:
         return study
 
     def review(
-        self, study_id: str, reader: str, reader_result: str, note: str | None = None
+        self,
+        study_id: str,
+        reader: str,
+        reader_result: str,
+        note: str | None = None,
+        *,
+        amend: bool = False,
     ) -> Study:
-        """Add a reader's verdict (never replacing another's) and mark the study reviewed."""
+        """Add a reader's verdict (never replacing another reader's) and mark the study
+        reviewed. ``amend``: it corrects this reader's own current review, which is kept
+        and marked replaced (RecordNotFoundError when the reader has none to amend)."""
         with self.database.session() as session:
             if session.get(Study, study_id) is None:
                 raise RecordNotFoundError("no recorded study with that id")
-            session.add(
-                Review(
-                    study_id=study_id,
-                    reader=reader,
-                    reader_result=reader_result,
-                    note=note,
-                    created_at=utcnow(),
-                )
+            earlier = None
+            if amend:
+                earlier = session.scalars(
+                    select(Review)
+                    .where(
+                        Review.study_id == study_id,
+                        Review.reader == reader,
+                        Review.replaced_by.is_(None),
+                    )
+                    .order_by(Review.id.desc())
+                    .limit(1)
+                ).first()
+                if earlier is None:
+                    raise RecordNotFoundError(
+                        f"{reader} has no review of this study to amend: send it without amend"
+                    )
+            review = Review(
+                study_id=study_id,
+                reader=reader,
+                reader_result=reader_result,
+                note=note,
+                created_at=utcnow(),
+                amends=earlier.id if earlier is not None else None,
             )
+            session.add(review)
+            session.flush()
+            if earlier is not None:
+                earlier.replaced_by = review.id
             session.execute(update(Study).where(Study.id == study_id).values(status="reviewed"))
         return self.get(study_id)
 
@@ -342,13 +372,18 @@ class RecordStore:
                     "reader_result": review.reader_result,
                     "reviewed_at": review.created_at.isoformat() + "Z",
                     "note": review.note or "",
+                    "review_id": review.id,
+                    "amends": "" if review.amends is None else review.amends,
+                    "replaced_by": "" if review.replaced_by is None else review.replaced_by,
                 }
 
     def practice_counts(self) -> dict[str, dict[tuple[str, str], int]]:
         """Per body part: (model result, first reader's result) -> studies, over reviewed
-        studies with a finding (what the practice metrics are computed from)."""
+        studies with a finding (what the practice metrics are computed from); a review that
+        was amended counts by its amendment (the earliest review nobody replaced)."""
         first = (
             select(Review.study_id, func.min(Review.id).label("first_id"))
+            .where(Review.replaced_by.is_(None))
             .group_by(Review.study_id)
             .subquery()
         )

@@ -147,23 +147,83 @@ def validation_status(errors: list[dict[str, Any]]) -> int:
     """400 when the body could not be parsed or lacks the required part; 422 otherwise."""
     for error in errors:
         loc = tuple(error.get("loc", ()))
-        if error.get("type") == "json_invalid" or loc in _MALFORMED_LOCS:
+        kind = error.get("type")
+        if kind == "json_invalid" or (loc in _MALFORMED_LOCS and loc != ("body",)):
+            return 400
+        if loc == ("body",) and kind != "value_error":  # a model rule broken: 422
             return 400
     return 422
 
 
-def _summarise(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Human summary plus a machine list; the offending *input* is never echoed back."""
-    items = []
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
-        items.append(
-            {"loc": loc, "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+#: What to do, by field, when a value has the wrong form (pydantic's "String should match
+#: pattern '^[0-9a-f]{64}\\.png$'" told a user nothing).
+_FIELD_ADVICE = {
+    "filename": "use the filename POST /upload answered (64 hex digits and .png)",
+    "filenames": "use the filenames POST /upload answered (64 hex digits and .png each)",
+    "study_id": "use an id GET /worklist listed",
+}
+
+
+def _received(value: Any) -> str:
+    """What was sent, described, never echoed (a path such as ../../etc/passwd, a patient's
+    name: an error body is no place to repeat them)."""
+    if isinstance(value, str):
+        return f"a {len(value)}-character text"
+    if isinstance(value, bytes | bytearray):
+        return f"{len(value)} bytes that are not a JSON object"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "an object"
+    return "a value of another kind"
+
+
+def plain_message(error: dict[str, Any]) -> str:
+    """One validation error in plain words: the field, what it must be, what came, and what
+    to do."""
+    loc = [str(part) for part in error.get("loc", ())]
+    field = ".".join(p for p in loc[1:] if not p.isdigit()) or ".".join(loc) or "request"
+    kind, msg = str(error.get("type", "")), str(error.get("msg", ""))
+    leaf = next((p for p in reversed(loc) if not p.isdigit()), field)
+    if kind == "missing":
+        return f"{field} is required"
+    if kind == "value_error" and "UploadFile" in msg:
+        return f"{field} must be a file part (multipart/form-data with a file), not text"
+    if kind in ("model_attributes_type", "dict_type") and len(loc) <= 1:
+        return (
+            "the body must be a JSON object, sent with Content-Type: application/json "
+            f"(got {_received(error.get('input'))})"
         )
-    text = "; ".join(
-        f"{'.'.join(item['loc'][1:] or item['loc']) or 'request'}: {item['msg']}" for item in items
-    )
-    return text or "invalid request", items
+    if kind == "string_pattern_mismatch":
+        advice = _FIELD_ADVICE.get(leaf, "see /docs for its form")
+        return f"{field} has the wrong form (got {_received(error.get('input'))}): {advice}"
+    context = error.get("ctx") or {}
+    if kind == "too_short":
+        return f"{field} must have at least {context.get('min_length')} item(s)"
+    if kind == "too_long":
+        return f"{field} may have at most {context.get('max_length')} item(s)"
+    text = msg.replace("Input should be", "must be").replace("Value error, ", "")
+    return f"{field}: {text} (got {_received(error.get('input'))})"
+
+
+def _summarise(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Plain summary plus a machine list; the offending *input* is never echoed back."""
+    messages = [plain_message(error) for error in errors]
+    items: list[dict[str, Any]] = [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": message,
+            "type": str(error.get("type", "")),
+        }
+        for error, message in zip(errors, messages, strict=True)
+    ]
+    return "; ".join(messages) or "invalid request", items
 
 
 async def _http_exception(_: Request, exc: Exception) -> JSONResponse:

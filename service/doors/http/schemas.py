@@ -100,6 +100,11 @@ class StudyRequest(BaseModel):
         description="Filenames returned by POST /upload (at most BONEXR_MAX_STUDY_VIEWS; "
         "a name given twice counts once).",
     )
+    view_names: list[Annotated[str, Field(max_length=128)]] | None = Field(
+        None,
+        description="What to call each view in the worklist (e.g. the file names), in the "
+        "order of filenames; recorded, never used to judge.",
+    )
     body_part: str | None = Field(
         None,
         description="Score every view with this body part's model (e.g. 'Hand') instead "
@@ -110,6 +115,15 @@ class StudyRequest(BaseModel):
         description="Deprecated: the old name of body_part (accepted until 0.8.0).",
         deprecated=True,
     )
+
+    @model_validator(mode="after")
+    def _names_match_views(self) -> StudyRequest:
+        if self.view_names is not None and len(self.view_names) != len(self.filenames):
+            raise ValueError(
+                f"view_names names {len(self.view_names)} views and filenames "
+                f"{len(self.filenames)}: give one name per filename, in the same order"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_body_part(self) -> StudyRequest:
@@ -448,14 +462,22 @@ class WorklistView(BaseModel):
     result: Literal["abnormal", "normal"] | None
     refused: bool
     reason: str | None = Field(description="Why the view was not scored.")
+    name: str | None = Field(
+        None, description="What the sender called the view (the page sends the file's name)."
+    )
     heatmap_url: str | None = Field(description="GET it for the view's heat map.")
 
 
 class ReaderReview(BaseModel):
+    id: int = Field(description="The review's id.")
     reader: str = Field(description="The API key's name.")
     reader_result: Literal["abnormal", "normal"]
     note: str | None
     at: str = Field(description="UTC, ISO 8601.")
+    amends: int | None = Field(None, description="The review this one corrects.")
+    replaced_by: int | None = Field(
+        None, description="The review that corrected this one (then it no longer counts)."
+    )
 
 
 class RecordedStudy(BaseModel):
@@ -491,7 +513,7 @@ class WorklistItem(RecordedStudy):
 
     views: int
     refused_views: int
-    reviews: int
+    reviews: int = Field(description="Reviews that count (an amended one counts once).")
 
 
 class WorklistCounts(BaseModel):
@@ -534,6 +556,11 @@ class WorklistStudy(RecordedStudy):
 class ReviewRequest(BaseModel):
     reader_result: Literal["abnormal", "normal"] = Field(description="The reader's verdict.")
     note: str | None = Field(None, max_length=2000)
+    amend: bool = Field(
+        False,
+        description="Correct this reader's own current review (kept, marked replaced) "
+        "instead of adding a second one.",
+    )
 
 
 class AuditItem(BaseModel):

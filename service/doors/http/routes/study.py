@@ -48,9 +48,9 @@ async def predict_study(
     database that cannot take it is a 503 naming it.
     """
     answer = await predictor.study(body.filenames, body.body_part, body.operating_point)
-    record_id = await run_in_threadpool(
-        record_answer, services, study_entry(answer, engine.model_name, engine.model_version)
-    )
+    labels = dict(reversed(list(zip(body.filenames, body.view_names or [], strict=False))))
+    entry = study_entry(answer, engine.model_name, engine.model_version, labels)
+    record_id = await run_in_threadpool(record_answer, services, entry)
     source: Literal["router", "client"] = (
         "client" if answer.bone_type_source == "client" else "router"
     )

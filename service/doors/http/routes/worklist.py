@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 from typing import Annotated
 
@@ -43,7 +44,7 @@ StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="From GET /worklis
 EXPORT_COLUMNS = (
     "study_id", "arrived_at", "source", "body_part", "bundle", "bundle_version",
     "operating_point", "abnormality_probability", "threshold", "result",
-    "reader", "reader_result", "reviewed_at", "note",
+    "reader", "reader_result", "reviewed_at", "note", "review_id", "amends", "replaced_by",
     "model_probability", "model_threshold", "model_result",  # deprecated, until 0.8.0
 )  # fmt: skip
 
@@ -80,7 +81,7 @@ def item(study: Study) -> WorklistItem:
             **_common(study),
             "views": len(study.views),
             "refused_views": sum(v.refused for v in study.views),
-            "reviews": len(study.reviews),
+            "reviews": sum(r.replaced_by is None for r in study.reviews),  # amended: once
         }
     )
 
@@ -99,16 +100,20 @@ def whole(study: Study) -> WorklistStudy:
                     result=_result(v.result),
                     refused=v.refused,
                     reason=v.reason,
+                    name=v.label,
                     heatmap_url=f"/heatmap/{v.filename}" if v.filename and not v.refused else None,
                 )
                 for v in study.views
             ],
             "reviews": [
                 ReaderReview(
+                    id=r.id,
                     reader=r.reader,
                     reader_result=r.reader_result,
                     note=r.note,
                     at=_iso(r.created_at),
+                    amends=r.amends,
+                    replaced_by=r.replaced_by,
                 )
                 for r in study.reviews
             ],
@@ -238,17 +243,27 @@ async def review(
     services: ServicesDep, request: Request, study_id: StudyId, body: ReviewRequest
 ) -> WorklistStudy:
     """Adds the reader's verdict (the key's name is the reader) and marks the study
-    reviewed; another reader's earlier review is kept beside it."""
+    reviewed; another reader's earlier review is kept beside it. With ``"amend": true``
+    it corrects this reader's own current review: the earlier one is kept, marked
+    ``replaced_by`` (audited as ``amend_review``); 404 when there is none to amend."""
     reader = key_name(request.scope)
+    action = "amend_review" if body.amend else "review"
     try:
         study = await run_in_threadpool(
-            services.records.review, study_id, reader, body.reader_result, body.note
+            functools.partial(
+                services.records.review,
+                study_id,
+                reader,
+                body.reader_result,
+                body.note,
+                amend=body.amend,
+            )
         )
     except TriageError as exc:
-        await refused(services, request, "review", study_id, exc)
+        await refused(services, request, action, study_id, exc)
         raise
     services.metrics.reviews.labels(study.body_part or "none", body.reader_result).inc()
-    await audited(services, request, "review", study_id, "ok")
+    await audited(services, request, action, study_id, "ok")
     return whole(study)
 
 

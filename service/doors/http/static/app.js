@@ -172,7 +172,7 @@ function applyHeatControls() {
 $("show-heat").addEventListener("change", applyHeatControls);
 $("opacity").addEventListener("input", applyHeatControls);
 
-function showStudy(study) {
+function showStudy(study, refusedViews = []) {
   const body = $("study-body");
   body.replaceChildren();
   const verdict = element("p", {
@@ -196,6 +196,10 @@ function showStudy(study) {
   }
   body.dataset.probability = String(study.abnormality_probability);
   for (const text of study.warnings) body.append(element("p", { className: "warn", textContent: text }));
+  if (refusedViews.length) { // answered from the other views: say which were left out, and why
+    body.append(element("p", { className: "warn", textContent: `Not in this study (${refusedViews.length} of ${refusedViews.length + study.views.length} views):` }),
+      element("ul", { className: "refused-views" }, ...refusedViews.map((view) => element("li", { textContent: `${view.name}: ${view.reason}` }))));
+  }
   $("study").hidden = false;
 }
 
@@ -211,8 +215,9 @@ async function handleFiles(files) {
   $("views").replaceChildren();
   $("study").hidden = true;
   $("status").textContent = `Sending ${files.length} file(s)…`;
-  const done = [];
-  await Promise.all([...files].map(async (file) => {
+  const done = []; // by upload order: the study and the worklist keep it
+  const refusedViews = [];
+  await Promise.all([...files].map(async (file, index) => {
     const card = viewCard(file);
     try {
       const form = new FormData();
@@ -225,25 +230,28 @@ async function handleFiles(files) {
         body: JSON.stringify({ filename: stored.filename, heatmap: true }),
       })).json();
       await showView(card, file, stored, answer);
-      done.push(stored.filename);
+      done[index] = { filename: stored.filename, name: file.name };
     } catch (error) {
-      setStatus(card, error instanceof ApiError ? error.message : "Something went wrong with this view.", true);
+      const message = error instanceof ApiError ? error.message : "Something went wrong with this view.";
+      setStatus(card, message, true);
+      refusedViews[index] = { name: file.name, reason: message };
     }
   }));
-  if (done.length >= 2) {
+  const answered = done.filter(Boolean);
+  if (answered.length >= 1) { // one view is a study too: it is recorded in the worklist
     try {
       const study = await (await api("/predict/study", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ filenames: done }),
+        body: JSON.stringify({ filenames: answered.map((v) => v.filename), view_names: answered.map((v) => v.name) }),
       })).json();
-      showStudy(study);
+      showStudy(study, refusedViews.filter(Boolean));
       refreshWorklist();
     } catch (error) {
       studyError(error instanceof ApiError ? error.message : "The study could not be classified.");
     }
   }
-  $("status").textContent = `${done.length} of ${files.length} view(s) classified.`;
+  $("status").textContent = `${answered.length} of ${files.length} view(s) classified.`;
 }
 
 $("files").addEventListener("change", (event) => handleFiles(event.target.files));
@@ -271,6 +279,16 @@ const PAGE_SIZE = (() => {
 const JSON_ACCEPT = { Accept: "application/json" };
 const worklist = { items: [], cursor: null, counts: null, signature: "", queue: Promise.resolve() };
 let current = null; // the open study: { id, study (null until loaded) }
+const me = { name: null }; // who this key is (GET /whoami): whose review a new verdict amends
+
+async function loadIdentity() {
+  try {
+    me.name = (await (await api("/whoami", { headers: JSON_ACCEPT })).json()).name;
+  } catch (error) {
+    me.name = null;
+  }
+  if (current && current.study) showReviewButtons(current.study);
+}
 let openToken = 0;
 let reviewBusy = false;
 const heatUrls = new Map(); // heatmap_url -> object URL
@@ -485,6 +503,7 @@ function showRecord(study) {
   body.append(element("p", { className: "hint record-id" }, "Record ", element("code", { textContent: study.id })));
   showRecordViews(study);
   showReviews(study.reviews);
+  showReviewButtons(study);
   markCurrentRow();
 }
 
@@ -500,13 +519,14 @@ function showRecordViews(study) {
     const card = element("li", { className: "record-view" });
     card.dataset.position = String(view.position);
     card.dataset.refused = String(view.refused);
-    card.append(element("h4", { textContent: `View ${view.position + 1}` }));
+    const label = view.name || `View ${view.position + 1}`;
+    card.append(element("h4", { textContent: label }));
     if (view.refused) {
       card.classList.add("refused");
       card.append(element("p", { className: "warn reason", textContent: `Refused: ${view.reason || "not scored"}` }));
     } else {
       if (view.heatmap_url) {
-        const img = element("img", { alt: `View ${view.position + 1}: the radiograph with the heat map of the ${part} model` });
+        const img = element("img", { alt: `${label}: the radiograph with the heat map of the ${part} model` });
         card.append(element("div", { className: "heatmap" }, img));
         loadHeatmap(img, view.heatmap_url);
       } else {
@@ -543,9 +563,27 @@ function showReviews(reviews) {
       timeElement(review.at, true));
     item.dataset.reader = review.reader;
     item.dataset.result = review.reader_result;
+    if (review.replaced_by != null) { // kept, never erased: shown as corrected
+      item.classList.add("replaced");
+      item.dataset.replaced = "true";
+      item.append(" ", element("em", { textContent: "(amended below)" }));
+    } else if (review.amends != null) {
+      item.append(" ", element("em", { textContent: "(amends the earlier review)" }));
+    }
     if (review.note) item.append(element("p", { className: "note", textContent: review.note }));
     return item;
   }));
+}
+
+// This key's own review that still counts (what a new verdict from it amends).
+function myCurrentReview(study) {
+  return study.reviews.find((review) => review.reader === me.name && review.replaced_by == null);
+}
+
+function showReviewButtons(study) {
+  const amending = Boolean(me.name && myCurrentReview(study));
+  $("review-abnormal").textContent = amending ? "Amend my review: abnormal" : "Reader: abnormal";
+  $("review-normal").textContent = amending ? "Amend my review: normal" : "Reader: normal";
 }
 
 async function sendReview(result) {
@@ -556,6 +594,7 @@ async function sendReview(result) {
   setNotice($("review-status"), "Recording the review…");
   try {
     const body = { reader_result: result };
+    if (myCurrentReview(current.study)) body.amend = true; // a correction, not a second vote
     const note = $("review-note").value.trim();
     if (note) body.note = note;
     const study = await (await api(`/worklist/${encodeURIComponent(id)}/review`, {
@@ -656,6 +695,7 @@ $("audit-more").addEventListener("click", () => loadAudit(true));
 
 /** A new key: everything shown may now be allowed (or no longer). */
 function keyChanged() {
+  loadIdentity();
   refreshWorklist();
   if (current) openRecord(current.id, { focus: false });
   if ($("audit-details").open) loadAudit();
@@ -680,4 +720,5 @@ setInterval(() => {
 }, POLL_MS);
 
 loadModel();
+loadIdentity();
 refreshWorklist();

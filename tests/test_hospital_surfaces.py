@@ -179,7 +179,7 @@ def test_stow_refuses_a_huge_header_per_instance_and_takes_the_rest(
     good = [study.add(np.full((64, 64), v, np.uint16)) for v in (500, 900)]
     huge = pydicom.dcmread(io.BytesIO(study.instances[good[1]]))
     huge.Rows = huge.Columns = 60000
-    huge.SOPInstanceUID = good[1] + ".9"
+    huge.SOPInstanceUID = pydicom.uid.generate_uid()  # (good[1] + ".9" is over 64 characters)
     buffer = io.BytesIO()
     huge.save_as(buffer, enforce_file_format=True)
     parts = [study.instances[good[0]], buffer.getvalue(), study.instances[good[1]]]

@@ -210,10 +210,11 @@ def test_the_deadline_covers_decoding_and_is_a_json_503(
         assert client.post("/predict", json={"filename": name}).status_code == 200
 
 
-def test_heatmap_drawing_does_no_full_size_float_work_and_keeps_the_upload_size() -> None:
+def test_heatmap_drawing_does_no_full_size_float_work_and_keeps_the_aspect() -> None:
     """A 4000x3000 upload: the old drawing made float32 and float64 maps of the whole image
     (~140 MB of numpy arrays); the bounded one works at 1024 px in floats and in 8-bit
-    planes (Pillow's) at full size. Measured with tracemalloc (numpy's allocations)."""
+    planes (Pillow's), on the image reduced by a whole factor to at most 2,048 px a side
+    (here 2000x1500). Measured with tracemalloc (numpy's allocations)."""
     width, height = 4000, 3000
     stored = Image.new("L", (width, height), 90)
     buffer = io.BytesIO()
@@ -229,7 +230,9 @@ def test_heatmap_drawing_does_no_full_size_float_work_and_keeps_the_upload_size(
     finally:
         tracemalloc.stop()
     with Image.open(io.BytesIO(body)) as picture:
-        assert picture.size == (width, height)
+        assert picture.size == (width // 2, height // 2)
+    with Image.open(io.BytesIO(render(buffer.getvalue(), cam, 64, opacity=0.5, raw=True))) as raw:
+        assert raw.size == (width // 2, height // 2)
     assert full_peak > 100e6  # the float maps of the whole image
     assert bounded_peak < 20e6, bounded_peak
 

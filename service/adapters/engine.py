@@ -143,9 +143,10 @@ class InferenceEngine:
             self._thread = threading.Thread(target=self._run, name="bonexr-engine", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, retired: bool = False) -> None:
         """Stop: no new requests; the worker answers those already queued (within
-        ``timeout``), anything left gets a 503, never silence."""
+        ``timeout``), anything left gets a 503, never silence. ``retired``: another engine
+        serves now (a hot swap), so the readiness gauge is not this engine's to clear."""
         self._stop_requested.set()
         with self._lock:
             thread, self._thread = self._thread, None
@@ -154,7 +155,7 @@ class InferenceEngine:
         if thread is not None:
             thread.join(timeout)
         self.batcher.fail_pending(NotReadyError(self.not_ready_reason()))
-        if self.metrics is not None:
+        if self.metrics is not None and not retired:
             self.metrics.model_ready.set(0)
         self._settled.set()
 

@@ -203,6 +203,19 @@ class InferenceFailedError(TriageError):
     code = "inference_failed"
 
 
+class BundleRejectedError(TriageError):
+    """A bundle offered for a hot swap failed its checks (files, contract, a smoke answer):
+    it is not served, and the bundle serving now goes on."""
+
+    code = "bundle_rejected"
+
+
+class SwapInProgressError(TriageError):
+    """Another swap is loading a bundle now: one at a time."""
+
+    code = "swap_in_progress"
+
+
 def all_triage_errors() -> list[type[TriageError]]:
     """Every concrete error class above, for the doors' tables and their completeness test."""
     return sorted(TriageError.__subclasses__(), key=lambda cls: cls.__name__)

@@ -51,6 +51,7 @@ from service.settings import Settings, get_settings
 from service.triage.migration import migrate
 from service.triage.predictor import Predictor
 from service.triage.services import Services
+from service.triage.swap import BundleSwapper
 
 log = logging.getLogger("bonexr.service")
 
@@ -143,6 +144,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await node.stop()
+        await app.state.swapper.close()
         await asyncio.to_thread(services.engine.stop)
         await asyncio.to_thread(services.database.dispose)
 
@@ -180,6 +182,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.predictor = Predictor(services)
     app.state.dicom_node = DicomNode(app.state.predictor)
+
+    def switch(predictor: Predictor) -> None:  # a hot swap: where new requests look
+        app.state.predictor = predictor
+        app.state.dicom_node.predictor = predictor
+
+    app.state.swapper = BundleSwapper(services, switch)
     install_error_handlers(app)
     keys = settings.named_api_keys()
     app.include_router(api_router(auth_enabled=bool(keys)))

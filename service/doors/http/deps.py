@@ -41,9 +41,10 @@ DicomNodeDep = Annotated[DicomNode, Depends(get_dicom_node)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
-async def ready_engine(services: ServicesDep) -> InferenceEngine:
-    """The engine, once its bundle is loaded; else the 503 saying why."""
-    engine = services.engine
+async def ready_engine(predictor: PredictorDep) -> InferenceEngine:
+    """The request's engine (its predictor's: the same bundle for the whole request, even
+    across a hot swap), once its bundle is loaded; else the 503 saying why."""
+    engine = predictor.engine
     if not engine.ready or engine.manifest is None:
         raise NotReadyError(engine.not_ready_reason())
     return engine

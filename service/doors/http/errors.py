@@ -39,6 +39,7 @@ from bonexr.errors import (
     UnsupportedFormatError,
 )
 from service.domain.errors import (
+    BundleRejectedError,
     DuplicateFieldError,
     ForbiddenError,
     HeatmapUnavailableError,
@@ -58,6 +59,7 @@ from service.domain.errors import (
     RecordsUnavailableError,
     StoreFullError,
     StoreUnavailableError,
+    SwapInProgressError,
     TriageError,
     UnknownOperatingPointError,
     UnsupportedMediaTypeError,
@@ -79,6 +81,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     MalformedBodyError: 400,
     InvalidCursorError: 400,
     ForbiddenError: 403,
+    SwapInProgressError: 409,
     PayloadTooLargeError: 413,
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
@@ -89,6 +92,7 @@ HTTP_STATUS: dict[type[Exception], int] = {
     NoPartModelError: 422,
     NotEligibleError: 422,
     UnknownOperatingPointError: 422,
+    BundleRejectedError: 422,
     UndecodableImageError: 422,
     ImageError: 422,
     OverloadedError: 429,
@@ -108,6 +112,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "This key may not do that (GET /audit: keys named in BONEXR_ADMIN_KEYS).",
     404: "No upload with that filename, no recorded study with that id (or no heat map in "
     "this bundle).",
+    409: "Another bundle swap is in progress; retry when it is done.",
     413: "Too large: bytes (while streaming), pixels or decoded memory (from the header).",
     415: "Not PNG, JPEG, WebP or DICOM (checked by magic bytes).",
     422: "Invalid value: bad filename, an image that cannot be decoded, or a body part this "

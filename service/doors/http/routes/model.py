@@ -1,4 +1,5 @@
-"""GET /model and GET /rules: what is loaded, and the rules of use derived from it."""
+"""GET /model and GET /rules: what is loaded, and the rules of use derived from it;
+POST /model/reload swaps it (:mod:`service.triage.swap`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
 import bonexr
 from bonexr.manifest import TRIAGE, Manifest
-from service.domain.errors import ModelCardMissingError
+from service.domain.errors import ForbiddenError, ModelCardMissingError
 from service.doors.http.deps import ReadyEngineDep, ServicesDep
 from service.doors.http.errors import error_responses
 from service.doors.http.schemas import ModelInfo, OperatingPoints, Rules
+from service.doors.http.security import key_name
 from service.doors.http.usage_rules import build_rules, render_rules_png
+from service.triage.swap import BundleSwapper
 
 router = APIRouter(tags=["model"])
 
@@ -153,4 +157,42 @@ async def model(engine: ReadyEngineDep) -> ModelInfo:
         precisions={k: v.model_dump() for k, v in manifest.precisions.items()},
         served_precision=served_precision(manifest, engine.runtime.precision),
         warnings=engine.bundle_warnings,
+    )
+
+
+class ReloadRequest(BaseModel):
+    bundle: str | None = Field(
+        None,
+        max_length=512,
+        description="A bundle name inside BONEXR_MODELS_DIR, or a path; default: as at start "
+        "(BONEXR_BUNDLE, else the newest bundle in the models folder).",
+    )
+
+
+class ReloadResponse(BaseModel):
+    previous: str = Field(description="The bundle that served before: name and version.")
+    current: str = Field(description="The bundle serving now.")
+    seconds: float = Field(description="Loading and verifying it (serving went on).")
+
+
+@router.post(
+    "/model/reload",
+    response_model=ReloadResponse,
+    summary="Swap the served bundle without a restart (admin keys)",
+    responses=error_responses(403, 409, 422),
+)
+async def reload_model(
+    request: Request, services: ServicesDep, body: ReloadRequest | None = None
+) -> ReloadResponse:
+    """Loads the bundle beside the serving one, verifies it (files, contract, version, a
+    smoke answer) and switches: requests already running finish on the bundle they
+    started with, new ones get the new bundle. A bundle that fails a check is a 422 with
+    the reason, and the serving bundle goes on. With API keys, admin keys only."""
+    settings = services.settings
+    if settings.api_keys and key_name(request.scope) not in settings.admin_key_names():
+        raise ForbiddenError("POST /model/reload is for the keys named in BONEXR_ADMIN_KEYS")
+    swapper: BundleSwapper = request.app.state.swapper
+    outcome = await swapper.reload(body.bundle if body is not None else None)
+    return ReloadResponse(
+        previous=outcome.previous, current=outcome.current, seconds=round(outcome.seconds, 2)
     )

@@ -1,4 +1,5 @@
-"""The service's commands: ``serve``, ``run`` (the quick start), ``predict`` and ``db``.
+"""The service's commands: ``serve``, ``run`` (the quick start), ``predict``, ``db`` and
+``export-reviews``.
 
 Registered with the ``bonexr`` command line through the ``bonexr.commands`` entry point.
 ``run`` trains the demo bundle when the models folder has none by running ``bonexr demo``
@@ -109,8 +110,24 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_reviews(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bonexr.errors import ConfigError
+    from service.doors.review_export import export_reviews
+    from service.doors.server import load_settings
+
+    settings = load_settings()
+    try:
+        summary = export_reviews(settings, args.out, by=args.by or f"cli:{getpass.getuser()}")
+    except FileExistsError as exc:
+        raise ConfigError(str(exc)) from None
+    print(summary.describe())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``serve``, ``run``, ``predict`` and ``db`` to the ``bonexr`` parser."""
+    """Add ``serve``, ``run``, ``predict``, ``db`` and ``export-reviews`` to the parser."""
     p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
     add_server_options(p)
     p.set_defaults(handler=_cmd_serve)
@@ -152,6 +169,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "export-reviews",
+        help="the readers' verdicts as training data: labels.csv (bonexr train reads it) with "
+        "the stored images, reviews.csv (who reviewed what), disagreements.csv",
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new folder for the export")
+    p.add_argument("--by", help="the name the audit records (default: cli:<user>)")
+    p.set_defaults(handler=_cmd_export_reviews)
 
     p = sub.add_parser(
         "db",

@@ -28,6 +28,7 @@ ACTIONS = (
     "delete_upload",
     "heatmap",
     "export",
+    "export_reviews",
     "audit",
 )
 

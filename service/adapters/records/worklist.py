@@ -342,6 +342,18 @@ class RecordStore:
                 session.scalars(select(View.study_id).where(View.filename == filename).limit(10))
             )
 
+    def reviewed_studies(self) -> Iterator[Study]:
+        """Every reviewed study nobody replaced, with its views and reviews, oldest first
+        (what ``bonexr export-reviews`` turns into training labels)."""
+        query = (
+            select(Study)
+            .options(selectinload(Study.views), selectinload(Study.reviews))
+            .where(Study.status == "reviewed", Study.superseded_by.is_(None))
+            .order_by(Study.arrived_at, Study.id)
+        )
+        with self.database.session() as session:
+            yield from session.scalars(query)
+
     def reviewed_rows(self) -> Iterator[dict[str, Any]]:
         """Every review with its study's model verdict, oldest first (the CSV export)."""
         query = (

@@ -34,7 +34,8 @@ run: $(SERVE_STAMP) $(if $(wildcard models/*/manifest.json),,$(STAMP))
 
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
 ## (the web-page test drives Debian's chromium, the PACS tests Debian's Orthanc and
-## dciodvfy, the records tests PostgreSQL: each installed here if missing)
+## dciodvfy, the records tests PostgreSQL, the alert-rule test promtool: each installed
+## here if missing)
 test: lint
 	@./scripts/ensure-debian-tool chromium "web-page test" chromium chromium-browser google-chrome
 	@./scripts/ensure-debian-tool nginx "compose proxy test" nginx
@@ -42,6 +43,7 @@ test: lint
 	@./scripts/ensure-debian-tool orthanc-dicomweb "PACS tests" /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 	@./scripts/ensure-debian-tool dicom3tools "DICOM validation (dciodvfy)" dciodvfy
 	@./scripts/ensure-debian-tool postgresql "PostgreSQL records tests" /usr/lib/postgresql
+	@./scripts/ensure-debian-tool prometheus "alert-rule test (promtool)" promtool
 	@./scripts/ensure-checkov
 	$(PY) -m pytest -n 2 --dist loadfile
 

@@ -93,6 +93,19 @@ class Settings(BaseSettings):
         "rendering (503 past it); the SIGTERM drain waits this long + 5 s.",
     )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
+    drift_reference_size: int = Field(
+        200,
+        ge=20,
+        le=100_000,
+        description="Answers (per part) the drift monitor takes as its reference once a bundle "
+        "serves: the first ones (docs/operations.md).",
+    )
+    drift_window: int = Field(
+        200,
+        ge=20,
+        le=100_000,
+        description="The last answers (per part) compared with the reference (PSI in /metrics).",
+    )
     router_confidence_floor: float = Field(
         0.6, ge=0, le=1, description="Below this top router probability a warning is added."
     )

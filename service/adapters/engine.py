@@ -425,6 +425,12 @@ class InferenceEngine:
         )
         if self.metrics is not None:
             self.metrics.views_scored.inc()
+            self.metrics.drift.observe("content_score", "all", result.content_score)
+            if result.has_verdict:
+                drift_part = result.scored_by or result.bone_type
+                self.metrics.drift.observe(
+                    "probability", drift_part, result.abnormality_probability
+                )
         return result
 
     # ------------------------------------------------------------------ worker

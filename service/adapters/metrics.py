@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.adapters.drift import DriftMonitor
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -20,8 +22,11 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 class ServiceMetrics:
     """Every metric the service exports, registered in a private registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, drift_reference_size: int = 200, drift_window: int = 200) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: what arrives against the first answers (service.adapters.drift)
+        self.drift = DriftMonitor(drift_reference_size, drift_window)
+        self.registry.register(self.drift)
         self._http(self.registry)
         self._engine(self.registry)
         self._uploads(self.registry)
@@ -29,6 +34,12 @@ class ServiceMetrics:
         self._dicom(self.registry)
 
     def _http(self, r: CollectorRegistry) -> None:
+        self.refusals = Counter(
+            "bonexr_refusals_total",
+            "Images refused as not eligible (the header or content gate), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.requests = Counter(
             "bonexr_http_requests_total",
             "HTTP requests by method, route template and status.",

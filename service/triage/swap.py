@@ -67,6 +67,7 @@ class BundleSwapper:
             old = self.services.engine
             self.services.engine = candidate
             self.switch(Predictor(self.services))
+            self.services.metrics.drift.reset()  # a new bundle: a new reference population
             outcome = SwapOutcome(label(old), label(candidate), time.perf_counter() - started)
             log.info("model swapped: %s -> %s", outcome.previous, outcome.current)
             task = asyncio.create_task(self._retire(old))

@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     tune_malloc()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.drift_reference_size, settings.drift_window)
     store = open_store(settings)
     metrics.count_stored_with(store.count)
     database = Database(database_url(settings.database_url, settings.upload_dir))

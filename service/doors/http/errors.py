@@ -256,7 +256,11 @@ def known_error_body(exc: Exception) -> dict[str, Any]:
     return {**error_body(detail), "code": error_code(exc), **fields}
 
 
-async def _known_exception(_: Request, exc: Exception) -> JSONResponse:
+async def _known_exception(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, NotEligibleError):  # what the refusal-surge alert watches
+        services = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.refusals.labels(exc.fields().get("reason", "other")).inc()
     headers = {}
     if isinstance(exc, OverloadedError):
         headers["Retry-After"] = str(exc.retry_after_s)

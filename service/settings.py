@@ -93,6 +93,22 @@ class Settings(BaseSettings):
         "rendering (503 past it); the SIGTERM drain waits this long + 5 s.",
     )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
+    shadow_bundle: str | None = Field(
+        None,
+        description="A candidate bundle (name in models_dir, or path) that scores every "
+        "recorded study in the background, never shown to a reader (docs/operations.md); "
+        "refused at start unless it judges the same parts from the same pixels.",
+    )
+    shadow_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of recorded studies the shadow bundle scores."
+    )
+    shadow_queue: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Studies waiting for the shadow bundle; beyond it shadow work is dropped "
+        "(counted), never live work.",
+    )
     drift_reference_size: int = Field(
         200,
         ge=20,

@@ -267,3 +267,46 @@ def test_every_page_study_is_recorded_and_a_partly_refused_one_says_why(
         names.append([v["name"] for v in study["views"]])
     assert [good.name] in names
     page.close()
+
+
+def test_the_model_health_section_shows_drift_agreement_and_the_shadow(
+    browser: object, untrained_bundle: Path, synthetic_small: Path, tmp_path: Path
+) -> None:
+    """The page section of docs/operations.md (its picture is this test's screenshot):
+    drift per signal once the windows are full, agreement with readers, the shadow."""
+    import shutil
+
+    from harness.bundles import make_untrained_bundle
+
+    models = tmp_path / "models"
+    shutil.copytree(untrained_bundle, models / "live")
+    make_untrained_bundle(models / "candidate", input_size=64, seed=1)
+    env = {
+        "BONEXR_BUNDLE": "live",
+        "BONEXR_SHADOW_BUNDLE": "candidate",
+        "BONEXR_DRIFT_REFERENCE_SIZE": "20",
+        "BONEXR_DRIFT_WINDOW": "20",
+    }
+    views = sorted(synthetic_small.rglob("*.png"))
+    with server_process(models, tmp_path / "uploads", **env) as (url, _):
+        for index in range(40):
+            data = views[index % len(views)].read_bytes()
+            name = httpx.post(f"{url}/upload", files={"file": ("x.png", data)}).json()["filename"]
+            body = {"filenames": [name], "body_part": "Hand", "view_names": [f"view{index}.png"]}
+            record = httpx.post(f"{url}/predict/study", json=body, timeout=60).json()["record_id"]
+            if index < 6:
+                verdict = {"reader_result": "abnormal" if index % 2 else "normal"}
+                httpx.post(f"{url}/worklist/{record}/review", json=verdict)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+        page.goto(url + "/")
+        page.locator("#health-details summary").click()
+        page.wait_for_selector("#health-body table.health")
+        tables = page.locator("#health-body table.health")
+        assert tables.count() == 4  # drift, agreement, refusals, shadow
+        drift = tables.nth(0).inner_text()
+        assert "probability · Hand" in drift and "content_score" not in drift  # no gate here
+        assert "Hand" in tables.nth(1).inner_text()
+        assert "never shown to readers" in tables.nth(3).inner_text()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#health-section").screenshot(path=str(ARTIFACTS / "model-health.png"))
+        page.close()

@@ -95,7 +95,7 @@ def test_migrations_from_empty_and_from_the_previous_schema(tmp_path: Path) -> N
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
     database.upgrade()
-    assert database.revision() == "0004"
+    assert database.revision() == "0005"
     assert "ix_studies_priority" in {
         i["name"] for i in inspect(database.engine).get_indexes("studies")
     }
@@ -129,7 +129,7 @@ def test_bonexr_db_upgrade_migrates_by_hand(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "schema 0004" in done.stdout
+    assert "schema 0005" in done.stdout
     env["BONEXR_DATABASE_URL"] = "mysql://x"
     bad = subprocess.run(
         [sys.executable, "-m", "bonexr.cli", "db", "current"],

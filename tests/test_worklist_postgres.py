@@ -106,7 +106,7 @@ def test_two_instances_on_one_postgres_share_one_worklist(
         assert {i["id"] for i in listed["items"]} == {first, second}
         assert listed["counts"] == {"unread": 1, "reviewed": 1, "all": 2}
     database = Database(url)
-    assert database.revision() == "0004"
+    assert database.revision() == "0005"
     database.dispose()
 
 

@@ -40,6 +40,13 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self.shadow_jobs = Counter(
+            "bonexr_shadow_jobs_total",
+            "Studies offered to the shadow bundle: queued, not_sampled, dropped (queue full), "
+            "answered, failed.",
+            ["outcome"],
+            registry=r,
+        )
         self.requests = Counter(
             "bonexr_http_requests_total",
             "HTTP requests by method, route template and status.",

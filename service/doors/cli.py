@@ -1,5 +1,5 @@
 """The service's commands: ``serve``, ``run`` (the quick start), ``predict``, ``db`` and
-``export-reviews``.
+``export-reviews``, ``shadow-report``.
 
 Registered with the ``bonexr`` command line through the ``bonexr.commands`` entry point.
 ``run`` trains the demo bundle when the models folder has none by running ``bonexr demo``
@@ -126,6 +126,24 @@ def _cmd_export_reviews(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shadow_report(args: argparse.Namespace) -> int:
+    import json
+
+    from service.adapters.records.database import Database, database_url
+    from service.adapters.records.shadow import ShadowStore
+    from service.domain.shadow_report import describe, summarise
+    from service.doors.server import load_settings
+
+    settings = load_settings()
+    database = Database(database_url(settings.database_url, settings.upload_dir))
+    try:
+        summary = summarise(ShadowStore(database).pairs())
+    finally:
+        database.dispose()
+    print(json.dumps(summary, indent=2) if args.json else describe(summary))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``serve``, ``run``, ``predict``, ``db`` and ``export-reviews`` to the parser."""
     p = sub.add_parser("serve", help="run the inference service (configuration: BONEXR_* env vars)")
@@ -169,6 +187,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "shadow-report",
+        help="the shadow bundle (BONEXR_SHADOW_BUNDLE) against the live one: agreement, "
+        "AUROC against the readers, time per study",
+    )
+    p.add_argument("--json", action="store_true", help="the figures as JSON")
+    p.set_defaults(handler=_cmd_shadow_report)
 
     p = sub.add_parser(
         "export-reviews",

@@ -22,6 +22,16 @@ log = logging.getLogger("bonexr.records")
 Counts = dict[str, dict[tuple[str, str], int]]
 
 
+def practice_table(cells: dict[tuple[str, str], int]) -> Table:
+    """(model, reader) counts as a 2x2 table, the reader as the reference."""
+    return Table(
+        tp=cells.get(("abnormal", "abnormal"), 0),
+        fn=cells.get(("normal", "abnormal"), 0),
+        fp=cells.get(("abnormal", "normal"), 0),
+        tn=cells.get(("normal", "normal"), 0),
+    )
+
+
 class PracticeCollector(Collector):
     """Model-vs-reader gauges per body part (see the module docstring)."""
 
@@ -62,12 +72,7 @@ class PracticeCollector(Collector):
             labels=["part"],
         )
         for part, cells in sorted(counts.items()):
-            table = Table(  # (model, reader): the reader is the reference
-                tp=cells.get(("abnormal", "abnormal"), 0),
-                fn=cells.get(("normal", "abnormal"), 0),
-                fp=cells.get(("abnormal", "normal"), 0),
-                tn=cells.get(("normal", "normal"), 0),
-            )
+            table = practice_table(cells)
             reviewed.add_metric([part], table.n)
             for family, rate in (
                 (agreement, table.agreement),

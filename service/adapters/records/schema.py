@@ -93,6 +93,26 @@ class Review(Base):
     study: Mapped[Study] = relationship(back_populates="reviews")
 
 
+class ShadowAnswer(Base):
+    """What a candidate bundle answered for a recorded study, in shadow: never shown to a
+    reader, compared with the live answer by ``bonexr shadow-report``."""
+
+    __tablename__ = "shadow_answers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: no FK: the comparison outlives a deleted record only as a count
+    study_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime())
+    bundle_name: Mapped[str] = mapped_column(String(128))
+    bundle_version: Mapped[str] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(32))
+    probability: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[str | None] = mapped_column(String(16))  # None: the shadow refused it
+    refusal: Mapped[str | None] = mapped_column(Text)
+    shadow_ms: Mapped[float] = mapped_column(Float)  # the shadow's scoring time
+    live_ms: Mapped[float | None] = mapped_column(Float)  # the live answer's, same request
+
+
 class AuditEvent(Base):
     __tablename__ = "audit"
 

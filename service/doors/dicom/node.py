@@ -40,6 +40,7 @@ from service.doors.dicom.outcomes import DATASET_DOES_NOT_MATCH
 from service.doors.dicom.scp import StorageScp
 from service.triage.predictor import Predictor
 from service.triage.recording import record_answer
+from service.triage.shadow import ShadowJob, ShadowRunner
 
 log = logging.getLogger("bonexr.dicom")
 
@@ -86,6 +87,8 @@ class DicomNode:
                 max_bytes=settings.max_upload_bytes,
             )
         self._tasks: list[asyncio.Task[None]] = []
+        #: the shadow bundle's runner (set by the app when BONEXR_SHADOW_BUNDLE is)
+        self.shadow: ShadowRunner | None = None
         metrics = self.services.metrics
         for name in self.outbox.destinations:
             metrics.dicom_pending.labels(name).set_function(functools.partial(self._count, name, 0))
@@ -214,6 +217,13 @@ class DicomNode:
             filenames = {sop: i.filename for sop, i in record.instances.items()}
             entry = dicom_entry(analysis.outcome, filenames, replaces=record.record_id)
             record_id = await run_in_threadpool(record_answer, self.services, entry)
+            if self.shadow is not None and analysis.outcome.refusal is None:
+                scored = tuple(
+                    name for sop, name in filenames.items()
+                    if name and not record.instances[sop].refusal
+                )  # fmt: skip
+                live_ms = 1000 * (time.perf_counter() - started)
+                self.shadow.offer(ShadowJob(record_id, scored, live_ms))
         except (NotReadyError, OverloadedError) as exc:
             self.inbox.defer(record, self.settle_s)
             log.info("study %s waits: %s", record.key[:12], exc.detail)

@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 import bonexr
+from bonexr.bundle import find_bundle, read_manifest
+from bonexr.errors import BundleError
 from service.adapters.engine import InferenceEngine
 from service.adapters.memory import tune_malloc
 from service.adapters.metrics import ServiceMetrics
@@ -36,6 +38,7 @@ from service.adapters.pixel_cache import PixelCache
 from service.adapters.records.audit import AuditLog
 from service.adapters.records.database import Database, database_url
 from service.adapters.records.practice import PracticeCollector
+from service.adapters.records.shadow import ShadowStore
 from service.adapters.records.worklist import RecordStore, utcnow
 from service.adapters.stores.factory import open_store
 from service.domain.errors import TriageError
@@ -51,6 +54,7 @@ from service.settings import Settings, get_settings
 from service.triage.migration import migrate
 from service.triage.predictor import Predictor
 from service.triage.services import Services
+from service.triage.shadow import ShadowRunner, check_compatible
 from service.triage.swap import BundleSwapper
 
 log = logging.getLogger("bonexr.service")
@@ -134,6 +138,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("upload store cannot be created (%s): /ready reports it", type(exc).__name__)
     await migrate(services)
     services.engine.start()
+    shadow: ShadowRunner | None = app.state.shadow
+    if shadow is not None:
+        shadow.start()
     node: DicomNode = app.state.dicom_node
     await node.start()
     sweeper = asyncio.create_task(_retention_loop(services, node), name="bonexr-retention")
@@ -144,9 +151,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await node.stop()
+        if shadow is not None:
+            await shadow.stop()
         await app.state.swapper.close()
         await asyncio.to_thread(services.engine.stop)
         await asyncio.to_thread(services.database.dispose)
+
+
+def shadow_runner(services: Services) -> ShadowRunner | None:
+    """The shadow bundle's runner when ``BONEXR_SHADOW_BUNDLE`` names one (ConfigError, at
+    start, when it is missing or not comparable with the live bundle)."""
+    settings = services.settings
+    if settings.shadow_bundle is None:
+        return None
+    candidate = read_manifest(find_bundle(settings.models_dir, settings.shadow_bundle))
+    try:
+        live = read_manifest(find_bundle(settings.models_dir, settings.bundle))
+    except BundleError:
+        live = None  # no live bundle: the engine says so in /ready
+    if live is not None:
+        check_compatible(live, candidate)
+    engine = InferenceEngine(settings.model_copy(update={"bundle": settings.shadow_bundle}))
+    return ShadowRunner(
+        services,
+        engine,
+        ShadowStore(services.database),
+        sample_rate=settings.shadow_sample_rate,
+        queue_size=settings.shadow_queue,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -188,6 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dicom_node.predictor = predictor
 
     app.state.swapper = BundleSwapper(services, switch)
+    app.state.shadow = shadow_runner(services)
+    app.state.dicom_node.shadow = app.state.shadow
     install_error_handlers(app)
     keys = settings.named_api_keys()
     app.include_router(api_router(auth_enabled=bool(keys)))

@@ -12,7 +12,11 @@ from pydantic import BaseModel, Field
 
 import bonexr
 from bonexr.manifest import TRIAGE, Manifest
+from service.adapters.drift import PSI_ALERT
+from service.adapters.records.practice import practice_table
+from service.adapters.records.shadow import ShadowStore
 from service.domain.errors import ForbiddenError, ModelCardMissingError
+from service.domain.shadow_report import summarise
 from service.doors.http.deps import ReadyEngineDep, ServicesDep
 from service.doors.http.errors import error_responses
 from service.doors.http.schemas import ModelInfo, OperatingPoints, Rules
@@ -196,3 +200,52 @@ async def reload_model(
     return ReloadResponse(
         previous=outcome.previous, current=outcome.current, seconds=round(outcome.seconds, 2)
     )
+
+
+@router.get("/shadow", summary="The shadow bundle against the live one (JSON)")
+async def shadow_report(services: ServicesDep, request: Request) -> dict[str, Any]:
+    """Agreement and kappa of the shadow bundle's results with the live ones, each one's
+    AUROC against the readers' reviews (once there are enough), the shadow's refusals and
+    its time per study against the live one's; ``configured`` says whether a shadow bundle
+    runs now (the figures cover every shadow answer recorded)."""
+    rows = await run_in_threadpool(ShadowStore(services.database).pairs)
+    runner = request.app.state.shadow
+    return {
+        "configured": runner is not None,
+        "queued": runner.queue.qsize() if runner is not None else 0,
+        **summarise(rows),
+    }
+
+
+@router.get("/monitoring", summary="Drift, agreement with readers, refusals, shadow (JSON)")
+async def monitoring(services: ServicesDep, request: Request) -> dict[str, Any]:
+    """What the page's "Model health" section shows (docs/operations.md): the drift
+    statistic of each monitored signal with its threshold, model-reader agreement per part
+    (once reviews exist), refusals by reason, and the shadow bundle's comparison."""
+    counts = await run_in_threadpool(services.records.practice_counts)
+    practice = {}
+    for part, cells in sorted(counts.items()):
+        table = practice_table(cells)
+        practice[part] = {
+            "reviewed": table.n,
+            "agreement": table.agreement,
+            "sensitivity": table.sensitivity,
+            "specificity": table.specificity,
+            "kappa": table.kappa,
+        }
+    refusals = {
+        sample.labels["reason"]: sample.value
+        for metric in services.metrics.refusals.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+    shadow = request.app.state.shadow
+    rows = await run_in_threadpool(ShadowStore(services.database).pairs) if shadow else []
+    return {
+        "model": {"name": services.engine.model_name, "version": services.engine.model_version},
+        "drift": services.metrics.drift.report(),
+        "psi_alert": PSI_ALERT,
+        "practice": practice,
+        "refusals": refusals,
+        "shadow": summarise(rows) if shadow is not None else None,
+    }

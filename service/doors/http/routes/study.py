@@ -9,9 +9,10 @@ predict`` and the training evaluation.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from bonexr.labels import RESULT_ABNORMAL
@@ -25,6 +26,7 @@ from service.doors.http.schemas import (
     applied_point,
 )
 from service.triage.recording import record_answer, study_entry
+from service.triage.shadow import ShadowJob, ShadowRunner
 
 router = APIRouter(tags=["predict"])
 
@@ -36,7 +38,11 @@ router = APIRouter(tags=["predict"])
     responses=error_responses(400, 404, 413, 422, 429, 503),
 )
 async def predict_study(
-    body: StudyRequest, engine: ReadyEngineDep, predictor: PredictorDep, services: ServicesDep
+    request: Request,
+    body: StudyRequest,
+    engine: ReadyEngineDep,
+    predictor: PredictorDep,
+    services: ServicesDep,
 ) -> StudyResponse:
     """Route the study to one body part, score every view with that part's model, and
     decide the mean at the part's study operating point (MURA's rule).
@@ -47,10 +53,15 @@ async def predict_study(
     unknown filename. The answer is recorded in the worklist (``record_id``); a records
     database that cannot take it is a 503 naming it.
     """
+    started = time.perf_counter()
     answer = await predictor.study(body.filenames, body.body_part, body.operating_point)
+    live_ms = 1000 * (time.perf_counter() - started)
     labels = dict(reversed(list(zip(body.filenames, body.view_names or [], strict=False))))
     entry = study_entry(answer, engine.model_name, engine.model_version, labels)
     record_id = await run_in_threadpool(record_answer, services, entry)
+    shadow: ShadowRunner | None = request.app.state.shadow
+    if shadow is not None:  # after the live answer, never before it
+        shadow.offer(ShadowJob(record_id, tuple(name for name, _ in answer.views), live_ms))
     source: Literal["router", "client"] = (
         "client" if answer.bone_type_source == "client" else "router"
     )

@@ -687,6 +687,56 @@ function auditRow(event) {
   return row;
 }
 
+// ---------------------------------------------------------------------- model health
+// GET /monitoring: the drift statistic per signal, agreement with readers, refusals, the
+// shadow bundle's comparison (docs/operations.md).
+
+function healthTable(caption, head, rows) {
+  const table = element("table", { className: "health" },
+    element("caption", { textContent: caption }),
+    element("thead", {}, element("tr", {}, ...head.map((h) => element("th", { scope: "col", textContent: h })))),
+    element("tbody", {}, ...rows.map((cells) => element("tr", {}, ...cells.map((c) => c instanceof Node ? element("td", {}, c) : element("td", { textContent: c }))))));
+  return element("div", { className: "table-wrap" }, table);
+}
+
+function rate(value) { return value == null ? "–" : percent(value); }
+
+function showHealth(health) {
+  const body = $("health-body");
+  const drift = Object.entries(health.drift).map(([key, d]) => {
+    const flagged = d.psi != null && d.psi > health.psi_alert;
+    const value = element("span", { className: flagged ? "result abnormal" : "result normal", textContent: d.psi == null ? d.status : `${d.psi.toFixed(2)}${flagged ? " (shift)" : ""}` });
+    return [key.replace("/", " · "), value];
+  });
+  const practice = Object.entries(health.practice).map(([part, p]) => [part, String(p.reviewed), rate(p.agreement), rate(p.sensitivity), rate(p.specificity)]);
+  const refusals = Object.entries(health.refusals).map(([reason, n]) => [reason, String(n)]);
+  const parts = [
+    healthTable(`Drift: PSI of the last answers against the first (alert above ${health.psi_alert})`, ["Signal · part", "PSI"], drift.length ? drift : [["no answers yet", "–"]]),
+    healthTable("Agreement with the readers (first reader's current verdict)", ["Part", "Reviewed", "Agreement", "Sensitivity", "Specificity"], practice.length ? practice : [["no reviews yet", "–", "–", "–", "–"]]),
+    healthTable("Refused as not eligible", ["Reason", "Images"], refusals.length ? refusals : [["none", "0"]]),
+  ];
+  if (health.shadow) {
+    const s = health.shadow;
+    const auc = (side) => (side.auroc == null ? side.status : side.auroc.toFixed(3));
+    parts.push(healthTable(`Shadow bundle ${s.bundles.join(", ") || "(no answers yet)"}: never shown to readers`, ["Studies", "Agreement with live", "Kappa", "AUROC live", "AUROC shadow", "Time vs live"],
+      [[String(s.studies), rate(s.agreement), s.kappa == null ? "–" : s.kappa.toFixed(2), auc(s.live), auc(s.shadow), s.time_ratio == null ? "–" : `${s.time_ratio.toFixed(2)}x`]]));
+  }
+  body.replaceChildren(...parts);
+}
+
+async function loadHealth() {
+  setNotice($("health-status"), "Loading…");
+  try {
+    showHealth(await (await api("/monitoring", { headers: JSON_ACCEPT })).json());
+    setNotice($("health-status"), "");
+  } catch (error) {
+    setNotice($("health-status"), messageOf(error, "The model health could not be loaded."), true);
+  }
+}
+
+$("health-details").addEventListener("toggle", () => { if ($("health-details").open) loadHealth(); });
+$("health-refresh").addEventListener("click", () => loadHealth());
+
 $("audit-details").addEventListener("toggle", () => { if ($("audit-details").open) loadAudit(); });
 $("audit-refresh").addEventListener("click", () => loadAudit());
 $("audit-more").addEventListener("click", () => loadAudit(true));

@@ -144,6 +144,22 @@ def test_mura_tree_gives_images_and_studies_matching_the_service(
             assert int(study["views"]) == len(views)
 
 
+def test_one_split_of_a_mura_tree_is_grouped_into_studies_as_documented(
+    untrained_bundle: Path,
+    synthetic_small: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/api.md shows ``bonexr predict /data/MURA-v1.1/valid``; it found 0 studies."""
+    split = synthetic_small / "valid"
+    out = tmp_path / "out"
+    assert run_predict(untrained_bundle, split, "--out", out) == 0
+    studies = read_csv(out / "studies.csv")
+    assert len(studies) == len({p.parent for p in split.rglob("*.png")}) > 0
+    said = capsys.readouterr().out
+    assert f"{len(studies)} studies:" in said and "answered" in said and "refused" in said
+
+
 def test_interrupted_run_resumes_without_duplicates(
     untrained_bundle: Path, image_folder: Path, tmp_path: Path
 ) -> None:

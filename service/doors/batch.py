@@ -120,7 +120,11 @@ class BatchSummary:
 
 
 def is_mura_root(folder: Path) -> bool:
-    """A MURA-v1.1-format tree: ``train/`` or ``valid/`` holding ``XR_*`` folders."""
+    """A MURA-v1.1-format tree: ``train/`` or ``valid/`` holding ``XR_*`` folders, or one
+    such split itself (``bonexr predict MURA-v1.1/valid``, as the docs show it, found no
+    study before)."""
+    if any(folder.glob("XR_*/patient*")):
+        return True
     return any(
         (folder / split).is_dir() and any((folder / split).glob("XR_*"))
         for split in ("train", "valid")

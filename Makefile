@@ -30,7 +30,7 @@ $(SERVE_STAMP): pyproject.toml
 ## models/, at once; with none there, the synthetic demo (then the training packages too)
 run: $(SERVE_STAMP) $(if $(wildcard models/*/manifest.json),,$(STAMP))
 	@echo "make run: [2/2] bonexr run (the server: $(VENV)/bin/bonexr)"
-	@$(VENV)/bin/bonexr run $(if $(PORT),--port $(PORT),)
+	@$(if $(wildcard $(FRACATLAS)/images),BONEXR_SAMPLES_DIR=$${BONEXR_SAMPLES_DIR:-$(FRACATLAS)/images} ,)$(VENV)/bin/bonexr run $(if $(PORT),--port $(PORT),)
 
 ## test: lint (ruff, format check, mypy) and the whole pytest suite -- what CI runs
 ## (the web-page test drives Debian's chromium, the PACS tests Debian's Orthanc and

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         "rendering (503 past it); the SIGTERM drain waits this long + 5 s.",
     )
     max_batch_wait_ms: float = Field(5.0, ge=0, description="Longest wait to fill a batch.")
+    samples_dir: Path | None = Field(
+        None,
+        description="A folder of radiographs the page offers as samples to try (the first "
+        "24 images by name; the attribution from a README.md or ATTRIBUTION file there or in "
+        "its parent). The project ships none; `make run` sets it to FracAtlas's images when "
+        "../shared/datasets/fracatlas is there.",
+    )
     shadow_bundle: str | None = Field(
         None,
         description="A candidate bundle (name in models_dir, or path) that scores every "

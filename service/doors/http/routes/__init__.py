@@ -27,6 +27,7 @@ from service.doors.http.routes import (
     operations,
     page,
     predict,
+    samples,
     study,
     upload,
     worklist,
@@ -42,6 +43,7 @@ PROTECTED = (
     dicomweb.router,
     worklist.router,
     audit.router,
+    samples.router,
 )
 
 

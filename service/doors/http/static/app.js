@@ -255,6 +255,26 @@ async function handleFiles(files) {
 }
 
 $("files").addEventListener("change", (event) => handleFiles(event.target.files));
+
+// GET /samples: radiographs the site put beside the service (BONEXR_SAMPLES_DIR), to try.
+async function loadSamples() {
+  try {
+    const listed = await (await api("/samples", { headers: JSON_ACCEPT })).json();
+    if (!listed.samples.length) return;
+    $("samples-attribution").textContent = listed.attribution || "";
+    $("samples-list").replaceChildren(...listed.samples.map((sample) => {
+      const button = element("button", { type: "button", textContent: sample.name });
+      button.addEventListener("click", async () => {
+        const blob = await (await api(sample.url)).blob();
+        handleFiles([new File([blob], sample.name, { type: blob.type })]);
+      });
+      return element("li", {}, button);
+    }));
+    $("samples").hidden = false;
+  } catch (error) {
+    $("samples").hidden = true; // samples are a convenience: no key yet, or none configured
+  }
+}
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -746,6 +766,7 @@ $("audit-more").addEventListener("click", () => loadAudit(true));
 /** A new key: everything shown may now be allowed (or no longer). */
 function keyChanged() {
   loadIdentity();
+  loadSamples();
   refreshWorklist();
   if (current) openRecord(current.id, { focus: false });
   if ($("audit-details").open) loadAudit();
@@ -771,4 +792,5 @@ setInterval(() => {
 
 loadModel();
 loadIdentity();
+loadSamples();
 refreshWorklist();

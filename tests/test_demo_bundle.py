@@ -173,7 +173,7 @@ def test_views_of_different_parts_are_422_unless_bone_type_given(
         answer = client.post("/predict/study", json={"filenames": views})
         assert answer.status_code == 422, answer.text
         detail = answer.json()["detail"]
-        assert "different body parts" in detail and "bone_type" in detail
+        assert "different body parts" in detail and "body_part" in detail
         assert any(f"{v} -> " in detail for v in views)
         forced = client.post("/predict/study", json={"filenames": views, "bone_type": "Hand"})
         assert forced.status_code == 200, forced.text

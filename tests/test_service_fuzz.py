@@ -74,6 +74,11 @@ OPERATIONS = [
     ("/audit", "GET"),
     ("/worklist/changes", "GET"),
     ("/whoami", "GET"),
+    ("/model/reload", "POST"),
+    ("/shadow", "GET"),
+    ("/monitoring", "GET"),
+    ("/samples", "GET"),
+    ("/samples/{name}", "GET"),
 ]
 
 
@@ -98,6 +103,7 @@ WITH_INPUTS = {
     ("/worklist/{study_id}", "DELETE"),
     ("/worklist/{study_id}/review", "POST"),
     ("/audit", "GET"),
+    ("/model/reload", "POST"),
 }
 CASES = [(path, method, GenerationMode.POSITIVE) for path, method in OPERATIONS] + [
     (path, method, GenerationMode.NEGATIVE)

@@ -154,6 +154,11 @@ EXPECTED_OPERATIONS = {
     ("/audit", "get", "worklist"),
     ("/worklist/changes", "get", "worklist"),
     ("/whoami", "get", "worklist"),
+    ("/model/reload", "post", "model"),
+    ("/shadow", "get", "model"),
+    ("/monitoring", "get", "model"),
+    ("/samples", "get", "samples"),
+    ("/samples/{name}", "get", "samples"),
 }
 
 

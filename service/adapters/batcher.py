@@ -91,6 +91,12 @@ class MicroBatcher:
             metrics.in_flight.set_function(lambda: float(self._in_flight))
             metrics.queue_limit.set(max_queue)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any request is being prepared, waiting or computed (what a background
+        consumer such as the shadow bundle waits out, so it never slows this one)."""
+        return bool(self._waiting or self._in_flight or self._incoming)
+
     # -------------------------------------------------------------------- the client side
 
     def open(self) -> None:

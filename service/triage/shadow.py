@@ -5,7 +5,8 @@ the page, the DICOM node) is offered to the candidate after the live answer was 
 sampled (``BONEXR_SHADOW_SAMPLE_RATE``), queued (``BONEXR_SHADOW_QUEUE``; when full, the
 shadow work is dropped and counted, never the live work) and answered in the background by
 the candidate's own engine from the same stored views (the pixels the live answer prepared
-are reused: the two bundles must prepare alike). Its answers go to ``shadow_answers`` beside
+are reused: the two bundles must prepare alike), in the live engine's idle time (it waits
+while live requests are being answered). Its answers go to ``shadow_answers`` beside
 the live record and are never shown to a reader; ``bonexr shadow-report`` and
 ``GET /shadow`` compare them (:mod:`service.domain.shadow_report`).
 
@@ -35,6 +36,9 @@ from service.triage.recording import verdict
 from service.triage.services import Services
 
 log = logging.getLogger("bonexr.service")
+
+#: How often the shadow looks whether the live engine is idle again.
+IDLE_POLL_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class ShadowRunner:
         self.predictor = Predictor(dataclasses.replace(services, engine=engine))
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
         self.metrics = services.metrics
+        self.services = services
         self._random = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
 
@@ -127,6 +132,7 @@ class ShadowRunner:
         while True:
             job = await self.queue.get()
             try:
+                await self._yield_to_live()
                 if self.engine.state is EngineState.READY:
                     await self._answer(job)
             except Exception as exc:  # the shadow must never take the service down
@@ -134,6 +140,15 @@ class ShadowRunner:
                 self.metrics.shadow_jobs.labels("failed").inc()
             finally:
                 self.queue.task_done()
+
+    async def _yield_to_live(self) -> None:
+        """Wait while the live engine has work (prepared, queued or computing), up to the
+        request deadline: the shadow runs in the live service's idle time, so it never
+        competes with a live request for the cores; under sustained load its queue fills
+        and its work is dropped (counted), never the live work."""
+        deadline = time.monotonic() + self.services.settings.predict_timeout_s
+        while self.services.engine.batcher.busy and time.monotonic() < deadline:
+            await asyncio.sleep(IDLE_POLL_S)
 
     async def _answer(self, job: ShadowJob) -> None:
         started = time.perf_counter()

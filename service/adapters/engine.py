@@ -296,7 +296,8 @@ class InferenceEngine:
         if manifest.router.ood is None:
             found.append(
                 f"bundle '{manifest.name}' has no content gate (exported before it existed): "
-                "an image that is not an upper-limb radiograph is not recognised as such"
+                "an image that is not a radiograph of its body parts "
+                f"({', '.join(manifest.router.classes)}) is not recognised as such"
             )
         if not manifest.calibrated:
             found.append(

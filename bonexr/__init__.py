@@ -5,4 +5,4 @@ the label schema (:mod:`bonexr.labels`), image decoding and preprocessing
 (:mod:`bonexr.imaging`) and the model-bundle format (:mod:`bonexr.bundle`).
 """
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"

@@ -305,7 +305,8 @@ def test_the_model_health_section_shows_drift_agreement_and_the_shadow(
         assert tables.count() == 4  # drift, agreement, refusals, shadow
         drift = tables.nth(0).inner_text()
         assert "probability · Hand" in drift and "content_score" not in drift  # no gate here
-        assert "Hand" in tables.nth(1).inner_text()
+        agreement = tables.nth(1).inner_text()
+        assert "Hand" in agreement and "not enough reviews (6 of 30 needed)" in agreement
         assert "never shown to readers" in tables.nth(3).inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.locator("#health-section").screenshot(path=str(ARTIFACTS / "model-health.png"))

@@ -217,21 +217,34 @@ async def shadow_report(services: ServicesDep, request: Request) -> dict[str, An
     }
 
 
+#: Reviewed studies of a part before its agreement is shown (the alert waits for as many).
+MIN_PRACTICE_REVIEWS = 30
+
+
 @router.get("/monitoring", summary="Drift, agreement with readers, refusals, shadow (JSON)")
 async def monitoring(services: ServicesDep, request: Request) -> dict[str, Any]:
     """What the page's "Model health" section shows (docs/operations.md): the drift
     statistic of each monitored signal with its threshold, model-reader agreement per part
     (once reviews exist), refusals by reason, and the shadow bundle's comparison."""
     counts = await run_in_threadpool(services.records.practice_counts)
-    practice = {}
+    practice: dict[str, dict[str, Any]] = {}
     for part, cells in sorted(counts.items()):
         table = practice_table(cells)
+        enough = table.n >= MIN_PRACTICE_REVIEWS
         practice[part] = {
             "reviewed": table.n,
-            "agreement": table.agreement,
-            "sensitivity": table.sensitivity,
-            "specificity": table.specificity,
-            "kappa": table.kappa,
+            "status": "ready"
+            if enough
+            else f"not enough reviews ({table.n} of {MIN_PRACTICE_REVIEWS} needed)",
+            **{
+                name: value if enough else None
+                for name, value in (
+                    ("agreement", table.agreement),
+                    ("sensitivity", table.sensitivity),
+                    ("specificity", table.specificity),
+                    ("kappa", table.kappa),
+                )
+            },
         }
     refusals = {
         sample.labels["reason"]: sample.value

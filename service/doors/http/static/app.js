@@ -728,7 +728,9 @@ function showHealth(health) {
     const value = element("span", { className: flagged ? "result abnormal" : "result normal", textContent: d.psi == null ? d.status : `${d.psi.toFixed(2)}${flagged ? " (shift)" : ""}` });
     return [key.replace("/", " · "), value];
   });
-  const practice = Object.entries(health.practice).map(([part, p]) => [part, String(p.reviewed), rate(p.agreement), rate(p.sensitivity), rate(p.specificity)]);
+  const practice = Object.entries(health.practice).map(([part, p]) => (p.agreement == null
+    ? [part, String(p.reviewed), p.status, "–", "–"]
+    : [part, String(p.reviewed), rate(p.agreement), rate(p.sensitivity), rate(p.specificity)]));
   const refusals = Object.entries(health.refusals).map(([reason, n]) => [reason, String(n)]);
   const parts = [
     healthTable(`Drift: PSI of the last answers against the first (alert above ${health.psi_alert})`, ["Signal · part", "PSI"], drift.length ? drift : [["no answers yet", "–"]]),

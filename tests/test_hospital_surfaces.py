@@ -846,3 +846,13 @@ def test_connections_from_other_hosts_are_closed_before_holding_a_slot(
     with pytest.raises(ValidationError, match="not an address or network"):
         Settings(dicom_allowed_hosts="pacs.example.org")
     assert Settings(dicom_allowed_hosts="10.0.0.0/8, ::1").allowed_networks()[1].version == 6
+
+
+def test_only_an_admin_swaps_the_bundle(untrained_bundle: Path, tmp_path: Path) -> None:
+    with running(_keyed(untrained_bundle, tmp_path)) as (client, _):
+        version = client.get("/model", headers=ALICE).json()["version"]
+        assert client.post("/model/reload", headers=BOB).status_code == 403
+        assert client.post("/model/reload", headers=PACS).status_code == 403
+        reloaded = client.post("/model/reload", headers=ALICE)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["current"] == f"tiny {version}"  # the same bundle, reloaded

@@ -63,6 +63,13 @@ def key_name(scope: Scope) -> str:
     return str(scope.get("state", {}).get("api_key_name", ANONYMOUS))
 
 
+def may_administer(scope: Scope, admin_names: set[str] | frozenset[str], keyed: bool) -> bool:
+    """Whether the request may take an admin action (delete a record, swap the bundle):
+    an admin key's, or anyone's where the service has no keys (it then listens on
+    loopback alone, or was told it is on a trusted network)."""
+    return not keyed or key_name(scope) in admin_names
+
+
 #: The only paths an integration key (a PACS sending studies) may use.
 INTEGRATION_PREFIX = "/dicom-web/"
 

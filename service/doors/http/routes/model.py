@@ -20,7 +20,7 @@ from service.domain.shadow_report import summarise
 from service.doors.http.deps import ReadyEngineDep, ServicesDep
 from service.doors.http.errors import error_responses
 from service.doors.http.schemas import ModelInfo, OperatingPoints, Rules
-from service.doors.http.security import key_name
+from service.doors.http.security import may_administer
 from service.doors.http.usage_rules import build_rules, render_rules_png
 from service.triage.swap import BundleSwapper
 
@@ -193,7 +193,7 @@ async def reload_model(
     started with, new ones get the new bundle. A bundle that fails a check is a 422 with
     the reason, and the serving bundle goes on. With API keys, admin keys only."""
     settings = services.settings
-    if settings.api_keys and key_name(request.scope) not in settings.admin_key_names():
+    if not may_administer(request.scope, settings.admin_key_names(), bool(settings.api_keys)):
         raise ForbiddenError("POST /model/reload is for the keys named in BONEXR_ADMIN_KEYS")
     swapper: BundleSwapper = request.app.state.swapper
     outcome = await swapper.reload(body.bundle if body is not None else None)

@@ -34,7 +34,7 @@ from service.doors.http.schemas import (
     WorklistVersion,
     WorklistView,
 )
-from service.doors.http.security import key_name
+from service.doors.http.security import key_name, may_administer
 from service.triage.services import Services
 
 router = APIRouter(tags=["worklist"])
@@ -282,7 +282,7 @@ async def delete_study(
     received, the source instances it kept. With API keys, only an admin key
     (``BONEXR_ADMIN_KEYS``) may: 403 for a reader."""
     settings = services.settings
-    if settings.api_keys and key_name(request.scope) not in settings.admin_key_names():
+    if not may_administer(request.scope, settings.admin_key_names(), bool(settings.api_keys)):
         error = ForbiddenError("DELETE /worklist is for the keys named in BONEXR_ADMIN_KEYS")
         await refused(services, request, "delete", study_id, error)
         raise error

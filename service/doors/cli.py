@@ -96,17 +96,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from service.adapters.records.database import Database, database_url
+    from service.adapters.records.database import opened
     from service.doors.server import load_settings
 
     settings = load_settings()
-    database = Database(database_url(settings.database_url, settings.upload_dir))
-    try:
+    with opened(settings.database_url, settings.upload_dir) as database:
         if args.action == "upgrade":
             database.upgrade(args.revision)
         print(f"records database {database.label}: schema {database.revision() or 'empty'}")
-    finally:
-        database.dispose()
     return 0
 
 
@@ -129,17 +126,14 @@ def _cmd_export_reviews(args: argparse.Namespace) -> int:
 def _cmd_shadow_report(args: argparse.Namespace) -> int:
     import json
 
-    from service.adapters.records.database import Database, database_url
+    from service.adapters.records.database import opened
     from service.adapters.records.shadow import ShadowStore
     from service.domain.shadow_report import describe, summarise
     from service.doors.server import load_settings
 
     settings = load_settings()
-    database = Database(database_url(settings.database_url, settings.upload_dir))
-    try:
+    with opened(settings.database_url, settings.upload_dir) as database:
         summary = summarise(ShadowStore(database).pairs())
-    finally:
-        database.dispose()
     print(json.dumps(summary, indent=2) if args.json else describe(summary))
     return 0
 

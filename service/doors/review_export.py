@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bonexr.atomic import write_bytes_atomic
 from service.adapters.records.audit import AuditLog
-from service.adapters.records.database import Database, database_url
+from service.adapters.records.database import opened
 from service.adapters.records.schema import Study
 from service.adapters.records.worklist import RecordStore
 from service.adapters.stores.factory import open_store
@@ -144,8 +144,7 @@ def export_reviews(settings: Settings, out: Path, *, by: str) -> ExportSummary:
         raise FileExistsError(f"{out} already holds an export; choose another folder")
     images = out / "images"
     images.mkdir(exist_ok=True)
-    database = Database(database_url(settings.database_url, settings.upload_dir))
-    try:
+    with opened(settings.database_url, settings.upload_dir) as database:
         records = RecordStore(database)
         summary = ExportSummary(out=out)
         labels, reviews, disagreements = _rows(
@@ -155,6 +154,4 @@ def export_reviews(settings: Settings, out: Path, *, by: str) -> ExportSummary:
         _write(out / "reviews.csv", REVIEW_COLUMNS, reviews, escape=True)
         _write(out / "disagreements.csv", REVIEW_COLUMNS, disagreements, escape=True)
         AuditLog(database).add(by, "export_reviews", None, "ok")
-    finally:
-        database.dispose()
     return summary

@@ -36,6 +36,17 @@ MIGRATION_LOCK = 0x626F6E6578
 SUPPORTED = ("sqlite", "postgresql+psycopg", "postgresql")
 
 
+@contextlib.contextmanager
+def opened(configured: str | None, upload_dir: Path) -> Iterator[Database]:
+    """The records database for one command (``bonexr db``, ``export-reviews``,
+    ``shadow-report``), disposed of after it."""
+    database = Database(database_url(configured, upload_dir))
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
 def database_url(configured: str | None, upload_dir: Path) -> str:
     """The configured URL, checked; else the SQLite file ``bonexr.db`` in the upload folder
     (so the uploads volume of a container keeps it, and two services whose upload folders

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,18 +45,19 @@ def _version(url: str) -> str:
     return str(httpx.get(f"{url}/model", timeout=30).json()["version"])
 
 
-def _hammer(url: str, stop: threading.Event, answers: list[tuple[int, str]]) -> None:
+def _hammer(url: str, stop: threading.Event, answers: list[tuple[int, str, float]]) -> None:
     image = png_bytes(96, 80, seed=5)
     with httpx.Client(timeout=60) as client:
         while not stop.is_set():
+            started = time.monotonic()  # when the request was sent: ordering, not a bound
             reply = client.post(f"{url}/predict/image", files={"file": ("x.png", image)})
             version = reply.json().get("model", {}).get("version", "") if reply.is_success else ""
-            answers.append((reply.status_code, version))
+            answers.append((reply.status_code, version, started))
 
 
 def test_a_swap_under_load_drops_no_request(served: str, models: Path) -> None:
     first = _version(served)
-    answers: list[tuple[int, str]] = []
+    answers: list[tuple[int, str, float]] = []
     stop = threading.Event()
     clients = [
         threading.Thread(target=_hammer, args=(served, stop, answers)) for _ in range(CLIENTS)
@@ -66,6 +68,7 @@ def test_a_swap_under_load_drops_no_request(served: str, models: Path) -> None:
         while len(answers) < 4 * CLIENTS:  # load before the swap
             stop.wait(0.05)
         swapped = httpx.post(f"{served}/model/reload", json={"bundle": "second"}, timeout=300)
+        swap_returned = time.monotonic()
         after_swap = len(answers)
         while len(answers) < after_swap + 4 * CLIENTS:  # and after it
             stop.wait(0.05)
@@ -77,12 +80,12 @@ def test_a_swap_under_load_drops_no_request(served: str, models: Path) -> None:
     second = _version(served)
     assert second != first and swapped.json()["current"].endswith(second)
     assert swapped.json()["previous"].endswith(first)
-    statuses = [status for status, _ in answers]
+    statuses = [status for status, _, _ in answers]
     assert statuses.count(200) == len(answers), sorted(set(statuses))
-    assert {version for _, version in answers} <= {first, second}
-    # answers begun after the swap returned are the new bundle's (the last of each client
-    # may have started before it: allow one per client)
-    late = [version for _, version in answers[after_swap + CLIENTS :]]
+    assert {version for _, version, _ in answers} <= {first, second}
+    # every request sent after the reload answered is the new bundle's (the switch comes
+    # before that answer); those sent earlier may be either
+    late = [version for _, version, sent in answers if sent > swap_returned]
     assert late and set(late) == {second}
     ready = httpx.get(f"{served}/ready", timeout=30)
     assert ready.status_code == 200
